@@ -1,0 +1,5 @@
+"""Allow ``python -m clusterpki``."""
+
+from clusterpki.cli import main
+
+raise SystemExit(main())

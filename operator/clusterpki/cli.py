@@ -1,0 +1,67 @@
+"""The ``clusterpki`` command. Each subcommand imports only what it needs, so ``render`` and
+``check-expiration --dir`` start fast and never load Kopf or the Kubernetes client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clusterpki.errors import UserError
+
+PROG = "clusterpki"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _render(args: argparse.Namespace) -> int:
+    from clusterpki import certificates, render
+
+    pki_spec = render.load_spec_file(Path(args.file))
+    outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, certificates.utcnow())
+    width = max(len(component) for component, _, _ in outcome.actions)
+    for component, action, detail in outcome.actions:
+        print(f"{component.ljust(width)}  {action}{f' ({detail})' if detail else ''}")
+    print(f"Wrote {len(outcome.written)} files of ClusterPKI {pki_spec.name!r} to {args.out} "
+          f"(etcd member {outcome.member}).")
+    return 0
+
+
+def _check_expiration(args: argparse.Namespace) -> int:
+    from clusterpki import certificates, expiration
+
+    rows = expiration.rows_from_dir(Path(args.dir))
+    now = certificates.utcnow()
+    text = expiration.format_json(rows, now) if args.output == "json" else expiration.format_table(rows, now)
+    sys.stdout.write(text)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="A Kubernetes control-plane PKI, issued by an "
+                                     "operator or rendered offline in kubeadm's layout.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser("render", help="render a ClusterPKI's whole PKI into kubeadm's layout")
+    render.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")
+    render.add_argument("--out", required=True, help="the directory to write (like /etc/kubernetes)")
+    render.add_argument("--etcd-member", help="whose etcd server and peer pair to write [the first member]")
+    render.add_argument("--force", action="store_true",
+                        help="re-issue every leaf even when valid (CAs and sa.key are always kept)")
+    render.set_defaults(handler=_render)
+
+    check = commands.add_parser("check-expiration", help="print when each certificate expires")
+    check.add_argument("--dir", required=True, help="a directory rendered in kubeadm's layout")
+    check.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    check.set_defaults(handler=_check_expiration)
+    return parser
