@@ -6,9 +6,9 @@ Read a certificate's CN, O, usages, SANs, issuer, kubeadm file and kubeconfig of
 
 from __future__ import annotations
 
+from typing import NamedTuple
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from clusterpki.certificates import CLIENT_AUTH, SERVER_AUTH, Identity
 from clusterpki.spec import EtcdMember, IPAddress, Spec
@@ -44,15 +44,13 @@ def etcd_member_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, 
     return _unique(dns), _unique(ips)
 
 
-@dataclass(frozen=True)
-class CAProfile:
+class CAProfile(NamedTuple):
     component: str
     common_name: str
     file: str  # kubeadm's path below DIR, without .crt/.key
 
 
-@dataclass(frozen=True)
-class LeafProfile:
+class LeafProfile(NamedTuple):
     component: str  # the Secret suffix; per-member profiles get "-<member>" appended
     issuer: str
     common_name: str
@@ -96,8 +94,7 @@ SERVICE_ACCOUNT_FILES = ("pki/sa.key", "pki/sa.pub")
 CA_BY_COMPONENT = {ca.component: ca for ca in CERTIFICATE_AUTHORITIES}
 
 
-@dataclass(frozen=True)
-class PlannedLeaf:
+class PlannedLeaf(NamedTuple):
     """One concrete certificate a spec wants: its component name, row and identity."""
 
     component: str

@@ -3,8 +3,8 @@ check of an existing certificate against what it should be."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
 import ipaddress
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
@@ -23,8 +23,7 @@ CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
 BACKDATE = timedelta(minutes=5)
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Everything about a certificate that the spec decides: the subject, its usages and its SANs."""
 
     common_name: str
@@ -51,8 +50,7 @@ class Identity:
         return x509.Name(attributes)
 
 
-@dataclass(frozen=True)
-class KeyPair:
+class KeyPair(NamedTuple):
     cert: x509.Certificate
     key: PrivateKey
 

@@ -7,8 +7,9 @@ is re-issued only when it has a problem (or when forced), so the engine is idemp
 
 from __future__ import annotations
 
+from typing import NamedTuple
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from datetime import datetime
 
 from cryptography import x509
@@ -23,17 +24,15 @@ NEW = "it did not exist"
 FORCED = "a re-issue was forced"
 
 
-@dataclass(frozen=True)
-class Existing:
+class Existing(NamedTuple):
     """What is there already: CA pairs, leaf pairs by component, and the service-account key."""
 
-    cas: Mapping[str, KeyPair] = field(default_factory=dict)
-    leaves: Mapping[str, KeyPair] = field(default_factory=dict)
+    cas: Mapping[str, KeyPair] = MappingProxyType({})
+    leaves: Mapping[str, KeyPair] = MappingProxyType({})
     service_account: PrivateKey | None = None
 
 
-@dataclass(frozen=True)
-class PKI:
+class PKI(NamedTuple):
     """A complete PKI. ``issued`` names each certificate made in this run, with why."""
 
     spec: Spec

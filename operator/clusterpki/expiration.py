@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -17,8 +17,7 @@ HEADERS = ("CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY")
 SELF_SIGNED = "(self-signed)"
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     name: str
     authority: str  # the issuing CA's name, or SELF_SIGNED for a root
     not_after: datetime | None  # None when the certificate is missing

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,6 +27,8 @@ def generate_many(algorithm: KeyAlgorithm, count: int) -> list[PrivateKey]:
     for primes, so threads scale. ECDSA keys take microseconds and are made inline."""
     if count <= 1 or not algorithm.is_rsa:
         return [generate(algorithm) for _ in range(count)]
+    from concurrent.futures import ThreadPoolExecutor  # only RSA needs it: keep ECDSA start-up lean
+
     workers = min(count, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keygen") as pool:
         return list(pool.map(lambda _: generate(algorithm), range(count)))

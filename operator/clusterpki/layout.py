@@ -3,10 +3,8 @@ PKI so that a failure leaves the directory exactly as it was."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +19,7 @@ PRIVATE = 0o600
 PUBLIC = 0o644
 
 
-@dataclass(frozen=True)
-class FileContent:
+class FileContent(NamedTuple):
     data: bytes
     mode: int
 
@@ -111,7 +108,8 @@ def write(out: Path, files: dict[str, FileContent], keep: set[str]) -> list[str]
     changed = {path: content for path, content in files.items()
                if not (path in keep and (out / path).exists()) and _differs(out / path, content)}
     made_dirs: list[Path] = _make_parents(out, Path(out.anchor))
-    staging = Path(tempfile.mkdtemp(prefix=".clusterpki-render-", dir=out))
+    staging = out / f".clusterpki-render-{os.getpid()}-{os.urandom(4).hex()}"
+    staging.mkdir(mode=0o700)
     done: list[tuple[Path, Path | None]] = []
     try:
         staged = {}
@@ -133,12 +131,12 @@ def write(out: Path, files: dict[str, FileContent], keep: set[str]) -> list[str]
                 os.replace(backup, target)
             else:
                 target.unlink()
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_flat(staging)
         for directory in reversed(made_dirs):
             directory.rmdir()
         raise UserError(f"cannot write the PKI to {out}: {exc.strerror or exc}; nothing was changed") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_flat(staging)
     return list(changed)
 
 
@@ -203,6 +201,15 @@ def _make_parents(directory: Path, root: Path) -> list[Path]:
     for path in reversed(missing):
         path.mkdir(mode=0o755)
     return list(reversed(missing))
+
+
+def _remove_flat(directory: Path) -> None:
+    """Remove the staging directory, which holds files only."""
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        entry.unlink()
+    directory.rmdir()
 
 
 def _sync_dir(path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime
 from pathlib import Path
 
@@ -12,8 +12,7 @@ from clusterpki import catalog, engine, layout, spec
 from clusterpki.errors import UserError
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a render did: each component with what happened to it and why, and the files written."""
 
     member: str

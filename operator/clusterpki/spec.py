@@ -11,9 +11,8 @@ import enum
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from clusterpki import durations
 
@@ -27,10 +26,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The ClusterPKI name and the component (e.g. "etcd-server-<member>") are label values: 63 at most.
 _LABEL_VALUE_MAX = 63
 _MEMBER_NAME_MAX = _LABEL_VALUE_MAX - len("etcd-server-")
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$", re.IGNORECASE)
-_K8S_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_MEMBER_NAME = re.compile(rf"^{_DNS_LABEL}$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class KeyAlgorithm(str, enum.Enum):
@@ -50,22 +46,19 @@ class SecretRetention(str, enum.Enum):
     DELETE = "Delete"
 
 
-@dataclass(frozen=True)
-class EtcdMember:
+class EtcdMember(NamedTuple):
     name: str
     dns_names: tuple[str, ...]
     ips: tuple[IPAddress, ...]
 
 
-@dataclass(frozen=True)
-class KubeletPolicy:
+class KubeletPolicy(NamedTuple):
     approve_client_csrs: bool = True
     approve_serving_csrs: bool = True
     sign_csrs: bool = False
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
     """A defaulted, validated ClusterPKI spec. Build it with :func:`from_resource`."""
 
     name: str
@@ -81,7 +74,7 @@ class Spec:
     ca_validity: timedelta = timedelta(hours=87600)
     cert_validity: timedelta = timedelta(hours=8760)
     renew_before: timedelta = timedelta(hours=8760) / 3
-    kubelet: KubeletPolicy = field(default_factory=KubeletPolicy)
+    kubelet: KubeletPolicy = KubeletPolicy()
     secret_retention: SecretRetention = SecretRetention.RETAIN
 
     @property
@@ -108,8 +101,7 @@ class Spec:
         raise LookupError(f"etcd member {name!r} is not in spec.etcd.members ({known})")
 
 
-@dataclass(frozen=True)
-class FieldError:
+class FieldError(NamedTuple):
     path: str
     message: str
 
@@ -137,7 +129,7 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     if not isinstance(name, str) or not name:
         errors.append(FieldError("metadata.name", "is required"))
         name = "invalid"
-    elif not _K8S_NAME.match(name) or len(name) > _LABEL_VALUE_MAX:
+    elif not _is_k8s_name(name) or len(name) > _LABEL_VALUE_MAX:
         errors.append(FieldError("metadata.name", f"{name!r} is not a DNS name of at most "
                                                   f"{_LABEL_VALUE_MAX} characters"))
     raw_spec = body.get("spec")
@@ -254,7 +246,7 @@ class _SpecReader:
         if value is None:
             return default
         text = self._string("spec.clusterDomain", value)
-        if text is not None and (not _DNS_NAME.match(text) or text.startswith("*")):
+        if text is not None and not _is_dns_name(text):
             self.fail("spec.clusterDomain", f"{text!r} is not a DNS domain")
         return text or default
 
@@ -298,7 +290,7 @@ class _SpecReader:
         if not host:
             self.fail(path, f"{text!r} has no host")
             return default_host, default_port
-        if not _is_ip(host) and not (_DNS_NAME.match(host) and not host.startswith("*")):
+        if not _is_ip(host) and not _is_dns_name(host):
             self.fail(path, f"host {host!r} is neither an IP address nor a DNS name")
         port = default_port
         if port_text is not None:
@@ -320,7 +312,7 @@ class _SpecReader:
             text = self._string(f"{path}[{index}]", item)
             if text is None:
                 continue
-            if not _is_ip(text) and not _DNS_NAME.match(text):
+            if not _is_ip(text) and not _is_dns_name(text, wildcard=True):
                 self.fail(f"{path}[{index}]", f"{text!r} is neither an IP address nor a DNS name")
                 continue
             sans.append(text)
@@ -347,7 +339,7 @@ class _SpecReader:
             if not isinstance(name, str) or not name:
                 self.fail(f"{here}.name", "is required")
                 continue
-            if not _MEMBER_NAME.match(name):
+            if not _is_dns_label(name):
                 self.fail(f"{here}.name", f"{name!r} is not a DNS label (lower-case letters, digits and '-')")
             elif len(name) > _MEMBER_NAME_MAX:
                 self.fail(f"{here}.name", f"{name!r} is longer than {_MEMBER_NAME_MAX} characters")
@@ -408,6 +400,23 @@ class _SpecReader:
         return value
 
 
+def _is_dns_label(text: str) -> bool:
+    """An RFC 1123 label, as Kubernetes names its objects: lower-case, at most 63 characters."""
+    return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
+
+
+def _is_dns_name(text: str, wildcard: bool = False) -> bool:
+    """An RFC 1123 subdomain; DNS SANs compare case-insensitively, so any case is accepted.
+    With ``wildcard``, a leading ``*.`` label is allowed too, as in certificate SANs."""
+    if wildcard and text.startswith("*."):
+        text = text[2:]
+    return 0 < len(text) <= 253 and all(_is_dns_label(label) for label in text.lower().split("."))
+
+
+def _is_k8s_name(text: str) -> bool:
+    return 0 < len(text) <= 253 and all(_is_dns_label(label) for label in text.split("."))
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -417,4 +426,4 @@ def _is_ip(text: str) -> bool:
 
 
 def _is_member_dns(text: str) -> bool:
-    return bool(_DNS_NAME.match(text)) and not _is_ip(text)
+    return _is_dns_name(text) and not _is_ip(text)

@@ -240,3 +240,9 @@ def test_the_readme_commands_work_on_the_example(tmp_path):
     assert "Wrote 26 files of ClusterPKI 'example' to ./pki (etcd member cp-0)." in result.stdout
     assert cli("check-expiration", "--dir", "./pki", cwd=tmp_path).returncode == 0
     assert REPO.joinpath("README.md").read_text().count("clusterpki render -f examples/clusterpki.yaml --out ./pki")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    command = ci[ci.index("# The README's test command:") + 1]
+    assert f"```sh\n{command}\n```" in (REPO / "README.md").read_text()
