@@ -37,6 +37,13 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from clusterpki import runtime
+
+    return runtime.run(namespaces=[] if args.all_namespaces else args.namespace, standalone=args.standalone,
+                       liveness=args.liveness, verbose=args.verbose)
+
+
 def _check_expiration(args: argparse.Namespace) -> int:
     from clusterpki import certificates, expiration
 
@@ -51,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="A Kubernetes control-plane PKI, issued by an "
                                      "operator or rendered offline in kubeadm's layout.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the operator with the in-cluster config or KUBECONFIG")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch this namespace (repeatable) [all namespaces]")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    run.add_argument("--standalone", action="store_true", help="do not coordinate with other replicas (peering)")
+    run.add_argument("--liveness", metavar="URL", help="serve Kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.set_defaults(handler=_run)
 
     render = commands.add_parser("render", help="render a ClusterPKI's whole PKI into kubeadm's layout")
     render.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")

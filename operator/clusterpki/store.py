@@ -1,0 +1,119 @@
+"""A small Secrets store over the official Kubernetes client.
+
+The client is synchronous, so every call runs in a dedicated thread pool and the Kopf event loop
+never blocks. Responses are read as raw JSON (``_preload_content=False``): the operator works with
+plain dicts, and skipping the client's model deserialization keeps large fleets cheap.
+Errors are re-raised as :class:`ApiError` carrying only the status and the server's reason, so no
+request body (which may hold private keys) can reach a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from clusterpki import secrets
+
+Secret = dict[str, Any]
+API_WORKERS = 16
+
+
+class ApiError(Exception):
+    """An API call that failed; ``str()`` is safe to log and to show in an Event."""
+
+    def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
+        super().__init__(f"{verb} {what} failed: HTTP {status} {reason}".rstrip())
+        self.status = status
+
+
+def load_configuration() -> client.Configuration:
+    """The in-cluster configuration in a pod, else the current kubeconfig (``KUBECONFIG``).
+
+    ``KUBECONFIG`` is read now, not when the client library was imported."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    configuration.connection_pool_maxsize = API_WORKERS
+    return configuration
+
+
+def connection_info(configuration: client.Configuration) -> dict[str, Any]:
+    """The same credentials for Kopf's own API client (arguments of ``kopf.ConnectionInfo``)."""
+    authorization = (configuration.api_key or {}).get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    return {"server": configuration.host, "ca_path": configuration.ssl_ca_cert,
+            "insecure": not configuration.verify_ssl, "scheme": scheme or None, "token": token or None,
+            "certificate_path": configuration.cert_file, "private_key_path": configuration.key_file}
+
+
+class SecretStore:
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        self._pool = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="k8s-api")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._api.api_client.close()
+
+    async def list(self, namespace: str, pki_name: str) -> dict[str, Secret]:
+        """The Secrets of one ClusterPKI, by component: one LIST by label."""
+        body = await self._call("list", f"Secrets of {namespace}/{pki_name}", self._api.list_namespaced_secret,
+                                namespace, label_selector=secrets.selector(pki_name))
+        found = {}
+        for item in body.get("items", []):
+            component = secrets.component_of(item)
+            if component:
+                found[component] = item
+        return found
+
+    async def get(self, namespace: str, name: str) -> Secret | None:
+        try:
+            return await self._call("get", f"Secret {namespace}/{name}", self._api.read_namespaced_secret,
+                                    name, namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, secret: Secret) -> Secret:
+        meta = secret["metadata"]
+        return await self._call("create", f"Secret {meta['namespace']}/{meta['name']}",
+                                self._api.create_namespaced_secret, meta["namespace"], secret)
+
+    async def replace(self, secret: Secret) -> Secret:
+        """Replace with optimistic concurrency: a Secret changed since it was read gives HTTP 409."""
+        meta = secret["metadata"]
+        return await self._call("replace", f"Secret {meta['namespace']}/{meta['name']}",
+                                self._api.replace_namespaced_secret, meta["name"], meta["namespace"], secret)
+
+    async def delete(self, namespace: str, name: str) -> None:
+        await self._call("delete", f"Secret {namespace}/{name}", self._api.delete_namespaced_secret, name, namespace)
+
+    async def _call(self, verb: str, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            response = await loop.run_in_executor(
+                self._pool, lambda: method(*args, _preload_content=False, **kwargs))
+        except ApiException as exc:
+            raise ApiError(verb, what, exc.status, _reason(exc)) from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # unreachable, reset, timed out
+            raise ApiError(verb, what, 0, type(exc).__name__) from None
+        return json.loads(response.data) if response.data else {}
+
+
+def _reason(exc: ApiException) -> str:
+    """The server's reason and message from a Status body; for Secrets these never echo data."""
+    try:
+        status = json.loads(exc.body)
+        return f"{status.get('reason', '')}: {status.get('message', '')}".strip(": ")
+    except (TypeError, ValueError):
+        return str(exc.reason or "")
