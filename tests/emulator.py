@@ -60,6 +60,12 @@ class Request:
     query: dict[str, str]
     content_type: str
     body: Any
+    agent: str = ""
+
+    @property
+    def by_operator(self) -> bool:
+        """Made by Kopf or the official Kubernetes client, not by a test's own HTTP client."""
+        return self.agent.startswith(("kopf/", "OpenAPI-Generator/"))
 
 
 @dataclass
@@ -134,7 +140,7 @@ class Emulator:
             raw = await request.read()
             body = json.loads(raw) if raw else None
         self.requests.append(Request(request.method, request.path, dict(request.query),
-                                     request.content_type, body))
+                                     request.content_type, body, request.headers.get("User-Agent", "")))
         try:
             discovery = self._discovery(request.path)
             if discovery is not None:

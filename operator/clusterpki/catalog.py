@@ -107,6 +107,14 @@ class PlannedLeaf(NamedTuple):
         return self.profile.issuer
 
 
+def issuer_of(component: str) -> str | None:
+    """The CA that issues a component's certificate, from its row; None for a CA or an unknown name."""
+    for profile in LEAVES:
+        if component == profile.component or (profile.per_member and component.startswith(f"{profile.component}-")):
+            return profile.issuer
+    return None
+
+
 def plan(spec: Spec, members: list[str] | None = None) -> list[PlannedLeaf]:
     """The leaves ``spec`` wants, in table order. ``members`` limits per-member rows to those etcd
     members (``render`` writes one member's pair); None means every member."""

@@ -47,11 +47,39 @@ def _run(args: argparse.Namespace) -> int:
 def _check_expiration(args: argparse.Namespace) -> int:
     from clusterpki import certificates, expiration
 
-    rows = expiration.rows_from_dir(Path(args.dir))
+    if args.dir and args.name:
+        raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME, not both")
+    if args.dir:
+        rows = expiration.rows_from_dir(Path(args.dir))
+    else:
+        if not args.namespace or len(args.name) != 1:
+            raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME")
+        rows = expiration.rows_from_secrets(_read_cluster_secrets(args.namespace, args.name[0]))
     now = certificates.utcnow()
     text = expiration.format_json(rows, now) if args.output == "json" else expiration.format_table(rows, now)
     sys.stdout.write(text)
     return 0
+
+
+def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
+    import asyncio
+
+    from clusterpki.store import ApiError, SecretStore, load_configuration
+
+    try:
+        configuration = load_configuration()
+    except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
+        raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
+    store = SecretStore(configuration)
+    try:
+        found = asyncio.run(store.list(namespace, name))
+    except ApiError as exc:
+        raise UserError(f"cannot read the Secrets of ClusterPKI {namespace}/{name}: {exc}") from None
+    finally:
+        store.close()
+    if not found:
+        raise UserError(f"no Secrets of ClusterPKI {namespace}/{name} were found")
+    return found
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=_render)
 
     check = commands.add_parser("check-expiration", help="print when each certificate expires")
-    check.add_argument("--dir", required=True, help="a directory rendered in kubeadm's layout")
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dir", help="a directory rendered in kubeadm's layout")
+    source.add_argument("-n", "--namespace", help="the namespace of the ClusterPKI NAME, read from its Secrets")
+    check.add_argument("name", nargs="*", metavar="NAME", help="the ClusterPKI, with -n")
     check.add_argument("-o", "--output", choices=("table", "json"), default="table")
     check.set_defaults(handler=_check_expiration)
     return parser

@@ -37,6 +37,26 @@ def rows_from_dir(directory: Path) -> list[Row]:
     return rows
 
 
+def rows_from_secrets(stored: dict[str, dict]) -> list[Row]:
+    """Rows for a ClusterPKI's Secrets (by component): leaves first, then the CAs."""
+    from clusterpki.secrets import read_pair  # only the cluster path needs it
+
+    leaves, cas = [], []
+    for component, secret in sorted(stored.items()):
+        if component == catalog.SERVICE_ACCOUNT:
+            continue
+        try:
+            cert = read_pair(secret).cert
+        except ValueError as exc:
+            raise UserError(f"Secret {secret['metadata']['name']} cannot be read: {exc}") from None
+        if component in catalog.CA_BY_COMPONENT:
+            cas.append(Row(component, SELF_SIGNED if cert.issuer == cert.subject else "(external)",
+                           cert.not_valid_after_utc))
+        else:
+            leaves.append(Row(component, catalog.issuer_of(component) or "-", cert.not_valid_after_utc))
+    return leaves + sorted(cas, key=lambda r: [c.component for c in catalog.CERTIFICATE_AUTHORITIES].index(r.name))
+
+
 def format_table(rows: list[Row], now: datetime) -> str:
     cells = [HEADERS] + [(r.name, _expires(r), _residual(r, now), r.authority) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]

@@ -1,0 +1,63 @@
+"""The CRD against the contract and against the spec model, so the two never drift apart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterpki import durations, spec
+from tests.helpers import REPO, document
+from tests.operator.conftest import with_schema_defaults
+
+CRD = yaml.safe_load((REPO / "crds/clusterpki.yaml").read_text())
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+
+
+def test_names_and_scope_follow_the_contract():
+    assert CRD["metadata"]["name"] == "clusterpkis.pki.clusterpki.dev"
+    assert CRD["spec"]["group"] == "pki.clusterpki.dev" and CRD["spec"]["scope"] == "Namespaced"
+    names = CRD["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("ClusterPKI", "clusterpkis", ["cpki"])
+    assert (VERSION["name"], VERSION["served"], VERSION["storage"]) == ("v1alpha1", True, True)
+    assert VERSION["subresources"] == {"status": {}}
+
+
+def test_printer_columns_include_the_contract_s():
+    columns = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 0]
+    assert columns == ["Ready", "Certificates", "Next Renewal", "Age"]
+
+
+def test_status_keeps_unknown_fields():
+    assert SCHEMA["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_schema_defaults_equal_the_spec_model_s():
+    """An object as the apiserver stores it (schema defaults applied) parses to the model's defaults."""
+    stored = with_schema_defaults(document("x"))
+    assert stored["spec"]["keyAlgorithm"] == "ECDSA-P256"
+    assert spec.from_resource(stored) == spec.from_resource(document("x"))
+
+
+def test_enums_match_the_spec_model():
+    properties = SCHEMA["properties"]["spec"]["properties"]
+    assert properties["keyAlgorithm"]["enum"] == [a.value for a in spec.KeyAlgorithm]
+    assert properties["secretRetention"]["enum"] == [r.value for r in spec.SecretRetention]
+
+
+@pytest.mark.parametrize("path", [("validity", "ca"), ("validity", "certificate"), ("renewBefore",)])
+def test_duration_patterns_are_the_parser_s(path):
+    node = SCHEMA["properties"]["spec"]
+    for part in path:
+        node = node["properties"][part]
+    assert node["pattern"] == durations.PATTERN
+    assert re.fullmatch(node["pattern"], "2m") and not re.fullmatch(node["pattern"], "1d")
+
+
+def test_manifests_and_crds_parse():
+    for path in [*Path(REPO / "crds").glob("*.yaml"), *Path(REPO / "manifests").glob("*.yaml")]:
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], path
