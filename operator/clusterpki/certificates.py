@@ -117,7 +117,7 @@ def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Cert
     if cert.not_valid_after_utc <= now:
         return "it has expired"
     if renewal_time is not None and renewal_time <= now:
-        return "it is due for renewal"
+        return "it is due for renewal"  # engine.DUE
     differences = identity_of(cert).differences(identity)
     if differences:
         return f"it does not match the spec: {'; '.join(differences)}"

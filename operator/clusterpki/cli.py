@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from clusterpki.errors import UserError
@@ -44,6 +45,36 @@ def _run(args: argparse.Namespace) -> int:
                        liveness=args.liveness, verbose=args.verbose)
 
 
+def _renew(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import datetime, timezone
+
+    from clusterpki.requests import RENEW
+    from clusterpki.store import ApiError, SecretStore
+
+    nonce = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    value = f"{','.join(args.component)}@{nonce}"
+    store = SecretStore(_configuration())
+    try:
+        asyncio.run(store.annotate(args.namespace, args.name, {RENEW: value}))
+    except ApiError as exc:
+        raise UserError(f"cannot request the renewal of ClusterPKI {args.namespace}/{args.name}: {exc}") from None
+    finally:
+        store.close()
+    what = ", ".join(args.component) if args.component else "all leaves"
+    print(f"Requested the renewal of {what} of ClusterPKI {args.namespace}/{args.name} ({RENEW}={value}).")
+    return 0
+
+
+def _configuration() -> Any:
+    from clusterpki.store import load_configuration
+
+    try:
+        return load_configuration()
+    except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
+        raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
+
+
 def _check_expiration(args: argparse.Namespace) -> int:
     from clusterpki import certificates, expiration
 
@@ -64,13 +95,9 @@ def _check_expiration(args: argparse.Namespace) -> int:
 def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
     import asyncio
 
-    from clusterpki.store import ApiError, SecretStore, load_configuration
+    from clusterpki.store import ApiError, SecretStore
 
-    try:
-        configuration = load_configuration()
-    except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
-        raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
-    store = SecretStore(configuration)
+    store = SecretStore(_configuration())
     try:
         found = asyncio.run(store.list(namespace, name))
     except ApiError as exc:
@@ -104,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--force", action="store_true",
                         help="re-issue every leaf even when valid (CAs and sa.key are always kept)")
     render.set_defaults(handler=_render)
+
+    renew = commands.add_parser("renew", help="renew a ClusterPKI's leaves now, like cmctl renew")
+    renew.add_argument("-n", "--namespace", required=True)
+    renew.add_argument("name", metavar="NAME")
+    renew.add_argument("--component", action="append", default=[],
+                       help="renew only this component (repeatable) [all leaves]")
+    renew.set_defaults(handler=_renew)
 
     check = commands.add_parser("check-expiration", help="print when each certificate expires")
     source = check.add_mutually_exclusive_group(required=True)

@@ -22,6 +22,7 @@ from clusterpki.spec import Spec
 
 NEW = "it did not exist"
 FORCED = "a re-issue was forced"
+DUE = "it is due for renewal"
 
 
 class Existing(NamedTuple):
@@ -81,12 +82,13 @@ def problem_with(pair: KeyPair, leaf: PlannedLeaf, spec: Spec, issuer: KeyPair, 
 
 
 def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | None = None,
-          force: Iterable[str] = ()) -> PKI:
+          force: Iterable[str] = (), renew_due: bool = False) -> PKI:
     """Complete the PKI ``spec`` wants on top of ``existing``.
 
     Existing CAs and the service-account key are kept as they are; the caller has checked them with
     :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``.
-    ``members`` limits per-member leaves to those etcd members.
+    ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves inside
+    their renewal window are re-issued too, with new keys.
     """
     planned = {leaf.component: leaf for leaf in catalog.plan(spec, members)}
     forced = set(force)
@@ -102,7 +104,7 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
         elif component not in existing.leaves:
             to_issue[component] = NEW
         else:
-            problem = problem_with(existing.leaves[component], leaf, spec, cas[leaf.issuer], now)
+            problem = problem_with(existing.leaves[component], leaf, spec, cas[leaf.issuer], now, renew_due)
             if problem:
                 to_issue[component] = problem
 

@@ -1,30 +1,62 @@
 """The Kopf handlers: thin triggers over :mod:`clusterpki.issuance`.
 
+Every trigger ends in :func:`reconcile_now`, one reconcile per ClusterPKI at a time:
+- creation, any change of spec or annotations, and operator start-up (resume);
+- the ClusterPKI's next renewal time, from one fleet-wide :class:`~clusterpki.scheduling.Scheduler`;
+- a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered
+  watch that writes nothing to Secrets.
+
 Importing this module registers the handlers on Kopf's default registry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
 
-from clusterpki import certificates, issuance, settings
-from clusterpki.store import SecretStore, connection_info, load_configuration
+from clusterpki import certificates, issuance, secrets, settings
+from clusterpki.scheduling import Scheduler
+from clusterpki.store import ApiError, SecretStore, connection_info, load_configuration
 
 CLUSTERPKI = {"group": settings.GROUP, "version": settings.VERSION, "plural": settings.PLURAL}
+Key = tuple[str, str]  # (namespace, name)
+
+
+class State:
+    """What the operator keeps in memory: the latest ClusterPKIs (from the watch), a lock per
+    ClusterPKI, the scheduler, and the resourceVersions of its own Secret writes."""
+
+    def __init__(self, store: SecretStore) -> None:
+        self.store = store
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.own_writes: dict[tuple[str, str], str] = {}
+        self.scheduler = Scheduler(self.scheduled)
+        self.task: asyncio.Task | None = None
+
+    async def scheduled(self, key: Key) -> None:
+        body = self.bodies.get(key)
+        if body is not None:
+            await reconcile_now(self, body, logging.getLogger("clusterpki.scheduled"))
 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.store = SecretStore(load_configuration())
+    memo.state = State(SecretStore(load_configuration()))
+    memo.state.task = asyncio.create_task(memo.state.scheduler.run())
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo.store.close()
+    await memo.state.scheduler.stop(memo.state.task)
+    memo.state.store.close()
 
 
 @kopf.on.login()
@@ -33,24 +65,104 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(**connection_info(load_configuration()))
 
 
+@kopf.on.event(**CLUSTERPKI)
+def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the latest version of every ClusterPKI for the scheduled reconciles."""
+    obj = event["object"]
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    if event["type"] == "DELETED":
+        memo.state.bodies.pop(key, None)
+        memo.state.scheduler.forget(key)
+    else:
+        memo.state.bodies[key] = obj
+
+
 @kopf.on.resume(**CLUSTERPKI)
 @kopf.on.create(**CLUSTERPKI)
-@kopf.on.update(**CLUSTERPKI, field="spec")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
-                    **_: Any) -> None:
-    result = await issuance.reconcile(body, memo.store, certificates.utcnow())
-    patch.status.update(result.status)
-    for kind, reason, message in result.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
-        (logger.warning if kind == issuance.WARNING else logger.info)(f"{reason}: {message}")
-    if result.retry:
-        raise kopf.TemporaryError(result.retry, delay=settings.RETRY_DELAY)
+@kopf.on.update(**CLUSTERPKI)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    memo.state.bodies[(body.metadata.namespace, body.metadata.name)] = dict(body)
+    retry = await reconcile_now(memo.state, dict(body), logger)
+    if retry:
+        raise kopf.TemporaryError(retry, delay=settings.RETRY_DELAY)
+
+
+@kopf.on.event("", "v1", "secrets", labels={secrets.LABEL_MANAGED_BY: secrets.MANAGER})
+def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A managed Secret changed or went away: look at its ClusterPKI again, unless we wrote it."""
+    if event["type"] not in ("MODIFIED", "DELETED"):
+        return
+    meta = event["object"]["metadata"]
+    key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
+    if key not in memo.state.bodies:
+        return
+    if event["type"] == "MODIFIED" and memo.state.own_writes.get((meta["namespace"], meta["name"])) == \
+            meta.get("resourceVersion"):
+        return
+    memo.state.scheduler.after(key, settings.DRIFT_DELAY)
+
+
+async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.Logger) -> str | None:
+    """Reconcile one ClusterPKI: issue, patch its status if it changed, report, and schedule the next
+    look at its next renewal. Returns a message when a transient failure should be retried."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    async with state.locks[key]:
+        body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
+        result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
+        current = body.get("status") or {}
+        if any(current.get(field) != value for field, value in result.status.items()):
+            try:
+                await state.store.patch_status(key[0], key[1], result.status)
+            except ApiError as exc:
+                return str(exc)
+            state.bodies[key] = {**body, "status": {**current, **result.status}}
+        for kind, reason, message in result.events:
+            (logger.warning if kind == issuance.WARNING else logger.info)(f"{reason}: {message}")
+            try:
+                await state.store.post_event(body, kind, reason, message)
+            except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
+                logger.warning(f"Could not post the {reason} Event: {exc}")
+        next_renewal = result.status.get("nextRenewal")
+        state.scheduler.replace(key, _unix(next_renewal) if next_renewal else None)
+        if result.retry:
+            state.scheduler.after(key, settings.RETRY_DELAY)
+        return result.retry
+
+
+class RecordingStore:
+    """The store, remembering the resourceVersion of each Secret it writes, so that the drift watch
+    can tell the operator's own writes from someone else's."""
+
+    def __init__(self, state: State, store: SecretStore) -> None:
+        self._state, self._store = state, store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def create(self, secret: secrets.Secret) -> secrets.Secret:
+        return self._remember(await self._store.create(secret))
+
+    async def replace(self, secret: secrets.Secret) -> secrets.Secret:
+        return self._remember(await self._store.replace(secret))
+
+    def _remember(self, written: secrets.Secret) -> secrets.Secret:
+        meta = written["metadata"]
+        self._state.own_writes[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+        return written
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:
-    """Kopf settings for this operator: keep Kopf's bookkeeping in our own annotations."""
-    operator_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=settings.GROUP)
+    """Kopf settings for this operator: annotations of a prefix of their own for Kopf's bookkeeping
+    (Kopf ignores changes to annotations of its prefix, and ``pki.clusterpki.dev/renew`` must not be
+    ignored), and a server-side label selector so that only the operator's Secrets are watched."""
+    operator_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=settings.KOPF_PREFIX)
     operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=settings.GROUP, key="last-handled-configuration")
+        prefix=settings.KOPF_PREFIX, key="last-handled-configuration")
     operator_settings.persistence.finalizer = f"{settings.GROUP}/finalizer"
     operator_settings.posting.level = logging.INFO
+    operator_settings.watching.label_selectors[("v1", "secrets")] = \
+        f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}"
+
+
+def _unix(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=certificates.utcnow().tzinfo).timestamp()

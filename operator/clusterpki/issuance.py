@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from clusterpki import catalog, engine, secrets, spec, status
+from clusterpki import catalog, engine, requests, secrets, spec, status
 from clusterpki.store import ApiError, SecretStore
 
 NORMAL, WARNING = "Normal", "Warning"
+MISSING = "its Secret was missing"
 
 
 class Result(NamedTuple):
@@ -46,6 +47,13 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     except ApiError as exc:
         return failure("APIError", str(exc), retry=True)
     stored = secrets.read(current, now)
+    listed = {e.get("name") for e in (body.get("status") or {}).get("certificates") or []}
+    gone = sorted(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES
+                  if ca.component in listed and ca.component not in current)
+    if gone:
+        names = ", ".join(secrets.secret_name(name, ca) for ca in gone)
+        return failure("CAMissing", f"CA Secret {names} is missing; a CA is never regenerated silently, since "
+                                    "every client trusts it: restore the Secret, or rotate the CA")
     if stored.ca_problems:
         problems = "; ".join(f"Secret {secrets.secret_name(name, ca)}: {why}"
                              for ca, why in sorted(stored.ca_problems.items()))
@@ -54,8 +62,16 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         return failure("ServiceAccountKeyInvalid", f"Secret {secrets.secret_name(name, catalog.SERVICE_ACCOUNT)} "
                                                    f"cannot be used and is left untouched: {stored.sa_problem}")
 
+    events: list[tuple[str, str, str]] = []
+    renew_request = requests.pending_renewal(body)
+    forced: set[str] = set()
+    if renew_request is not None:
+        forced, problem = requests.renewal_targets(renew_request, [p.component for p in catalog.plan(pki_spec)])
+        if problem:
+            events.append((WARNING, "InvalidRenewRequest", f"{requests.RENEW}={renew_request!r}: {problem}"))
+
     # Key generation can take a second for RSA: keep it off the event loop.
-    pki = await asyncio.to_thread(engine.build, pki_spec, stored.existing, now)
+    pki = await asyncio.to_thread(engine.build, pki_spec, stored.existing, now, None, forced, True)
     owner = secrets.owner_reference(body) if pki_spec.secret_retention is spec.SecretRetention.DELETE else None
     wanted = secrets.desired(pki, namespace, owner, current, stored.adopted)
     changed = [c for c, secret in wanted.items() if secrets.differs(current.get(c), secret)]
@@ -69,9 +85,12 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True)
         return failure("APIError", str(exc), retry=True)
 
-    issued = {c: stored.unreadable.get(c, reason) for c, reason in pki.issued.items()}
-    return Result(status.of_pki(pki, generation, previous, now), _events(name, issued, stored, current),
-                  issued=issued)
+    issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed else reason)
+              for c, reason in pki.issued.items()}
+    new_status = status.of_pki(pki, generation, previous, now)
+    if renew_request is not None:
+        new_status["renewRequest"] = renew_request
+    return Result(new_status, events + _events(name, issued, stored, current, pki), issued=issued)
 
 
 async def _load(store: SecretStore, namespace: str, name: str) -> dict[str, secrets.Secret]:
@@ -95,8 +114,8 @@ async def _write(store: SecretStore, current: secrets.Secret | None, wanted: sec
         await store.replace(wanted)
 
 
-def _events(name: str, issued: dict[str, str], stored: secrets.Stored,
-            current: Mapping[str, secrets.Secret]) -> list[tuple[str, str, str]]:
+def _events(name: str, issued: dict[str, str], stored: secrets.Stored, current: Mapping[str, secrets.Secret],
+            pki: engine.PKI) -> list[tuple[str, str, str]]:
     events = []
     newly_adopted = sorted(c for c in stored.adopted
                            if not (current[c]["metadata"].get("annotations") or {}).get(secrets.ANNOTATION_ADOPTED))
@@ -106,6 +125,13 @@ def _events(name: str, issued: dict[str, str], stored: secrets.Stored,
     if new:
         events.append((NORMAL, "Issued", f"Issued {len(new)}: {', '.join(new)}"))
     for component, reason in issued.items():
-        if reason != engine.NEW:
-            events.append((NORMAL, "Reissued", f"Re-issued {component}: {reason}"))
+        if reason == engine.NEW:
+            continue
+        old = stored.existing.leaves.get(component)
+        new = pki.leaves[component]
+        serials = f"serial {old.cert.serial_number:X} -> {new.cert.serial_number:X}" if old else \
+            f"serial {new.cert.serial_number:X}"
+        kind = "Renewed" if reason in (engine.DUE, engine.FORCED) else "Reissued"
+        events.append((NORMAL, kind, f"{'Renewed' if kind == 'Renewed' else 'Re-issued'} {component} "
+                                     f"({serials}): {reason}"))
     return events

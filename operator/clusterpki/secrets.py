@@ -94,8 +94,9 @@ def read(secrets: Mapping[str, Secret], now: datetime) -> Stored:
 
 def read_pair(secret: Secret) -> KeyPair:
     """The certificate and key of a TLS Secret. Errors name the key, never its content."""
+    pem = _data(secret, "tls.crt")
     try:
-        cert = x509.load_pem_x509_certificate(_data(secret, "tls.crt"))
+        cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise ValueError("tls.crt is not a PEM certificate") from None
     return KeyPair(cert, _load_key("tls.key", _data(secret, "tls.key")))

@@ -3,4 +3,6 @@
 GROUP = "pki.clusterpki.dev"
 VERSION = "v1alpha1"
 PLURAL = "clusterpkis"
+KOPF_PREFIX = f"kopf.{GROUP}"  # Kopf's own annotations; users' requests use GROUP
 RETRY_DELAY = 10  # seconds before a transient failure (API error, write conflict) is retried
+DRIFT_DELAY = 0.5  # seconds to gather a burst of Secret events into one reconcile

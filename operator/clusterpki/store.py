@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,10 +22,11 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from clusterpki import secrets
+from clusterpki import secrets, settings
 
 Secret = dict[str, Any]
 API_WORKERS = 16
+REPORTING_INSTANCE = socket.gethostname()[:128]
 
 
 class ApiError(Exception):
@@ -56,8 +60,12 @@ def connection_info(configuration: client.Configuration) -> dict[str, Any]:
 
 
 class SecretStore:
+    """Secrets, and the two writes the operator makes to ClusterPKIs themselves."""
+
     def __init__(self, configuration: client.Configuration) -> None:
-        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        api_client = client.ApiClient(configuration)
+        self._api = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="k8s-api")
 
     def close(self) -> None:
@@ -97,6 +105,35 @@ class SecretStore:
 
     async def delete(self, namespace: str, name: str) -> None:
         await self._call("delete", f"Secret {namespace}/{name}", self._api.delete_namespaced_secret, name, namespace)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a ClusterPKI's status subresource."""
+        await self._call("patch", f"the status of ClusterPKI {namespace}/{name}",
+                         self._custom.patch_namespaced_custom_object_status, settings.GROUP, settings.VERSION,
+                         namespace, settings.PLURAL, name, {"status": status},
+                         _content_type="application/merge-patch+json")
+
+    async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge-patch annotations onto a ClusterPKI (``clusterpki renew`` and ``rotate-ca``)."""
+        await self._call("annotate", f"ClusterPKI {namespace}/{name}", self._custom.patch_namespaced_custom_object,
+                         settings.GROUP, settings.VERSION, namespace, settings.PLURAL, name,
+                         {"metadata": {"annotations": annotations}}, _content_type="application/merge-patch+json")
+
+    async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them."""
+        meta = involved["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": kind, "reason": reason, "message": message[:1024], "count": 1,
+            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "eventTime": now,
+            "reportingComponent": "clusterpki", "reportingInstance": REPORTING_INSTANCE,
+            "action": "Reconcile", "source": {"component": "clusterpki"},
+        }
+        await self._call("post", f"an Event on {meta['namespace']}/{meta['name']}",
+                         self._api.create_namespaced_event, meta["namespace"], event)
 
     async def _call(self, verb: str, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

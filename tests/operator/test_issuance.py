@@ -78,10 +78,11 @@ async def test_create_to_ready_with_every_secret(operator, api, emulator, caplog
     assert status["nextRenewal"] == min(entries[c]["renewalTime"] for c in LEAVES)
     ready = status["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Issued")
-    assert ("Normal", "Issued", "Issued 15: ca, etcd-ca, front-proxy-ca, " + ", ".join(
+    issued = ("Normal", "Issued", "Issued 15: ca, etcd-ca, front-proxy-ca, " + ", ".join(
         ["apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
          "etcd-server-etcd-0", "etcd-peer-etcd-0", "etcd-healthcheck-client", "admin", "kube-scheduler",
-         "kube-controller-manager", "kube-proxy", "sa"])) in await api.events("team-a")
+         "kube-controller-manager", "kube-proxy", "sa"]))
+    await api.wait_for(lambda: has_event(api, "team-a", issued), what="the Issued Event")
     assert "Issued: Issued 15" in caplog.text
     assert "PRIVATE KEY" not in caplog.text and "PRIVATE KEY" not in str(emulator.list("events", "team-a"))
 
@@ -110,9 +111,12 @@ async def test_a_new_san_reissues_only_the_apiserver(operator, api, emulator):
     assert {c for c in before if before[c] != after[c]} == {"apiserver"}
     assert [w.path for w in emulator.writes("/secrets")[writes:]] == [
         "/api/v1/namespaces/team-a/secrets/alpha-apiserver"]
-    events = await api.events("team-a")
-    assert any(reason == "Reissued" and message.startswith("Re-issued apiserver: it does not match the spec")
-               for _, reason, message in events)
+
+    async def reissued_event():
+        return any(reason == "Reissued" and message.startswith("Re-issued apiserver (serial ")
+                   and "): it does not match the spec: dns names" in message
+                   for _, reason, message in await api.events("team-a"))
+    await api.wait_for(reissued_event, what="the Reissued Event")
 
 
 async def test_a_new_member_adds_only_its_two_certificates(operator, api, emulator):
@@ -138,7 +142,8 @@ async def test_a_bad_spec_is_reported_without_touching_anything(operator, api, e
     assert ready["reason"] == "InvalidSpec"
     assert ready["message"] == ("The spec is invalid: spec.serviceCIDR: '10.0.0.0/33' is not a CIDR; "
                                 "spec.renewBefore: 5m0s must be shorter than spec.validity.certificate (2m0s)")
-    assert ("Warning", "InvalidSpec", ready["message"]) in await api.events("team-a")
+    await api.wait_for(lambda: has_event(api, "team-a", ("Warning", "InvalidSpec", ready["message"])),
+                       what="the InvalidSpec Event")
     assert not [s for s in emulator.list("secrets", "team-a") if s["metadata"]["name"].startswith("bad-")]
     assert not emulator.writes("/secrets/bad-")
 
@@ -170,7 +175,9 @@ async def test_bring_your_own_ca(operator, api, emulator, tmp_path):
     assert secret["metadata"]["annotations"]["pki.clusterpki.dev/adopted"] == "true"
     ca = x509.load_pem_x509_certificate(ca_crt)
     cert_of(emulator.get("secrets", "alpha-apiserver", "team-a")).verify_directly_issued_by(ca)
-    assert ("Normal", "Adopted", "Adopted the ca CA brought in Secret alpha-ca") in await api.events("team-a")
+    await api.wait_for(lambda: has_event(api, "team-a", ("Normal", "Adopted",
+                                                         "Adopted the ca CA brought in Secret alpha-ca")),
+                       what="the Adopted Event")
 
 
 async def test_an_unusable_ca_is_left_untouched(operator, api, emulator):
@@ -186,7 +193,8 @@ async def test_an_unusable_ca_is_left_untouched(operator, api, emulator):
                                 "tls.crt is not a PEM certificate")
     assert emulator.get("secrets", "alpha-etcd-ca", "team-a") == before
     assert [s["metadata"]["name"] for s in emulator.list("secrets", "team-a")] == ["alpha-etcd-ca"]
-    assert ("Warning", "CAInvalid", ready["message"]) in await api.events("team-a")
+    await api.wait_for(lambda: has_event(api, "team-a", ("Warning", "CAInvalid", ready["message"])),
+                       what="the CAInvalid Event")
 
 
 async def test_retain_keeps_the_secrets_after_deletion(operator, api, emulator):
@@ -225,6 +233,10 @@ async def test_two_pkis_in_two_namespaces(operator, api, emulator):
     a, b = emulator.get("secrets", "alpha-ca", "team-a"), emulator.get("secrets", "alpha-ca", "team-b")
     assert cert_of(a).serial_number != cert_of(b).serial_number
     assert len(emulator.list("secrets", "team-a")) == len(emulator.list("secrets", "team-b")) == 15
+
+
+async def has_event(api, namespace: str, event: tuple[str, str, str]) -> bool:
+    return event in await api.events(namespace)
 
 
 async def _absent(api, name: str) -> bool:
