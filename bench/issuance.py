@@ -33,13 +33,13 @@ async def measure(count: int, algorithm: str) -> dict[str, float]:
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "e",
             "clusters": [{"name": "e", "cluster": {"server": emulator.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
+            "users": [{"name": "u", "user": {"token": emulator.token}}],
             "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}]}))
         os.environ["KUBECONFIG"] = str(kubeconfig)
         operator = Operator()
         await operator.start()
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emulator.token}"}) as session:
                 api = Api(emulator, session)
                 baseline = len(emulator.requests)
                 started = time.monotonic()

@@ -96,6 +96,7 @@ class Emulator:
     _changed: asyncio.Condition | None = None
     _runner: web.AppRunner | None = None
     port: int = 0
+    token: str = "test-token"  # every request must carry it, as a real apiserver demands credentials
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class Emulator:
 
     def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         resource = _by_plural(plural)
-        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self.objects.items(), key=lambda kv: kv[0][1:])
+        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
                 if r == resource and (namespace is None or ns == namespace)]
 
     def writes(self, path_part: str = "") -> list[Request]:
@@ -142,6 +143,8 @@ class Emulator:
         self.requests.append(Request(request.method, request.path, dict(request.query),
                                      request.content_type, body, request.headers.get("User-Agent", "")))
         try:
+            if request.headers.get("Authorization") != f"Bearer {self.token}":
+                raise ApiError(401, "Unauthorized", "Unauthorized")
             discovery = self._discovery(request.path)
             if discovery is not None:
                 return web.json_response(discovery)
@@ -232,7 +235,7 @@ class Emulator:
     def _select(self, resource: Resource, namespace: str | None, query: dict[str, str]) -> Iterator[dict]:
         labels = _parse_selector(query.get("labelSelector", ""))
         fields = _parse_selector(query.get("fieldSelector", ""))
-        for (r, ns, _), obj in sorted(self.objects.items(), key=lambda kv: kv[0][1:]):
+        for (r, ns, _), obj in sorted(self.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2])):
             if r == resource and (namespace is None or ns == namespace) and _matches(obj, labels, fields):
                 yield obj
 

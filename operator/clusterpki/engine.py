@@ -26,11 +26,16 @@ DUE = "it is due for renewal"
 
 
 class Existing(NamedTuple):
-    """What is there already: CA pairs, leaf pairs by component, and the service-account key."""
+    """What is there already: CA pairs, leaf pairs by component, and the service-account key.
+
+    ``trust`` adds CA certificates to a CA's trust bundle, and ``service_account_trust`` public keys
+    to ``sa.pub``: during a rotation the bundles carry the old and the new together."""
 
     cas: Mapping[str, KeyPair] = MappingProxyType({})
     leaves: Mapping[str, KeyPair] = MappingProxyType({})
     service_account: PrivateKey | None = None
+    trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
+    service_account_trust: tuple[keys.PublicKey, ...] = ()
 
 
 class PKI(NamedTuple):
@@ -42,10 +47,16 @@ class PKI(NamedTuple):
     planned: dict[str, PlannedLeaf]
     service_account: PrivateKey
     issued: dict[str, str]
+    trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
+    service_account_trust: tuple[keys.PublicKey, ...] = ()
 
     def bundle(self, ca: str) -> list[x509.Certificate]:
         """The trust bundle for certificates issued by ``ca``: what goes into ``ca.crt``."""
-        return [self.cas[ca].cert]
+        return [self.cas[ca].cert, *self.trust.get(ca, [])]
+
+    def service_account_keys(self) -> list[keys.PublicKey]:
+        """The public keys that verify service-account tokens: what goes into ``sa.pub``."""
+        return [self.service_account.public_key(), *self.service_account_trust]
 
     def issuer_of(self, component: str) -> str | None:
         """The CA that issued a leaf, or None for a CA itself."""
@@ -132,4 +143,4 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
         issued[catalog.SERVICE_ACCOUNT] = NEW
 
     return PKI(spec=spec, cas=cas, leaves=leaves, planned=planned, service_account=service_account,
-               issued=issued)
+               issued=issued, trust=existing.trust, service_account_trust=existing.service_account_trust)

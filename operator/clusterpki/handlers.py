@@ -123,7 +123,12 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
                 logger.warning(f"Could not post the {reason} Event: {exc}")
         next_renewal = result.status.get("nextRenewal")
-        state.scheduler.replace(key, _unix(next_renewal) if next_renewal else None)
+        when = _unix(next_renewal) if next_renewal else None
+        if when is not None and when <= certificates.utcnow().timestamp():  # due, yet not done: no busy loop
+            when = certificates.utcnow().timestamp() + settings.RETRY_DELAY
+        state.scheduler.replace(key, when)
+        if result.wake_at is not None:  # the next step of a CA rotation
+            state.scheduler.at(key, result.wake_at.timestamp())
         if result.retry:
             state.scheduler.after(key, settings.RETRY_DELAY)
         return result.retry
@@ -159,7 +164,10 @@ def configure(operator_settings: kopf.OperatorSettings) -> None:
     operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=settings.KOPF_PREFIX, key="last-handled-configuration")
     operator_settings.persistence.finalizer = f"{settings.GROUP}/finalizer"
-    operator_settings.posting.level = logging.INFO
+    operator_settings.posting.enabled = False  # Events are posted by the store, explicitly
+    # No cluster-wide scans of namespaces and CRDs: they need RBAC the operator has no use for, and
+    # the namespaces to serve are given exactly (-n) or are all of them (-A).
+    operator_settings.scanning.disabled = True
     operator_settings.watching.label_selectors[("v1", "secrets")] = \
         f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}"
 

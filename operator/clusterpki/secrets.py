@@ -28,6 +28,10 @@ OPAQUE = "Opaque"
 Secret = dict[str, Any]
 
 
+def immutable(secret: Secret | None) -> bool:
+    return bool(secret and secret.get("immutable"))
+
+
 class Stored(NamedTuple):
     """What the Secrets of one ClusterPKI hold, read back for the engine."""
 
@@ -36,6 +40,13 @@ class Stored(NamedTuple):
     ca_problems: dict[str, str]  # CA component -> why it cannot be used (it is never replaced)
     sa_problem: str | None
     adopted: set[str]  # CA components brought in by the user
+
+
+NEXT, PREVIOUS = "-next", "-previous"  # suffixes of the components that hold a rotation's other half
+
+
+def is_rotation(component: str) -> bool:
+    return component.endswith((NEXT, PREVIOUS))
 
 
 def secret_name(pki_name: str, component: str) -> str:
@@ -76,7 +87,7 @@ def read(secrets: Mapping[str, Secret], now: datetime) -> Stored:
     leaves: dict[str, KeyPair] = {}
     unreadable: dict[str, str] = {}
     for component, secret in secrets.items():
-        if component in catalog.CA_BY_COMPONENT or component == catalog.SERVICE_ACCOUNT:
+        if component in catalog.CA_BY_COMPONENT or component == catalog.SERVICE_ACCOUNT or is_rotation(component):
             continue
         try:
             leaves[component] = read_pair(secret)
@@ -120,8 +131,9 @@ def desired(pki: engine.PKI, namespace: str, owner: dict[str, Any] | None,
             data["kubeconfig"] = kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair,
                                                    pki.bundle(leaf.issuer))
         wanted[component] = (TLS, data)
-    wanted[catalog.SERVICE_ACCOUNT] = (OPAQUE, {"sa.key": keys.private_pem(pki.service_account),
-                                                "sa.pub": keys.public_pem(pki.service_account)})
+    wanted[catalog.SERVICE_ACCOUNT] = (OPAQUE, {
+        "sa.key": keys.private_pem(pki.service_account),
+        "sa.pub": b"".join(keys.public_pem(k) for k in pki.service_account_keys())})
 
     secrets = {}
     for component, (kind, data) in wanted.items():
@@ -131,8 +143,9 @@ def desired(pki: engine.PKI, namespace: str, owner: dict[str, Any] | None,
         meta["labels"] = {**(old_meta.get("labels") or {}), **labels(name, component)}
         annotations = dict(old_meta.get("annotations") or {})
         encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        if existing is not None and (component in adopted or component in catalog.CA_BY_COMPONENT):
+            kind = existing.get("type", kind)  # immutable, and a CA Secret is never re-created
         if component in adopted and existing is not None:
-            kind = existing.get("type", OPAQUE)
             encoded = {**(existing.get("data") or {}), "ca.crt": encoded["ca.crt"]}
             annotations[ANNOTATION_ADOPTED] = "true"
         if annotations:
@@ -145,8 +158,12 @@ def desired(pki: engine.PKI, namespace: str, owner: dict[str, Any] | None,
             meta["ownerReferences"] = references
         if existing is not None:
             meta["resourceVersion"] = old_meta.get("resourceVersion")
+            if old_meta.get("finalizers"):
+                meta["finalizers"] = old_meta["finalizers"]
         secrets[component] = {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta,
                               "data": encoded}
+        if immutable(existing):
+            secrets[component]["immutable"] = True
     return secrets
 
 

@@ -78,6 +78,11 @@ class Spec(NamedTuple):
     secret_retention: SecretRetention = SecretRetention.RETAIN
 
     @property
+    def ca_renew_before(self) -> timedelta:
+        """A CA enters its renewal window (and is rotated) in the last third of ``validity.ca``."""
+        return self.ca_validity / 3
+
+    @property
     def first_service_ip(self) -> IPAddress:
         """The kubernetes.default Service's ClusterIP: the first address after the network's."""
         return self.service_cidr.network_address + 1

@@ -26,18 +26,18 @@ def ready_condition(ok: bool, reason: str, message: str, generation: int | None,
 
 
 def of_pki(pki: engine.PKI, generation: int | None, previous: list[Mapping[str, Any]],
-           now: datetime) -> dict[str, Any]:
-    """The status of a complete, stored PKI."""
+           now: datetime, unscheduled: set[str] = frozenset()) -> dict[str, Any]:
+    """The status of a complete, stored PKI. ``nextRenewal`` is the earliest renewal time of a leaf or
+    of a CA (whose renewal is a rotation), except the CAs in ``unscheduled`` (brought in, or rotating)."""
     entries = []
     for ca in catalog.CERTIFICATE_AUTHORITIES:
         cert = pki.cas[ca.component].cert
-        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         entries.append(_entry(pki, ca.component, "self-signed" if cert.issuer == cert.subject else "external",
-                              certificates.renewal_time(cert, lifetime / 3)))
+                              certificates.renewal_time(cert, pki.spec.ca_renew_before)))
     for component, leaf in pki.planned.items():
         entries.append(_entry(pki, component, leaf.issuer,
                               certificates.renewal_time(pki.leaves[component].cert, pki.spec.renew_before)))
-    leaf_renewals = [e["renewalTime"] for e in entries[len(catalog.CERTIFICATE_AUTHORITIES):]]
+    renewals = [e["renewalTime"] for e in entries if e["name"] not in unscheduled]
     count = len(entries)
     return {
         "observedGeneration": generation,
@@ -45,7 +45,7 @@ def of_pki(pki: engine.PKI, generation: int | None, previous: list[Mapping[str, 
                                        generation, previous, now)],
         "certificates": entries,
         "certificateCount": count,
-        "nextRenewal": min(leaf_renewals),
+        "nextRenewal": min(renewals),
     }
 
 

@@ -35,24 +35,29 @@ class ApiError(Exception):
     def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
         super().__init__(f"{verb} {what} failed: HTTP {status} {reason}".rstrip())
         self.status = status
+        self.reason = reason
 
 
 def load_configuration() -> client.Configuration:
-    """The in-cluster configuration in a pod, else the current kubeconfig (``KUBECONFIG``).
-
-    ``KUBECONFIG`` is read now, not when the client library was imported."""
+    """``KUBECONFIG`` when it is set, else the in-cluster configuration in a pod, else
+    ``~/.kube/config``: client-go's order. ``KUBECONFIG`` is read now, not when the client library
+    was imported."""
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = API_WORKERS
     return configuration
 
 
 def connection_info(configuration: client.Configuration) -> dict[str, Any]:
     """The same credentials for Kopf's own API client (arguments of ``kopf.ConnectionInfo``)."""
-    authorization = (configuration.api_key or {}).get("authorization", "")
+    authorization = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
     scheme, _, token = authorization.partition(" ")
     return {"server": configuration.host, "ca_path": configuration.ssl_ca_cert,
             "insecure": not configuration.verify_ssl, "scheme": scheme or None, "token": token or None,
@@ -143,6 +148,8 @@ class SecretStore:
         except ApiException as exc:
             raise ApiError(verb, what, exc.status, _reason(exc)) from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # unreachable, reset, timed out
+            raise ApiError(verb, what, 0, type(exc).__name__) from None
+        except Exception as exc:  # e.g. the client's body validation, whose message quotes the body
             raise ApiError(verb, what, 0, type(exc).__name__) from None
         return json.loads(response.data) if response.data else {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -59,10 +60,12 @@ class Api:
         """``kubectl apply`` of a ClusterPKI: create it, with the CRD's schema defaults filled in."""
         return await self.create("clusterpkis", with_schema_defaults(body), body["metadata"]["namespace"])
 
-    async def wait_for(self, probe: Callable[[], Awaitable[Any]], timeout: float = 15, what: str = "") -> Any:
+    async def wait_for(self, probe: Callable[[], Awaitable[Any] | Any], timeout: float = 15, what: str = "") -> Any:
         deadline = time.monotonic() + timeout
         while True:
-            value = await probe()
+            value = probe()
+            if inspect.isawaitable(value):
+                value = await value
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -160,7 +163,7 @@ def kubeconfig(tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPat
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
         "clusters": [{"name": "emulator", "cluster": {"server": emulator.url}}],
-        "users": [{"name": "operator", "user": {"token": "test-token"}}],
+        "users": [{"name": "operator", "user": {"token": emulator.token}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
     }))
     monkeypatch.setenv("KUBECONFIG", str(path))
@@ -169,7 +172,7 @@ def kubeconfig(tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 async def api(emulator: Emulator) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emulator.token}"}) as session:
         yield Api(emulator, session)
 
 
