@@ -52,6 +52,11 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     listed = {e.get("name") for e in (body.get("status") or {}).get("certificates") or []}
     gone = sorted(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES
                   if ca.component in listed and ca.component not in current)
+    recovering, request, _ = rotation.pending_request(body)
+    if recovering in gone and not rotation.is_active(rotation.of(body)):
+        gone.remove(recovering)  # an explicit rotation replaces the lost CA: the engine makes a new one
+    else:
+        recovering = None
     if gone:
         names = ", ".join(secrets.secret_name(name, ca) for ca in gone)
         return failure("CAMissing", f"CA Secret {names} is missing; a CA is never regenerated silently, since "
@@ -73,10 +78,17 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             events.append((WARNING, "InvalidRenewRequest", f"{requests.RENEW}={renew_request!r}: {problem}"))
 
     owner = secrets.owner_reference(body) if pki_spec.secret_retention is spec.SecretRetention.DELETE else None
-    try:
-        active, existing = await _rotation_step(body, store, current, stored, pki_spec, owner, now, events)
-    except ApiError as exc:
-        return failure("APIError", str(exc), retry=True)
+    if recovering:
+        # No old CA to keep trusting: the new CA and its leaves replace the lost ones at once.
+        active, existing = {**rotation.start(recovering, "recovery", request, now), "phase": rotation.COMPLETING}, \
+            stored.existing
+        events.append((WARNING, "RotationRecovering", f"The {recovering} CA was missing: a new CA replaces it and "
+                                                      "every leaf it issued is re-issued"))
+    else:
+        try:
+            active, existing = await _rotation_step(body, store, current, stored, pki_spec, owner, now, events)
+        except ApiError as exc:
+            return failure("APIError", str(exc), retry=True)
 
     # Key generation can take a second for RSA: keep it off the event loop.
     pki = await asyncio.to_thread(engine.build, pki_spec, existing, now, None, forced, True)
@@ -99,7 +111,8 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True)
         return failure("APIError", str(exc), retry=True)
 
-    issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed else reason)
+    issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed and c in pki.planned
+                                              else reason)
               for c, reason in pki.issued.items()}
     unscheduled = set(stored.adopted) | ({active["ca"]} if rotation.is_active(active) else set())
     new_status = status.of_pki(pki, generation, previous, now, unscheduled)

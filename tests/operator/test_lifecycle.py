@@ -146,6 +146,19 @@ async def test_a_missing_ca_is_never_regenerated(operator, api, emulator):
     assert emulator.get("secrets", "alpha-etcd-ca", "team-a") is None
     await api.wait_for(lambda: _has_event(api, "CAMissing", condition["message"]), what="the CAMissing Event")
 
+    # Recovery only through an explicit rotation: a new etcd CA, and every leaf it issues re-issued.
+    before = serials(emulator, "team-a", "alpha")
+    await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
+        "pki.clusterpki.dev/rotate-ca": "etcd-ca"}}}, "team-a")
+    obj = await api.ready("team-a", "alpha", timeout=10)
+    assert obj["status"]["caRotation"]["trigger"] == "recovery"
+    after = serials(emulator, "team-a", "alpha")
+    etcd_family = {"apiserver-etcd-client", "etcd-server-etcd-0", "etcd-peer-etcd-0", "etcd-healthcheck-client"}
+    assert {c for c in before if before[c] != after[c]} == etcd_family
+    etcd_ca = cert_of(emulator.get("secrets", "alpha-etcd-ca", "team-a"))
+    for leaf in etcd_family:
+        cert_of(emulator.get("secrets", f"alpha-{leaf}", "team-a")).verify_directly_issued_by(etcd_ca)
+
 
 async def test_the_operator_s_own_writes_do_not_trigger_reconciles(operator, api, emulator):
     await api.apply_pki(pki("alpha"))
