@@ -19,6 +19,7 @@ from clusterpki.spec import IPAddress
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
+DUE = "it is due for renewal"
 # Clock-skew allowance, as kubeadm and the Kubernetes CSR signer backdate certificates.
 BACKDATE = timedelta(minutes=5)
 
@@ -117,7 +118,7 @@ def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Cert
     if cert.not_valid_after_utc <= now:
         return "it has expired"
     if renewal_time is not None and renewal_time <= now:
-        return "it is due for renewal"  # engine.DUE
+        return DUE
     differences = identity_of(cert).differences(identity)
     if differences:
         return f"it does not match the spec: {'; '.join(differences)}"

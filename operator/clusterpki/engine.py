@@ -22,7 +22,7 @@ from clusterpki.spec import Spec
 
 NEW = "it did not exist"
 FORCED = "a re-issue was forced"
-DUE = "it is due for renewal"
+DUE = certificates.DUE
 
 
 class Existing(NamedTuple):

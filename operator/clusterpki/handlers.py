@@ -15,12 +15,12 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import kopf
 
 from clusterpki import certificates, issuance, secrets, settings
+from clusterpki.status import parse_timestamp
 from clusterpki.scheduling import Scheduler
 from clusterpki.store import ApiError, SecretStore, connection_info, load_configuration
 
@@ -123,7 +123,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
                 logger.warning(f"Could not post the {reason} Event: {exc}")
         next_renewal = result.status.get("nextRenewal")
-        when = _unix(next_renewal) if next_renewal else None
+        when = parse_timestamp(next_renewal).timestamp() if next_renewal else None
         if when is not None and when <= certificates.utcnow().timestamp():  # due, yet not done: no busy loop
             when = certificates.utcnow().timestamp() + settings.RETRY_DELAY
         state.scheduler.replace(key, when)
@@ -170,7 +170,3 @@ def configure(operator_settings: kopf.OperatorSettings) -> None:
     operator_settings.scanning.disabled = True
     operator_settings.watching.label_selectors[("v1", "secrets")] = \
         f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}"
-
-
-def _unix(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=certificates.utcnow().tzinfo).timestamp()

@@ -22,6 +22,7 @@ from typing import Any
 
 from clusterpki import durations
 from clusterpki.settings import GROUP
+from clusterpki.status import parse_timestamp, timestamp
 
 ROTATE = f"{GROUP}/rotate-ca"
 COMPLETE = f"{GROUP}/rotate-ca-complete"
@@ -64,7 +65,7 @@ def grace(body: Mapping[str, Any]) -> timedelta:
 
 
 def start(target: str, trigger: str, request: str | None, now: datetime) -> dict[str, Any]:
-    stamp = _stamp(now)
+    stamp = timestamp(now)
     return {"ca": target, "phase": PREPARING, "trigger": trigger, "request": request,
             "startedAt": stamp, "phaseStartedAt": stamp}
 
@@ -74,14 +75,14 @@ def advance(rotation: dict[str, Any], body: Mapping[str, Any], now: datetime) ->
     step pending). Preparing and Rotating last the grace period; ``rotate-ca-complete`` (a new value)
     ends Rotating early; Completing ends at once."""
     phase = rotation["phase"]
-    ends = _parse(rotation["phaseStartedAt"]) + grace(body)
+    ends = parse_timestamp(rotation["phaseStartedAt"]) + grace(body)
     completion = _annotations(body).get(COMPLETE)
     asked = phase == ROTATING and completion is not None and completion != rotation.get("completeRequest")
     if phase == COMPLETING:
-        return {**rotation, "phase": COMPLETED, "completedAt": _stamp(now)}, None
+        return {**rotation, "phase": COMPLETED, "completedAt": timestamp(now)}, None
     if phase in (PREPARING, ROTATING) and (now >= ends or asked):
         following = ROTATING if phase == PREPARING else COMPLETING
-        updated = {**rotation, "phase": following, "phaseStartedAt": _stamp(now)}
+        updated = {**rotation, "phase": following, "phaseStartedAt": timestamp(now)}
         if asked:
             updated["completeRequest"] = completion
         return updated, now
@@ -92,9 +93,3 @@ def _annotations(body: Mapping[str, Any]) -> Mapping[str, str]:
     return (body.get("metadata") or {}).get("annotations") or {}
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -12,7 +12,12 @@ READY = "Ready"
 
 
 def timestamp(moment: datetime) -> str:
+    """The RFC 3339 form the status uses, to the second."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def ready_condition(ok: bool, reason: str, message: str, generation: int | None,

@@ -4,6 +4,14 @@ import time
 from clusterpki.scheduling import Scheduler
 
 
+def recorder() -> tuple[list, object]:
+    fired: list = []
+
+    async def fire(key):
+        fired.append(key)
+    return fired, fire
+
+
 async def run_for(scheduler: Scheduler, seconds: float) -> None:
     task = asyncio.create_task(scheduler.run())
     await asyncio.sleep(seconds)
@@ -26,11 +34,7 @@ async def test_fires_each_key_once_at_its_time():
 
 
 async def test_requests_coalesce_to_the_earliest():
-    fired = []
-
-    async def fire(key):
-        fired.append(key)
-
+    fired, fire = recorder()
     scheduler = Scheduler(fire)
     for delay in (0.3, 0.05, 0.1, 0.05):
         scheduler.after("x", delay)
@@ -39,11 +43,7 @@ async def test_requests_coalesce_to_the_earliest():
 
 
 async def test_replace_moves_the_time_later_and_none_cancels():
-    fired = []
-
-    async def fire(key):
-        fired.append(key)
-
+    fired, fire = recorder()
     scheduler = Scheduler(fire)
     scheduler.after("x", 0.05)
     scheduler.replace("x", time.time() + 10)
@@ -55,11 +55,7 @@ async def test_replace_moves_the_time_later_and_none_cancels():
 
 
 async def test_a_new_earlier_time_wakes_the_sleeping_loop():
-    fired = []
-
-    async def fire(key):
-        fired.append(key)
-
+    fired, fire = recorder()
     scheduler = Scheduler(fire)
     scheduler.after("late", 100)
     task = asyncio.create_task(scheduler.run())
