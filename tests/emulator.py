@@ -298,7 +298,7 @@ class Emulator:
         meta.pop("resourceVersion", None)
         obj.setdefault("apiVersion", resource.group_version)
         obj.setdefault("kind", resource.kind)
-        if "status" in resource.subresources:
+        if "status" in resource.subresources and resource.plural != "nodes":  # a kubelet registers with status
             obj.pop("status", None)
         await self._store(resource, key, obj, "ADDED")
         return copy.deepcopy(obj)

@@ -42,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     from clusterpki import runtime
 
     return runtime.run(namespaces=[] if args.all_namespaces else args.namespace, standalone=args.standalone,
-                       liveness=args.liveness, verbose=args.verbose)
+                       liveness=args.liveness, verbose=args.verbose, csr_policy=args.csr_policy,
+                       metrics_port=args.metrics_port)
 
 
 def _renew(args: argparse.Namespace) -> int:
@@ -121,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
     run.add_argument("--standalone", action="store_true", help="do not coordinate with other replicas (peering)")
     run.add_argument("--liveness", metavar="URL", help="serve Kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--csr-policy", metavar="NS/NAME",
+                     help="the ClusterPKI whose spec.kubelet governs this cluster's kubelet CSRs [none: no CSR "
+                          "is touched]")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
 

@@ -138,6 +138,8 @@ def decide(csr: Mapping[str, Any], nodes: Mapping[str, Node], policy: KubeletPol
     node = nodes.get(node_name)
     if node is None:
         return Decision(PENDING, "NodeNotFound", f"node {node_name} is not registered")
+    if not node.hostnames and not node.ips:  # registered, its addresses not reported yet
+        return Decision(PENDING, "NodeNotFound", f"node {node_name} reports no addresses yet")
     for name in sans:
         owned = name.value.lower() in node.hostnames if isinstance(name, x509.DNSName) else name.value in node.ips
         if not owned:

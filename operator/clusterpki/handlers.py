@@ -6,7 +6,8 @@ Every trigger ends in :func:`reconcile_now`, one reconcile per ClusterPKI at a t
 - a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered
   watch that writes nothing to Secrets.
 
-Importing this module registers the handlers on Kopf's default registry.
+With ``--csr-policy``, :mod:`clusterpki.approval` adds the kubelet CSR handlers.
+:func:`build_registry` registers them all on a registry of their own for one operator.
 """
 
 from __future__ import annotations
@@ -15,57 +16,70 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
 from clusterpki import certificates, issuance, secrets, settings
-from clusterpki.status import parse_timestamp
 from clusterpki.scheduling import Scheduler
+from clusterpki.status import parse_timestamp
 from clusterpki.store import ApiError, SecretStore, connection_info, load_configuration
 
 CLUSTERPKI = {"group": settings.GROUP, "version": settings.VERSION, "plural": settings.PLURAL}
 Key = tuple[str, str]  # (namespace, name)
 
 
+class CsrKey(NamedTuple):
+    """A CSR to look at again (its Node may have appeared), in the same scheduler as ClusterPKIs."""
+
+    name: str
+
+
 class State:
     """What the operator keeps in memory: the latest ClusterPKIs (from the watch), a lock per
-    ClusterPKI, the scheduler, and the resourceVersions of its own Secret writes."""
+    ClusterPKI, the scheduler, the resourceVersions of its own Secret writes, and, for kubelet CSRs,
+    the policy ClusterPKI, a Node index and the CSRs waiting for their Node."""
 
-    def __init__(self, store: SecretStore) -> None:
+    def __init__(self, store: SecretStore, csr_policy: Key | None = None) -> None:
         self.store = store
+        self.csr_policy = csr_policy
+        self.nodes: dict[str, Any] = {}
+        self.waiting: dict[str, dict[str, Any]] = {}
+        self.deciding: set[str] = set()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.own_writes: dict[tuple[str, str], str] = {}
         self.scheduler = Scheduler(self.scheduled)
         self.task: asyncio.Task | None = None
 
-    async def scheduled(self, key: Key) -> None:
+    async def scheduled(self, key: Key | CsrKey) -> None:
+        if isinstance(key, CsrKey):
+            from clusterpki import approval  # only operators with a CSR policy schedule these
+
+            if key.name in self.waiting:
+                await approval.decide(self, self.waiting[key.name], logging.getLogger("clusterpki.csr"))
+            return
         body = self.bodies.get(key)
         if body is not None:
             await reconcile_now(self, body, logging.getLogger("clusterpki.scheduled"))
 
 
-@kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.state = State(SecretStore(load_configuration()))
+    memo.state = State(SecretStore(load_configuration()), memo.get("csr_policy"))
     memo.state.task = asyncio.create_task(memo.state.scheduler.run())
 
 
-@kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     await memo.state.scheduler.stop(memo.state.task)
     memo.state.store.close()
 
 
-@kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     """Kopf logs in with exactly the credentials the Secrets store uses."""
     return kopf.ConnectionInfo(**connection_info(load_configuration()))
 
 
-@kopf.on.event(**CLUSTERPKI)
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the latest version of every ClusterPKI for the scheduled reconciles."""
     obj = event["object"]
@@ -77,9 +91,6 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.state.bodies[key] = obj
 
 
-@kopf.on.resume(**CLUSTERPKI)
-@kopf.on.create(**CLUSTERPKI)
-@kopf.on.update(**CLUSTERPKI)
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     memo.state.bodies[(body.metadata.namespace, body.metadata.name)] = dict(body)
     retry = await reconcile_now(memo.state, dict(body), logger)
@@ -87,7 +98,6 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **
         raise kopf.TemporaryError(retry, delay=settings.RETRY_DELAY)
 
 
-@kopf.on.event("", "v1", "secrets", labels={secrets.LABEL_MANAGED_BY: secrets.MANAGER})
 def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A managed Secret changed or went away: look at its ClusterPKI again, unless we wrote it."""
     if event["type"] not in ("MODIFIED", "DELETED"):
@@ -154,6 +164,25 @@ class RecordingStore:
         meta = written["metadata"]
         self._state.own_writes[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
         return written
+
+
+def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
+    """The handlers of one operator. The CSR and Node watches exist only with a CSR policy, so
+    without one the operator never even reads a CSR."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry)(start)
+    kopf.on.cleanup(registry=registry)(stop)
+    kopf.on.login(registry=registry)(login)
+    kopf.on.event(**CLUSTERPKI, registry=registry)(track)
+    for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        decorator(**CLUSTERPKI, registry=registry)(reconcile)
+    kopf.on.event("", "v1", "secrets", labels={secrets.LABEL_MANAGED_BY: secrets.MANAGER},
+                  registry=registry)(drift)
+    if csr_policy:
+        from clusterpki import approval
+
+        approval.register(registry)
+    return registry
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:

@@ -71,6 +71,7 @@ class SecretStore:
         api_client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._certificates = client.CertificatesV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="k8s-api")
 
     def close(self) -> None:
@@ -123,6 +124,18 @@ class SecretStore:
         await self._call("annotate", f"ClusterPKI {namespace}/{name}", self._custom.patch_namespaced_custom_object,
                          settings.GROUP, settings.VERSION, namespace, settings.PLURAL, name,
                          {"metadata": {"annotations": annotations}}, _content_type="application/merge-patch+json")
+
+    async def decide_csr(self, csr: dict[str, Any]) -> None:
+        """PUT a CSR with its Approved or Denied condition to the ``approval`` subresource."""
+        name = csr["metadata"]["name"]
+        await self._call("decide", f"CSR {name}", self._certificates.replace_certificate_signing_request_approval,
+                         name, csr)
+
+    async def set_certificate(self, csr: dict[str, Any]) -> None:
+        """PUT a CSR with ``status.certificate`` to the ``status`` subresource."""
+        name = csr["metadata"]["name"]
+        await self._call("sign", f"CSR {name}", self._certificates.replace_certificate_signing_request_status,
+                         name, csr)
 
     async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them."""

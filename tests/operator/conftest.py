@@ -52,6 +52,14 @@ class Api:
             assert response.status == 200, await response.text()
             return await response.json()
 
+    async def create_node(self, body: dict[str, Any]) -> None:
+        """Register a Node as a kubelet does: the object, then its addresses through ``nodes/status``."""
+        await self.create("nodes", {k: v for k, v in body.items() if k != "status"})
+        async with self.session.patch(self._url("nodes", None, body["metadata"]["name"]) + "/status",
+                                      json={"status": body["status"]},
+                                      headers={"Content-Type": "application/merge-patch+json"}) as response:
+            assert response.status == 200, await response.text()
+
     async def delete(self, plural: str, name: str, namespace: str | None = None) -> None:
         async with self.session.delete(self._url(plural, namespace, name)) as response:
             assert response.status == 200, await response.text()
@@ -112,22 +120,25 @@ class Operator:
     Kopf cancels every task that appeared in its loop while it ran, so it cannot share the test's
     loop with the emulator; its own thread is also how Kopf documents embedding."""
 
-    def __init__(self) -> None:
+    def __init__(self, csr_policy: tuple[str, str] | None = None) -> None:
+        self.csr_policy = csr_policy
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
 
     async def start(self) -> None:
-        import clusterpki.handlers  # noqa: F401  (registers the handlers)
+        from clusterpki.handlers import build_registry
 
+        registry = build_registry(csr_policy=self.csr_policy is not None)
         ready = threading.Event()
         self.stop_flag = threading.Event()
         self.error = None
 
         def main() -> None:
             try:
-                asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=self.stop_flag,
-                                          ready_flag=ready, memo=kopf.Memo()))
+                asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+                                          stop_flag=self.stop_flag, ready_flag=ready,
+                                          memo=kopf.Memo(csr_policy=self.csr_policy)))
             except BaseException as exc:  # reported by stop()
                 self.error = exc
 

@@ -72,6 +72,11 @@ def test_rules(request_, verdict, reason, message):
         assert decision.message == message
 
 
+def test_a_node_without_addresses_yet_makes_a_serving_csr_wait():
+    bare = {"node-a": csr.node_of(node_body("node-a"))}
+    assert csr.decide(kubelet_csr("s", serving=True), bare, POLICY, YEAR).verdict == "Pending"
+
+
 def test_other_signers_and_decided_csrs_are_not_concerned():
     other = kubelet_csr("o", signerName="kubernetes.io/kube-apiserver-client")
     assert not csr.concerns(other)

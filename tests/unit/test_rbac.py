@@ -1,0 +1,40 @@
+"""The operator's RBAC, rule for rule: adding a wildcard or a verb makes this fail on purpose."""
+
+import yaml
+
+from tests.helpers import REPO
+
+EXPECTED = [
+    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+    {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["certificates.k8s.io"],
+     "resources": ["certificatesigningrequests/approval", "certificatesigningrequests/status"], "verbs": ["update"]},
+    {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+     "resourceNames": ["kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving"],
+     "verbs": ["approve", "sign"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def documents():
+    return list(yaml.safe_load_all((REPO / "manifests/rbac.yaml").read_text()))
+
+
+def test_the_cluster_role_is_exactly_what_the_operator_uses():
+    role = next(d for d in documents() if d["kind"] == "ClusterRole")
+    assert role["metadata"]["name"] == "clusterpki"
+    assert role["rules"] == EXPECTED
+    flat = yaml.safe_dump(role["rules"])
+    assert "'*'" not in flat and "\"*\"" not in flat
+
+
+def test_it_is_bound_to_the_manifests_service_account():
+    binding = next(d for d in documents() if d["kind"] == "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "clusterpki"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "clusterpki", "namespace": "clusterpki-system"}]
+    account = yaml.safe_load((REPO / "manifests/serviceaccount.yaml").read_text())
+    assert (account["metadata"]["name"], account["metadata"]["namespace"]) == ("clusterpki", "clusterpki-system")
