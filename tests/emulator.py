@@ -19,6 +19,7 @@ import bisect
 import copy
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Request:
     content_type: str
     body: Any
     agent: str = ""
+    received: float = 0.0  # time.monotonic() when the request arrived
 
     @property
     def by_operator(self) -> bool:
@@ -141,7 +143,8 @@ class Emulator:
             raw = await request.read()
             body = json.loads(raw) if raw else None
         self.requests.append(Request(request.method, request.path, dict(request.query),
-                                     request.content_type, body, request.headers.get("User-Agent", "")))
+                                     request.content_type, body, request.headers.get("User-Agent", ""),
+                                     time.monotonic()))
         try:
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")

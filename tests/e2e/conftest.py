@@ -90,8 +90,8 @@ def namespace(installed: None) -> Iterator[str]:
 class OperatorProcess:
     """``clusterpki run`` as a process, authenticated as the operator's ServiceAccount."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, extra: tuple[str, ...] = ()) -> None:
+        self.kubeconfig, self.namespace, self.log_path, self.extra = kubeconfig, namespace, log, extra
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -101,7 +101,7 @@ class OperatorProcess:
         log = open(self.log_path, "a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "clusterpki", "run", "-n", self.namespace, "--standalone",
-             "--liveness", f"http://127.0.0.1:{port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{port}/healthz", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
         log.close()
         wait_for(lambda: self._healthy(port), 30, "the operator's liveness endpoint")
