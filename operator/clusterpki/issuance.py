@@ -104,10 +104,10 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             if spare is not None:
                 await store.delete(namespace, spare["metadata"]["name"])
     except ApiError as exc:
-        if exc.status == 409 and exc.reason.startswith("AlreadyExists"):
+        if exc.status == 409 and exc.reason.startswith("AlreadyExists") and not await _ours(store, exc):
             return failure("SecretConflict", f"{exc}: a Secret of that name exists and is not managed by "
                                              "clusterpki; rename or delete it, then touch the ClusterPKI")
-        if exc.status == 409:
+        if exc.status == 409:  # another writer (e.g. a second replica) got there first: read again
             return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True)
         return failure("APIError", str(exc), retry=True)
 
@@ -244,6 +244,16 @@ def _secret(name: str, namespace: str, component: str, kind: str, owner: dict[st
         meta["ownerReferences"] = [owner]
     return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+
+async def _ours(store: SecretStore, exc: ApiError) -> bool:
+    """Whether the Secret a create collided with is one of ours (made meanwhile by another replica)."""
+    namespace, _, name = exc.what.removeprefix("Secret ").partition("/")
+    try:
+        found = await store.get(namespace, name)
+    except ApiError:
+        return True  # cannot tell: retrying is the safe side
+    return found is None or (found["metadata"].get("labels") or {}).get(secrets.LABEL_MANAGED_BY) == secrets.MANAGER
 
 
 async def _load(store: SecretStore, namespace: str, name: str) -> dict[str, secrets.Secret]:

@@ -36,6 +36,7 @@ class ApiError(Exception):
         super().__init__(f"{verb} {what} failed: HTTP {status} {reason}".rstrip())
         self.status = status
         self.reason = reason
+        self.what = what
 
 
 def load_configuration() -> client.Configuration:
@@ -99,6 +100,7 @@ class SecretStore:
             raise
 
     async def create(self, secret: Secret) -> Secret:
+        """Create; HTTP 409 AlreadyExists when it exists, e.g. made meanwhile by another replica."""
         meta = secret["metadata"]
         return await self._call("create", f"Secret {meta['namespace']}/{meta['name']}",
                                 self._api.create_namespaced_secret, meta["namespace"], secret)
