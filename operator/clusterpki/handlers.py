@@ -96,7 +96,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **
     memo.state.bodies[(body.metadata.namespace, body.metadata.name)] = dict(body)
     retry = await reconcile_now(memo.state, dict(body), logger)
     if retry:
-        raise kopf.TemporaryError(retry, delay=settings.RETRY_DELAY)
+        raise kopf.TemporaryError(retry[0], delay=retry[1])
 
 
 def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -113,9 +113,10 @@ def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.state.scheduler.after(key, settings.DRIFT_DELAY)
 
 
-async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.Logger) -> str | None:
+async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.Logger
+                        ) -> tuple[str, float] | None:
     """Reconcile one ClusterPKI: issue, patch its status if it changed, report, and schedule the next
-    look at its next renewal. Returns a message when a transient failure should be retried."""
+    look at its next renewal. Returns a message and a delay when a transient failure should be retried."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     async with state.locks[key]:
         body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
@@ -126,7 +127,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             try:
                 await state.store.patch_status(key[0], key[1], result.status)
             except ApiError as exc:
-                return str(exc)
+                return str(exc), settings.RETRY_DELAY
             state.bodies[key] = {**body, "status": {**current, **result.status}}
         for kind, reason, message in result.events:
             (logger.warning if kind == issuance.WARNING else logger.info)(f"{reason}: {message}")
@@ -142,8 +143,9 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
         if result.wake_at is not None:  # the next step of a CA rotation
             state.scheduler.at(key, result.wake_at.timestamp())
         if result.retry:
-            state.scheduler.after(key, settings.RETRY_DELAY)
-        return result.retry
+            state.scheduler.after(key, result.retry_delay)
+            return result.retry, result.retry_delay
+        return None
 
 
 class RecordingStore:

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from clusterpki import catalog, certificates, engine, keys, kubeconfig, requests, rotation, secrets, spec, status
+from clusterpki import (catalog, certificates, engine, keys, kubeconfig, requests, rotation, secrets, settings,
+                        spec, status)
 from clusterpki.store import ApiError, SecretStore
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -28,6 +29,7 @@ class Result(NamedTuple):
     retry: str | None = None  # set when a transient failure should be retried
     issued: dict[str, str] = {}  # component -> why it was (re-)issued
     wake_at: datetime | None = None  # when a CA rotation takes its next step
+    retry_delay: float = settings.RETRY_DELAY
 
 
 async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) -> Result:
@@ -35,9 +37,9 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     previous = (body.get("status") or {}).get("conditions") or []
 
-    def failure(reason: str, message: str, retry: bool = False) -> Result:
+    def failure(reason: str, message: str, retry: bool = False, delay: float = settings.RETRY_DELAY) -> Result:
         return Result(status.of_failure(reason, message, generation, previous, now),
-                      [(WARNING, reason, message)], retry=message if retry else None)
+                      [(WARNING, reason, message)], retry=message if retry else None, retry_delay=delay)
 
     try:
         pki_spec = spec.from_resource(body)
@@ -108,7 +110,8 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             return failure("SecretConflict", f"{exc}: a Secret of that name exists and is not managed by "
                                              "clusterpki; rename or delete it, then touch the ClusterPKI")
         if exc.status == 409:  # another writer (e.g. a second replica) got there first: read again
-            return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True)
+            return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True,
+                           delay=settings.CONFLICT_RETRY_DELAY)
         return failure("APIError", str(exc), retry=True)
 
     issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed and c in pki.planned

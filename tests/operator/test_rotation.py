@@ -211,15 +211,15 @@ async def _sa_key_is(emulator, key: bytes) -> bool:
 
 
 async def test_a_ca_in_its_renewal_window_is_rotated_automatically(operator, api, emulator):
-    # The CAs live 30 s; their renewal window (the last third) opens 20 s after issuance. One rotation
-    # runs at a time, and "ca" comes first.
-    await api.apply_pki(pki("alpha", validity={"ca": "30s", "certificate": "10s"}, renewBefore="3s"))
+    # The CAs live 15 s; their renewal window (the last third) opens 10 s after issuance. One rotation
+    # runs at a time, and "ca" comes first; it completes before the other CAs expire.
+    await api.apply_pki(pki("alpha", validity={"ca": "15s", "certificate": "5s"}, renewBefore="2s"))
     await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
         "pki.clusterpki.dev/rotate-ca-grace": "1s"}}}, "team-a")
     await api.ready("team-a", "alpha")
 
     created = datetime.now(timezone.utc)
-    await asyncio.sleep(15)
+    await asyncio.sleep(7)
     obj = await api.get("clusterpkis", "alpha", "team-a")
     assert "caRotation" not in obj["status"], "no rotation before the CA's renewal window"
 
@@ -228,7 +228,7 @@ async def test_a_ca_in_its_renewal_window_is_rotated_automatically(operator, api
         rotation = (obj.get("status") or {}).get("caRotation") or {}
         return rotation if rotation.get("trigger") == "renewal window" and rotation.get("phase") == "Completed" \
             else None
-    rotation = await api.wait_for(rotated, timeout=15, what="an automatic rotation completed")
+    rotation = await api.wait_for(rotated, timeout=10, what="an automatic rotation completed")
     started = datetime.fromisoformat(rotation["startedAt"].replace("Z", "+00:00"))
-    assert timedelta(seconds=18) <= started - created <= timedelta(seconds=23)
+    assert timedelta(seconds=8) <= started - created <= timedelta(seconds=13)
     assert_bundle_invariant(emulator, "ca")
