@@ -8,7 +8,7 @@ The watches are ``on.event`` handlers: nothing is ever written onto a CSR but it
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import kopf
 
@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from clusterpki.handlers import State
 
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
+
+
+class CsrKey(NamedTuple):
+    """A CSR to look at again, in the same scheduler as the ClusterPKIs."""
+
+    name: str
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -35,8 +41,6 @@ def track_node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     state.nodes[name] = csr.node_of(event["object"])
     for pending, body in state.waiting.items():  # its serving CSRs need not wait any longer
         if body["spec"].get("username") == f"{csr.NODE_PREFIX}{name}":
-            from clusterpki.handlers import CsrKey
-
             state.scheduler.after(CsrKey(pending), 0)
 
 
@@ -66,8 +70,6 @@ async def decide(state: State, body: dict[str, Any], logger: logging.Logger) -> 
     if decision.verdict == csr.PENDING:
         decision = csr.node_not_found(body, now)
         if decision is None:
-            from clusterpki.handlers import CsrKey
-
             state.waiting[name] = body
             state.scheduler.after(CsrKey(name), NODE_RECHECK)
             return

@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import kopf
 
@@ -27,12 +27,6 @@ from clusterpki.store import ApiError, SecretStore, connection_info, load_config
 
 CLUSTERPKI = {"group": settings.GROUP, "version": settings.VERSION, "plural": settings.PLURAL}
 Key = tuple[str, str]  # (namespace, name)
-
-
-class CsrKey(NamedTuple):
-    """A CSR to look at again (its Node may have appeared), in the same scheduler as ClusterPKIs."""
-
-    name: str
 
 
 class State:
@@ -52,13 +46,15 @@ class State:
         self.scheduler = Scheduler(self.scheduled)
         self.task: asyncio.Task | None = None
 
-    async def scheduled(self, key: Key | CsrKey) -> None:
-        if isinstance(key, CsrKey):
-            from clusterpki import approval  # only operators with a CSR policy schedule these
+    async def scheduled(self, key: Any) -> None:
+        """Fire a scheduled look: a ClusterPKI by (namespace, name), or a CSR waiting for its Node."""
+        if self.csr_policy is not None:
+            from clusterpki import approval  # only operators with a CSR policy schedule CSRs
 
-            if key.name in self.waiting:
-                await approval.decide(self, self.waiting[key.name], logging.getLogger("clusterpki.csr"))
-            return
+            if isinstance(key, approval.CsrKey):
+                if key.name in self.waiting:
+                    await approval.decide(self, self.waiting[key.name], logging.getLogger("clusterpki.csr"))
+                return
         body = self.bodies.get(key)
         if body is not None:
             await reconcile_now(self, body, logging.getLogger("clusterpki.scheduled"))
