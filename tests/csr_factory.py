@@ -7,12 +7,11 @@ import ipaddress
 from functools import lru_cache
 from typing import Any
 
+from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
-from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
 
 
 @lru_cache(maxsize=None)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from clusterpki import cli
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,9 +6,9 @@ Read a certificate's CN, O, usages, SANs, issuer, kubeadm file and kubeconfig of
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import ipaddress
 from collections.abc import Callable
+from typing import NamedTuple
 
 from clusterpki.certificates import CLIENT_AUTH, SERVER_AUTH, Identity
 from clusterpki.spec import EtcdMember, IPAddress, Spec

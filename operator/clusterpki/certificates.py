@@ -3,9 +3,9 @@ check of an existing certificate against what it should be."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import ipaddress
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

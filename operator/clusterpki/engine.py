@@ -7,10 +7,10 @@ is re-issued only when it has a problem (or when forced), so the engine is idemp
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from datetime import datetime
+from types import MappingProxyType
+from typing import NamedTuple
 
 from cryptography import x509
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 
@@ -60,7 +60,7 @@ def rows_from_secrets(stored: dict[str, dict]) -> list[Row]:
 def format_table(rows: list[Row], now: datetime) -> str:
     cells = [HEADERS] + [(r.name, _expires(r), _residual(r, now), r.authority) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells) + "\n"
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells) + "\n"
 
 
 def format_json(rows: list[Row], now: datetime) -> str:

@@ -49,7 +49,9 @@ class State:
     async def scheduled(self, key: Any) -> None:
         """Fire a scheduled look: a ClusterPKI by (namespace, name), or a CSR waiting for its Node."""
         if self.csr_policy is not None:
-            from clusterpki import approval  # only operators with a CSR policy schedule CSRs
+            from clusterpki import (
+                approval,  # only operators with a CSR policy schedule CSRs
+            )
 
             if isinstance(key, approval.CsrKey):
                 if key.name in self.waiting:

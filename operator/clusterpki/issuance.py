@@ -15,8 +15,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from clusterpki import (catalog, certificates, engine, keys, kubeconfig, requests, rotation, secrets, settings,
-                        spec, status)
+from clusterpki import (
+    catalog,
+    certificates,
+    engine,
+    keys,
+    kubeconfig,
+    requests,
+    rotation,
+    secrets,
+    settings,
+    spec,
+    status,
+)
 from clusterpki.store import ApiError, SecretStore
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -265,7 +276,7 @@ async def _load(store: SecretStore, namespace: str, name: str) -> dict[str, secr
     current = await store.list(namespace, name)
     missing = [ca.component for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in current]
     found = await asyncio.gather(*(store.get(namespace, secrets.secret_name(name, c)) for c in missing))
-    current.update({c: secret for c, secret in zip(missing, found) if secret is not None})
+    current.update({c: secret for c, secret in zip(missing, found, strict=True) if secret is not None})
     return current
 
 

@@ -27,7 +27,9 @@ def generate_many(algorithm: KeyAlgorithm, count: int) -> list[PrivateKey]:
     for primes, so threads scale. ECDSA keys take microseconds and are made inline."""
     if count <= 1 or not algorithm.is_rsa:
         return [generate(algorithm) for _ in range(count)]
-    from concurrent.futures import ThreadPoolExecutor  # only RSA needs it: keep ECDSA start-up lean
+    from concurrent.futures import (
+        ThreadPoolExecutor,  # only RSA needs it: keep ECDSA start-up lean
+    )
 
     workers = min(count, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keygen") as pool:

@@ -3,10 +3,10 @@ PKI so that a failure leaves the directory exactly as it was."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 

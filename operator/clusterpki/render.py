@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 

@@ -14,8 +14,8 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import urllib3

@@ -16,7 +16,13 @@ import pytest
 import yaml
 
 from tests.csr_factory import request_pem
-from tests.e2e.conftest import OperatorProcess, kubectl, kubectl_json, pytestmark, wait_for  # noqa: F401
+from tests.e2e.conftest import (  # noqa: F401
+    OperatorProcess,
+    kubectl,
+    kubectl_json,
+    pytestmark,
+    wait_for,
+)
 
 PREFIX = f"clusterpki-e2e-{secrets.token_hex(3)}"
 

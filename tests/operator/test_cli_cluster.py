@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.operator.test_issuance import CAS, LEAVES, ISSUER, pki
+from tests.operator.test_issuance import CAS, ISSUER, LEAVES, pki
 
 
 async def cli(*args: str, kubeconfig: Path) -> tuple[int, str, str]:

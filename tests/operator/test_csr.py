@@ -7,10 +7,10 @@ import base64
 from collections.abc import AsyncIterator
 
 import pytest
+from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from prometheus_client import REGISTRY
 
-from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
 from tests.csr_factory import kubelet_csr, node_body
 from tests.operator.conftest import Operator
 from tests.operator.test_issuance import pki

@@ -8,8 +8,6 @@ import os
 import sys
 from datetime import datetime, timedelta, timezone
 
-from cryptography import x509
-
 from tests.operator.test_issuance import CAS, LEAVES, cert_of, pki, serials
 
 SHORT = {"validity": {"certificate": "20s"}, "renewBefore": "15s"}  # renewal 5 s after issuance

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from clusterpki import durations, spec
+
 from tests.helpers import REPO, document
 from tests.operator.conftest import with_schema_defaults
 

@@ -6,10 +6,10 @@ import base64
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from clusterpki import csr, engine, spec
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from clusterpki import csr, engine, spec
 from tests.csr_factory import kubelet_csr, node_body
 from tests.helpers import document
 

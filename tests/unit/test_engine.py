@@ -7,12 +7,12 @@ import ipaddress
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from clusterpki import catalog, certificates, engine, keys, spec
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
 from cryptography.x509.oid import NameOID
 
-from clusterpki import catalog, certificates, engine, keys, spec
 from tests.helpers import document
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from clusterpki import layout
 from cryptography import x509
 
-from clusterpki import layout
 from tests.helpers import EXAMPLE, REPO, document, render, write_document
 
 

@@ -3,7 +3,6 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from clusterpki import requests, rotation
 
 LEAVES = ["apiserver", "admin", "kube-proxy"]

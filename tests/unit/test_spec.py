@@ -3,8 +3,8 @@ from datetime import timedelta
 
 import pytest
 import yaml
-
 from clusterpki import spec
+
 from tests.helpers import EXAMPLE, document
 
 
