@@ -50,6 +50,7 @@ async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, logger: logging.Logge
     name = body["metadata"]["name"]
     if event["type"] == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
         state.waiting.pop(name, None)
+        state.first_seen.pop(name, None)
         return
     if csr.concerns(body):
         await decide(state, body, logger)
@@ -60,20 +61,25 @@ async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, logger: logging.Logge
 
 async def decide(state: State, body: dict[str, Any], logger: logging.Logger) -> None:
     name = body["metadata"]["name"]
+    now = certificates.utcnow()
+    state.first_seen.setdefault(name, now)
     policy = _policy(state, logger)
-    if policy is None or name in state.deciding:
+    if policy is None:  # looked at again when the policy ClusterPKI arrives
+        state.waiting[name] = body
+        return
+    if name in state.deciding:
         return
     decision = csr.decide(body, state.nodes, policy.kubelet, policy.cert_validity)
     if decision is None:
         return
-    now = certificates.utcnow()
     if decision.verdict == csr.PENDING:
-        decision = csr.node_not_found(body, now)
+        decision = csr.node_not_found(body, now, state.first_seen[name])
         if decision is None:
             state.waiting[name] = body
             state.scheduler.after(CsrKey(name), NODE_RECHECK)
             return
     state.waiting.pop(name, None)
+    state.first_seen.pop(name, None)
     state.deciding.add(name)
     try:
         await state.store.decide_csr(csr.with_decision(body, decision, now))
@@ -107,6 +113,12 @@ async def sign(state: State, body: dict[str, Any], logger: logging.Logger) -> No
         logger.warning(f"CSR {name}: could not sign it: {exc}")
         return
     logger.info(f"CSR {name}: signed with the CA of ClusterPKI {namespace}/{pki_name}")
+
+
+def policy_arrived(state: State) -> None:
+    """The policy ClusterPKI is known now: look again at every CSR that waited for it."""
+    for name in state.waiting:
+        state.scheduler.after(CsrKey(name), 0)
 
 
 def _policy(state: State, logger: logging.Logger) -> spec.Spec | None:

@@ -117,7 +117,8 @@ def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Cert
         return "it is not signed by its CA"
     if cert.not_valid_after_utc <= now:
         return "it has expired"
-    if renewal_time is not None and renewal_time <= now:
+    capped = any(cert.not_valid_after_utc >= ca.not_valid_after_utc for ca in issuers if signed_by(cert, ca))
+    if renewal_time is not None and renewal_time <= now and not capped:  # a capped leaf waits for its CA
         return DUE
     differences = identity_of(cert).differences(identity)
     if differences:

@@ -147,10 +147,11 @@ def decide(csr: Mapping[str, Any], nodes: Mapping[str, Node], policy: KubeletPol
     return Decision(APPROVED, "AutoApproved", f"kubelet serving certificate of node {node_name}")
 
 
-def node_not_found(csr: Mapping[str, Any], now: datetime) -> Decision | None:
-    """After a minute without its Node, a pending serving CSR is denied."""
+def node_not_found(csr: Mapping[str, Any], now: datetime, seen_since: datetime | None = None) -> Decision | None:
+    """A pending serving CSR is denied after a minute without its Node, counted from its creation or
+    from when this operator first saw it, whichever is later (a restart must not deny at once)."""
     created = datetime.fromisoformat(csr["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    if now - created < NODE_WAIT:
+    if now - max(created, seen_since or created) < NODE_WAIT:
         return None
     node = str((csr.get("spec") or {}).get("username", "")).removeprefix(NODE_PREFIX)
     return _deny("NodeNotFound", f"node {node} was not registered within {int(NODE_WAIT.total_seconds())}s")

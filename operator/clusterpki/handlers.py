@@ -39,11 +39,12 @@ class State:
         self.csr_policy = csr_policy
         self.nodes: dict[str, Any] = {}
         self.waiting: dict[str, dict[str, Any]] = {}
+        self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
         self.deciding: set[str] = set()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.own_writes: dict[tuple[str, str], str] = {}
-        self.scheduler = Scheduler(self.scheduled)
+        self.scheduler = Scheduler(self.scheduled, retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None
 
     async def scheduled(self, key: Any) -> None:
@@ -87,7 +88,12 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.state.scheduler.forget(key)
         metrics.forget(*key)
     else:
+        known = key in memo.state.bodies
         memo.state.bodies[key] = obj
+        if key == memo.state.csr_policy and not known:
+            from clusterpki import approval
+
+            approval.policy_arrived(memo.state)
 
 
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
@@ -98,14 +104,15 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **
 
 
 def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A managed Secret changed or went away: look at its ClusterPKI again, unless we wrote it."""
-    if event["type"] not in ("MODIFIED", "DELETED"):
+    """A managed Secret appeared, changed or went away: look at its ClusterPKI again, unless we wrote it.
+    (Kopf's initial listing comes with type None and is ignored.)"""
+    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
         return
     meta = event["object"]["metadata"]
     key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
     if key not in memo.state.bodies:
         return
-    if event["type"] == "MODIFIED" and memo.state.own_writes.get((meta["namespace"], meta["name"])) == \
+    if event["type"] != "DELETED" and memo.state.own_writes.get((meta["namespace"], meta["name"])) == \
             meta.get("resourceVersion"):
         return
     memo.state.scheduler.after(key, settings.DRIFT_DELAY)
@@ -125,6 +132,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             try:
                 await state.store.patch_status(key[0], key[1], result.status)
             except ApiError as exc:
+                state.scheduler.after(key, settings.RETRY_DELAY)  # whatever triggered this, try again
                 return str(exc), settings.RETRY_DELAY
             state.bodies[key] = {**body, "status": {**current, **result.status}}
         for kind, reason, message in result.events:

@@ -60,6 +60,8 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     try:
         current = await _load(store, namespace, name)
     except ApiError as exc:
+        if exc.reason.startswith("SecretOfAnotherClusterPKI"):
+            return failure("SecretConflict", f"{exc}; choose another name for this ClusterPKI")
         return failure("APIError", str(exc), retry=True)
     stored = secrets.read(current, now)
     listed = {e.get("name") for e in (body.get("status") or {}).get("certificates") or []}
@@ -70,6 +72,10 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         gone.remove(recovering)  # an explicit rotation replaces the lost CA: the engine makes a new one
     else:
         recovering = None
+    if listed and catalog.SERVICE_ACCOUNT not in current:
+        return failure("ServiceAccountKeyMissing",
+                       f"Secret {secrets.secret_name(name, catalog.SERVICE_ACCOUNT)} is missing; a new key would "
+                       "invalidate every service-account token: restore it, or rotate it with rotate-ca=sa")
     if gone:
         names = ", ".join(secrets.secret_name(name, ca) for ca in gone)
         return failure("CAMissing", f"CA Secret {names} is missing; a CA is never regenerated silently, since "
@@ -276,7 +282,15 @@ async def _load(store: SecretStore, namespace: str, name: str) -> dict[str, secr
     current = await store.list(namespace, name)
     missing = [ca.component for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in current]
     found = await asyncio.gather(*(store.get(namespace, secrets.secret_name(name, c)) for c in missing))
-    current.update({c: secret for c, secret in zip(missing, found, strict=True) if secret is not None})
+    for component, secret in zip(missing, found, strict=True):
+        if secret is None:
+            continue
+        labels = secret["metadata"].get("labels") or {}
+        if labels.get(secrets.LABEL_MANAGED_BY) == secrets.MANAGER and labels.get(secrets.LABEL_PKI) != name:
+            # e.g. "x-etcd-ca" is the etcd CA of ClusterPKI "x", not the CA of a ClusterPKI "x-etcd"
+            raise ApiError("adopt", f"Secret {namespace}/{secret['metadata']['name']}", 409,
+                           f"SecretOfAnotherClusterPKI: it belongs to ClusterPKI {labels.get(secrets.LABEL_PKI)}")
+        current[component] = secret
     return current
 
 

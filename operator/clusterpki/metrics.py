@@ -16,8 +16,8 @@ NOT_AFTER = Gauge("clusterpki_certificate_not_after_timestamp_seconds",
 RENEWAL = Gauge("clusterpki_certificate_renewal_timestamp_seconds",
                 "When each certificate falls due for renewal (Unix time).", CERT_LABELS)
 READY = Gauge("clusterpki_ready", "1 when the ClusterPKI is Ready, else 0.", ["namespace", "cluster_pki"])
-ISSUANCE = Counter("clusterpki_issuance_total", "Certificates and keys issued, by why.",
-                   ["namespace", "cluster_pki", "reason"])
+ISSUANCE = Counter("clusterpki_issuance_total", "Certificates and keys issued, by why: new, renewal, on-demand, "
+                   "spec-change or repair.", ["namespace", "cluster_pki", "reason"])
 RECONCILE_ERRORS = Counter("clusterpki_reconcile_errors_total", "Reconciles that ended not Ready, by reason.",
                            ["namespace", "cluster_pki", "reason"])
 CSR_DECISIONS = Counter("clusterpki_csr_decisions_total", "Kubelet CSR decisions made by the operator.",
@@ -34,7 +34,7 @@ def observe(namespace: str, name: str, status: Mapping[str, Any], issued: Mappin
         if ready["status"] != "True":
             RECONCILE_ERRORS.labels(namespace, name, ready.get("reason", "")).inc()
     for reason in issued.values():
-        ISSUANCE.labels(namespace, name, reason).inc()
+        ISSUANCE.labels(namespace, name, _category(reason)).inc()
     if "certificates" not in status:
         return
     series = set()
@@ -56,6 +56,21 @@ def forget(namespace: str, name: str) -> None:
         READY.remove(namespace, name)
     except KeyError:
         pass
+
+
+def _category(reason: str) -> str:
+    """A bounded label value for the free-text reason the engine gives."""
+    from clusterpki import engine
+
+    if reason == engine.NEW:
+        return "new"
+    if reason == engine.DUE:
+        return "renewal"
+    if reason == engine.FORCED:
+        return "on-demand"
+    if "spec" in reason:
+        return "spec-change"
+    return "repair"
 
 
 def _remove(labels: tuple[str, ...]) -> None:

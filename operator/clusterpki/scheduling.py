@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
 
 class Scheduler:
-    def __init__(self, fire: Callable[[Hashable], Awaitable[None]], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, fire: Callable[[Hashable], Awaitable[None]], clock: Callable[[], float] = time.time,
+                 retry_after: float = 10.0) -> None:
         self._fire = fire
+        self._retry_after = retry_after
         self._clock = clock
         self._due: dict[Hashable, float] = {}
         self._heap: list[tuple[float, int, Hashable]] = []
@@ -55,6 +58,17 @@ class Scheduler:
             each.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _guarded(self, key: Hashable) -> None:
+        """Fire ``key``; an unexpected failure is logged and the key is tried again later, so that
+        nothing ever falls off the schedule."""
+        try:
+            await self._fire(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logging.getLogger("clusterpki.scheduling").exception(f"Scheduled work for {key} failed; retrying")
+            self.after(key, self._retry_after)
+
     async def run(self) -> None:
         """Fire keys as they fall due, forever (until cancelled)."""
         while True:
@@ -64,7 +78,7 @@ class Scheduler:
                 when, _, key = heapq.heappop(self._heap)
                 if self._due.get(key) == when:  # else superseded by an earlier or replaced time
                     del self._due[key]
-                    task = asyncio.create_task(self._fire(key))
+                    task = asyncio.create_task(self._guarded(key))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
             timeout = self._heap[0][0] - now if self._heap else None

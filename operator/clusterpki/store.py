@@ -26,7 +26,7 @@ from clusterpki import secrets, settings
 
 Secret = dict[str, Any]
 API_WORKERS = 16
-REPORTING_INSTANCE = socket.gethostname()[:128]
+HOST = socket.gethostname()[:128]
 
 
 class ApiError(Exception):
@@ -131,26 +131,24 @@ class SecretStore:
         """PUT a CSR with its Approved or Denied condition to the ``approval`` subresource."""
         name = csr["metadata"]["name"]
         await self._call("decide", f"CSR {name}", self._certificates.replace_certificate_signing_request_approval,
-                         name, csr)
+                         name, _minimal_csr(csr))
 
     async def set_certificate(self, csr: dict[str, Any]) -> None:
         """PUT a CSR with ``status.certificate`` to the ``status`` subresource."""
         name = csr["metadata"]["name"]
         await self._call("sign", f"CSR {name}", self._certificates.replace_certificate_signing_request_status,
-                         name, csr)
+                         name, _minimal_csr(csr))
 
     async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them."""
         meta = involved["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                                "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
             "type": kind, "reason": reason, "message": message[:1024], "count": 1,
-            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "eventTime": now,
-            "reportingComponent": "clusterpki", "reportingInstance": REPORTING_INSTANCE,
-            "action": "Reconcile", "source": {"component": "clusterpki"},
+            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "clusterpki", "host": HOST},
         }
         await self._call("post", f"an Event on {meta['namespace']}/{meta['name']}",
                          self._api.create_namespaced_event, meta["namespace"], event)
@@ -167,6 +165,16 @@ class SecretStore:
         except Exception as exc:  # e.g. the client's body validation, whose message quotes the body
             raise ApiError(verb, what, 0, type(exc).__name__) from None
         return json.loads(response.data) if response.data else {}
+
+
+def _minimal_csr(csr: dict[str, Any]) -> dict[str, Any]:
+    """Only what a subresource PUT needs: the client's models reject fields newer than themselves."""
+    spec_keys = ("request", "signerName", "usages", "username", "groups", "uid", "expirationSeconds")
+    status = csr.get("status") or {}
+    return {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": csr["metadata"]["name"], "resourceVersion": csr["metadata"].get("resourceVersion")},
+            "spec": {k: v for k, v in (csr.get("spec") or {}).items() if k in spec_keys},
+            "status": {k: v for k, v in status.items() if k in ("conditions", "certificate")}}
 
 
 def _reason(exc: ApiException) -> str:

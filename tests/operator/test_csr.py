@@ -133,3 +133,18 @@ async def test_without_a_policy_no_csr_is_even_read(operator, api, emulator):
     await asyncio.sleep(1.5)
     assert condition(emulator, "untouched") is None
     assert not [r for r in emulator.requests if "certificatesigningrequests" in r.path and r.by_operator]
+
+
+async def test_csrs_seen_before_the_policy_wait_for_it(kubeconfig, api, emulator):
+    await api.create_node(node_body("node-a", ("node-a.internal",), ("10.0.0.1",)))
+    await api.create("certificatesigningrequests", kubelet_csr("early", "node-a"))
+    runner = Operator(csr_policy=("team-a", "policy"))
+    await runner.start()
+    try:
+        await asyncio.sleep(1)
+        assert condition(emulator, "early") is None, "no policy, no decision"
+        await api.apply_pki(pki("policy"))
+        await api.wait_for(lambda: condition(emulator, "early") == ("Approved", "AutoApproved"),
+                           what="the decision once the policy exists")
+    finally:
+        await runner.stop()

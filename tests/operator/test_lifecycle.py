@@ -168,3 +168,26 @@ async def test_the_operator_s_own_writes_do_not_trigger_reconciles(operator, api
 
 async def _has_event(api, reason: str, message: str = "") -> bool:
     return any(r == reason and m.startswith(message) for _, r, m in await api.events("team-a"))
+
+
+async def test_a_restored_ca_secret_is_noticed(operator, api, emulator):
+    await api.apply_pki(pki("alpha"))
+    await api.ready("team-a", "alpha")
+    saved = emulator.get("secrets", "alpha-etcd-ca", "team-a")
+    await api.delete("secrets", "alpha-etcd-ca", "team-a")
+    await api.ready("team-a", "alpha", status="False", timeout=10)
+    restored = {k: v for k, v in saved.items() if k != "metadata"}
+    restored["metadata"] = {"name": "alpha-etcd-ca", "labels": saved["metadata"]["labels"]}
+    await api.create("secrets", restored, "team-a")
+    await api.ready("team-a", "alpha", timeout=10)
+
+
+async def test_a_ca_of_another_clusterpki_is_never_taken(operator, api, emulator):
+    await api.apply_pki(pki("x"))
+    await api.ready("team-a", "x")
+    before = emulator.get("secrets", "x-etcd-ca", "team-a")
+    await api.apply_pki(pki("x-etcd"))  # its "ca" Secret would be named x-etcd-ca, which is x's
+    obj = await api.ready("team-a", "x-etcd", status="False", timeout=10)
+    assert obj["status"]["conditions"][0]["reason"] == "SecretConflict"
+    assert emulator.get("secrets", "x-etcd-ca", "team-a") == before
+    await api.ready("team-a", "x")

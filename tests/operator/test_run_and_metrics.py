@@ -63,7 +63,7 @@ async def test_run_serves_the_metric_families(api, emulator, kubeconfig, tmp_pat
     assert value("clusterpki_ready", namespace="team-a", cluster_pki="alpha") == 1
     assert value("clusterpki_ready", namespace="team-a", cluster_pki="broken") == 0
     assert value("clusterpki_issuance_total", namespace="team-a", cluster_pki="alpha",
-                 reason="it did not exist") == len(LEAVES) + 4  # leaves, 3 CAs and the SA key
+                 reason="new") == len(LEAVES) + 4  # leaves, 3 CAs and the SA key
     assert value("clusterpki_reconcile_errors_total", namespace="team-a", cluster_pki="broken",
                  reason="InvalidSpec") >= 1
     families = {f.name for f in text_string_to_metric_families(text)}

@@ -120,3 +120,10 @@ def test_needs_signature():
     assert csr.needs_signature(approved)
     assert not csr.needs_signature({**approved, "status": {**approved["status"], "certificate": "x"}})
     assert not csr.needs_signature(kubelet_csr("n"))
+
+
+def test_the_node_wait_counts_from_when_the_operator_first_saw_the_csr():
+    pending = kubelet_csr("f", "node-z", serving=True)  # created at 12:00:00
+    late = NOW + timedelta(minutes=5)
+    assert csr.node_not_found(pending, late, seen_since=late - timedelta(seconds=10)) is None
+    assert csr.node_not_found(pending, late, seen_since=late - timedelta(minutes=1)).reason == "NodeNotFound"
