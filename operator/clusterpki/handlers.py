@@ -44,6 +44,9 @@ class State:
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.own_writes: dict[tuple[str, str], str] = {}
+        self.in_flight: set[tuple[str, str]] = set()  # Secrets being written right now
+        self.held: dict[tuple[str, str], tuple[str, Key]] = {}  # their events that came before the response
+        self.dirty: set[Key] = set()  # drift seen since the ClusterPKI's reconcile started
         self.scheduler = Scheduler(self.scheduled, retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None
 
@@ -112,9 +115,18 @@ def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
     if key not in memo.state.bodies:
         return
-    if event["type"] != "DELETED" and memo.state.own_writes.get((meta["namespace"], meta["name"])) == \
-            meta.get("resourceVersion"):
+    secret = (meta["namespace"], meta["name"])
+    if event["type"] != "DELETED" and secret in memo.state.in_flight:  # judged when the write returns
+        memo.state.held[secret] = (meta.get("resourceVersion", ""), key)
         return
+    if event["type"] != "DELETED" and memo.state.own_writes.get(secret) == meta.get("resourceVersion"):
+        return
+    mark_drift(memo.state, key)
+
+
+def mark_drift(state: State, key: Key) -> None:
+    state.dirty.add(key)
+    state.scheduler.after(key, settings.DRIFT_DELAY)
     memo.state.scheduler.after(key, settings.DRIFT_DELAY)
 
 
@@ -124,6 +136,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
     look at its next renewal. Returns a message and a delay when a transient failure should be retried."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     async with state.locks[key]:
+        state.dirty.discard(key)  # what drifted until now, this reconcile sees
         body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
         result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
         metrics.observe(key[0], key[1], result.status, result.issued)
@@ -146,6 +159,8 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
         if when is not None and when <= certificates.utcnow().timestamp():  # due, yet not done: no busy loop
             when = certificates.utcnow().timestamp() + settings.RETRY_DELAY
         state.scheduler.replace(key, when)
+        if key in state.dirty:  # drifted while this reconcile ran: replace() must not swallow that
+            state.scheduler.after(key, settings.DRIFT_DELAY)
         if result.wake_at is not None:  # the next step of a CA rotation
             state.scheduler.at(key, result.wake_at.timestamp())
         if result.retry:
@@ -165,15 +180,24 @@ class RecordingStore:
         return getattr(self._store, name)
 
     async def create(self, secret: secrets.Secret) -> secrets.Secret:
-        return self._remember(await self._store.create(secret))
+        return await self._write(self._store.create, secret)
 
     async def replace(self, secret: secrets.Secret) -> secrets.Secret:
-        return self._remember(await self._store.replace(secret))
+        return await self._write(self._store.replace, secret)
 
-    def _remember(self, written: secrets.Secret) -> secrets.Secret:
-        meta = written["metadata"]
-        self._state.own_writes[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
-        return written
+    async def _write(self, method: Any, secret: secrets.Secret) -> secrets.Secret:
+        name = (secret["metadata"]["namespace"], secret["metadata"]["name"])
+        self._state.in_flight.add(name)
+        written = None
+        try:
+            written = await method(secret)
+            self._state.own_writes[name] = written["metadata"]["resourceVersion"]
+            return written
+        finally:
+            self._state.in_flight.discard(name)
+            held = self._state.held.pop(name, None)
+            if held is not None and (written is None or held[0] != written["metadata"]["resourceVersion"]):
+                mark_drift(self._state, held[1])  # someone else's change raced with ours
 
 
 def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:

@@ -107,8 +107,10 @@ async def test_ca_rotation_goes_through_every_phase_with_the_invariant(operator,
     obj = await api.ready("team-a", "alpha")
     rotation = obj["status"]["caRotation"]
     assert (rotation["ca"], rotation["trigger"], rotation["request"]) == ("ca", "annotation", "ca")
-    events = [r for _, r, _ in await api.events("team-a")]
-    assert {"RotationPreparing", "RotationRotating", "RotationCompleting", "RotationCompleted"} <= set(events)
+    async def all_phase_events():
+        reasons = {r for _, r, _ in await api.events("team-a")}
+        return {"RotationPreparing", "RotationRotating", "RotationCompleting", "RotationCompleted"} <= reasons
+    await api.wait_for(all_phase_events, what="an Event for every phase")
 
 
 async def test_complete_annotation_ends_rotating_early(operator, api, emulator):
