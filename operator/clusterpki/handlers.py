@@ -127,7 +127,6 @@ def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 def mark_drift(state: State, key: Key) -> None:
     state.dirty.add(key)
     state.scheduler.after(key, settings.DRIFT_DELAY)
-    memo.state.scheduler.after(key, settings.DRIFT_DELAY)
 
 
 async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.Logger

@@ -124,7 +124,8 @@ async def test_drifted_leaves_are_repaired_within_seconds(operator, api, emulato
             return False
     await api.wait_for(repaired, timeout=10, what="the drifted Secrets repaired")
     for component in ("kube-proxy", "kube-scheduler", "apiserver", "front-proxy-client"):
-        await api.wait_for(lambda: _has_event(api, "Reissued", f"Re-issued {component} "), what=f"{component}'s Event")
+        await api.wait_for(lambda c=component: _has_event(api, "Reissued", f"Re-issued {c} "),
+                           what=f"{component}'s Event")
     reasons = {m.split(" (serial")[0]: m.split("): ", 1)[1] for _, r, m in await api.events("team-a")
                if r == "Reissued"}
     assert reasons["Re-issued kube-proxy"] == "its Secret was missing"
