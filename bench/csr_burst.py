@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.csr_factory import kubelet_csr, node_body  # noqa: E402
@@ -28,12 +27,7 @@ async def measure(count: int) -> dict[str, float]:
     emulator = Emulator()
     await emulator.start()
     with tempfile.TemporaryDirectory() as tmp:
-        kubeconfig = Path(tmp) / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "e",
-            "clusters": [{"name": "e", "cluster": {"server": emulator.url}}],
-            "users": [{"name": "u", "user": {"token": emulator.token}}],
-            "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}]}))
+        kubeconfig = emulator.write_kubeconfig(Path(tmp) / "kubeconfig")
         os.environ["KUBECONFIG"] = str(kubeconfig)
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emulator.token}"}) as session:
             api = Api(emulator, session)

@@ -24,8 +24,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 
@@ -120,6 +122,16 @@ class Emulator:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig that reaches this emulator with its bearer token."""
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "operator", "user": {"token": self.token}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
+        }))
+        return path
 
     # -- direct access for tests -----------------------------------------------------------------
 

@@ -122,13 +122,20 @@ def policy_arrived(state: State) -> None:
 
 
 def _policy(state: State, logger: logging.Logger) -> spec.Spec | None:
+    """The policy's spec, parsed once per version of the policy ClusterPKI, not once per CSR."""
     body = state.bodies.get(state.csr_policy)
     if body is None:
         logger.warning(f"The CSR policy ClusterPKI {'/'.join(state.csr_policy)} is not known (yet): "
                        "CSRs wait")
         return None
+    version = body["metadata"].get("resourceVersion")
+    cached = state.policy_cache
+    if cached is not None and cached[0] == version:
+        return cached[1]
     try:
-        return spec.from_resource(body)
+        parsed = spec.from_resource(body)
     except spec.SpecError as exc:
         logger.warning(f"The CSR policy ClusterPKI is invalid, CSRs wait: {exc}")
-        return None
+        parsed = None
+    state.policy_cache = (version, parsed)
+    return parsed

@@ -40,6 +40,7 @@ class State:
         self.nodes: dict[str, Any] = {}
         self.waiting: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
+        self.policy_cache: tuple[str | None, Any] | None = None  # (resourceVersion, parsed Spec)
         self.deciding: set[str] = set()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)

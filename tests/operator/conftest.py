@@ -170,13 +170,7 @@ async def emulator() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": emulator.url}}],
-        "users": [{"name": "operator", "user": {"token": emulator.token}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
-    }))
+    path = emulator.write_kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
 
