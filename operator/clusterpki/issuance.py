@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
+
+from cryptography.hazmat.primitives import hashes
 
 from clusterpki import (
     catalog,
@@ -175,44 +178,78 @@ async def _rotation_step(body: Mapping[str, Any], store: SecretStore, current: d
         active = rotation.start(target, trigger, value, now)
         events.append((NORMAL, "RotationPreparing", f"Rotation of {target} started ({trigger})"))
 
-    target, phase = active["ca"], active["phase"]
+    target = active["ca"]
     name, namespace = pki_spec.name, body["metadata"]["namespace"]
     spare, kept = current.get(f"{target}{secrets.NEXT}"), current.get(f"{target}{secrets.PREVIOUS}")
-    if target == catalog.SERVICE_ACCOUNT:
-        old = existing.service_account
-        if phase == rotation.PREPARING:
-            new = _sa_key(spare) or keys.generate(pki_spec.key_algorithm)
-            if spare is None:
-                await store.create(_sa_secret(name, namespace, f"{target}{secrets.NEXT}", new, owner))
-            return active, existing._replace(service_account_trust=(new.public_key(),))
-        if phase == rotation.ROTATING:
-            moved = spare is None or keys.same_public_key(_sa_key(spare), old)  # a step cut short before
-            new, previous = (old, _sa_key(kept)) if moved else (_sa_key(spare), old)
-            if previous is None:
-                return active, existing
-            await _put(store, kept, _sa_secret(name, namespace, f"{target}{secrets.PREVIOUS}", previous, owner))
-            return active, existing._replace(service_account=new, service_account_trust=(previous.public_key(),))
-        return active, existing
+    sa = target == catalog.SERVICE_ACCOUNT
+    old = existing.service_account if sa else existing.cas[target]
+    usable_spare = _usable_spare(spare, sa, now)
+    recorded = active.get("next")  # the fingerprint of the new CA (or key): only it is ever promoted
 
-    old_pair = existing.cas[target]
-    if phase == rotation.PREPARING:
-        new_pair = _pair(spare)
-        if new_pair is None:
+    if active["phase"] == rotation.ROTATING:
+        if _fingerprint(old) == recorded:  # moved already (a step cut short after the move)
+            new, previous = old, _usable_spare(kept, sa, now)
+        elif usable_spare is not None and _fingerprint(usable_spare) == recorded:
+            new, previous = usable_spare, old
+        else:
+            new = previous = None
+        if new is None or previous is None:
+            events.append((WARNING, "RotationRestarted", f"Rotation of {target}: the new "
+                           f"{'key' if sa else 'CA'} or the old one was lost or replaced; preparing again"))
+            active = {**active, "phase": rotation.PREPARING, "phaseStartedAt": status.timestamp(now)}
+            old, recorded = (existing.service_account if sa else existing.cas[target]), None
+            usable_spare = None
+        else:
+            await _put(store, kept, _rotation_secret(sa, name, namespace, f"{target}{secrets.PREVIOUS}", previous,
+                                                     owner))
+            if sa:
+                return active, existing._replace(service_account=new, service_account_trust=(previous.public_key(),))
+            return active, existing._replace(cas={**existing.cas, target: new},
+                                             trust={**existing.trust, target: [previous.cert]})
+
+    if active["phase"] == rotation.PREPARING:
+        new = usable_spare if usable_spare is not None and _fingerprint(usable_spare) in (recorded, None) else None
+        if new is None:
+            if recorded is not None:
+                events.append((WARNING, "RotationRestarted", f"Rotation of {target}: the new "
+                               f"{'key' if sa else 'CA'} in {secrets.secret_name(name, target + secrets.NEXT)} "
+                               "was lost or replaced; the grace period starts again"))
+                active = {**active, "phaseStartedAt": status.timestamp(now)}
             key = keys.generate(pki_spec.key_algorithm)
-            profile = catalog.CA_BY_COMPONENT[target]
-            new_pair = certificates.KeyPair(certificates.create_ca(profile.common_name, key, pki_spec.ca_validity, now),
-                                            key)
-            await store.create(_ca_secret(name, namespace, f"{target}{secrets.NEXT}", new_pair, owner))
-        return active, existing._replace(trust={**existing.trust, target: [new_pair.cert]})
-    if phase == rotation.ROTATING:
-        moved = spare is None or _pair(spare).cert == old_pair.cert  # a step cut short after the move
-        new_pair, previous = (old_pair, _pair(kept)) if moved else (_pair(spare), old_pair)
-        if previous is None:
-            return active, existing
-        await _put(store, kept, _ca_secret(name, namespace, f"{target}{secrets.PREVIOUS}", previous, owner))
-        return active, existing._replace(cas={**existing.cas, target: new_pair},
-                                         trust={**existing.trust, target: [previous.cert]})
+            new = key if sa else certificates.KeyPair(certificates.create_ca(
+                catalog.CA_BY_COMPONENT[target].common_name, key, pki_spec.ca_validity, now), key)
+            await _put(store, spare, _rotation_secret(sa, name, namespace, f"{target}{secrets.NEXT}", new, owner))
+        active = {**active, "next": _fingerprint(new)}
+        if sa:
+            return active, existing._replace(service_account_trust=(new.public_key(),))
+        return active, existing._replace(trust={**existing.trust, target: [new.cert]})
     return active, existing
+
+
+def _fingerprint(material: Any) -> str:
+    """SHA-256 of a CA certificate, or of a private key's public key, in hex."""
+    if isinstance(material, certificates.KeyPair):
+        return material.cert.fingerprint(hashes.SHA256()).hex()
+    return hashlib.sha256(keys.public_pem(material)).hexdigest()
+
+
+def _usable_spare(secret: secrets.Secret | None, sa: bool, now: datetime) -> Any:
+    """The CA pair (or SA key) in a rotation Secret, or None when it is missing or unusable."""
+    if secret is None:
+        return None
+    try:
+        if sa:
+            return keys.load_private_pem(base64.b64decode(secret["data"]["sa.key"]))
+        pair = secrets.read_pair(secret)
+    except (KeyError, ValueError):
+        return None
+    return pair if engine.check_ca(pair, now) is None else None
+
+
+def _rotation_secret(sa: bool, name: str, namespace: str, component: str, material: Any,
+                     owner: dict[str, Any] | None) -> secrets.Secret:
+    return _sa_secret(name, namespace, component, material, owner) if sa else \
+        _ca_secret(name, namespace, component, material, owner)
 
 
 def _ca_in_renewal_window(existing: engine.Existing, adopted: set[str], pki_spec: spec.Spec,
@@ -231,16 +268,6 @@ async def _put(store: SecretStore, current: secrets.Secret | None, wanted: secre
     elif secrets.differs(current, wanted):
         wanted["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         await store.replace(wanted)
-
-
-def _pair(secret: secrets.Secret | None) -> certificates.KeyPair | None:
-    return secrets.read_pair(secret) if secret is not None else None
-
-
-def _sa_key(secret: secrets.Secret | None) -> keys.PrivateKey | None:
-    if secret is None:
-        return None
-    return keys.load_private_pem(base64.b64decode(secret["data"]["sa.key"]))
 
 
 def _ca_secret(name: str, namespace: str, component: str, pair: certificates.KeyPair,

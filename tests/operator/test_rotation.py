@@ -234,3 +234,30 @@ async def test_a_ca_in_its_renewal_window_is_rotated_automatically(operator, api
     started = datetime.fromisoformat(rotation["startedAt"].replace("Z", "+00:00"))
     assert timedelta(seconds=8) <= started - created <= timedelta(seconds=13)
     assert_bundle_invariant(emulator, "ca")
+
+
+async def test_a_lost_new_ca_restarts_preparing_and_only_the_recorded_ca_is_promoted(operator, api, emulator):
+    await api.apply_pki(pki("alpha"))
+    await api.ready("team-a", "alpha")
+    old_ca = ca_serial(emulator, "ca")
+    await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
+        "pki.clusterpki.dev/rotate-ca-grace": "3s", "pki.clusterpki.dev/rotate-ca": "ca"}}}, "team-a")
+    await wait_phase(api, "Preparing")
+    await api.wait_for(lambda: _has(emulator, "alpha-ca-next"), what="the new CA")
+    lost = ca_serial(emulator, "ca-next")
+    await api.delete("secrets", "alpha-ca-next", "team-a")
+
+    async def replaced():
+        serial = ca_serial(emulator, "ca-next")
+        return serial if serial not in (None, lost) else None
+    second = await api.wait_for(replaced, what="a second new CA")
+    await api.wait_for(lambda: _has_restart_event(api), what="the RotationRestarted Event")
+    await api.wait_for(lambda: _bundles_are(emulator, [old_ca, second]), what="bundles with the second new CA")
+    assert_bundle_invariant(emulator, "ca")
+    await wait_phase(api, "Completed", timeout=20)
+    assert ca_serial(emulator, "ca") == second and ca_serial(emulator, "ca-previous") == old_ca
+    assert_bundle_invariant(emulator, "ca")
+
+
+async def _has_restart_event(api) -> bool:
+    return any(r == "RotationRestarted" for _, r, _ in await api.events("team-a"))
