@@ -113,11 +113,12 @@ def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Cert
     cert = pair.cert
     if not keys.same_public_key(cert.public_key(), pair.key):
         return "its private key does not match the certificate"
-    if not any(signed_by(cert, ca) for ca in issuers):
+    signers = [ca for ca in issuers if signed_by(cert, ca)]
+    if not signers:
         return "it is not signed by its CA"
     if cert.not_valid_after_utc <= now:
         return "it has expired"
-    capped = any(cert.not_valid_after_utc >= ca.not_valid_after_utc for ca in issuers if signed_by(cert, ca))
+    capped = any(cert.not_valid_after_utc >= ca.not_valid_after_utc for ca in signers)
     if renewal_time is not None and renewal_time <= now and not capped:  # a capped leaf waits for its CA
         return DUE
     differences = identity_of(cert).differences(identity)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 from collections.abc import Mapping
 from datetime import datetime
@@ -23,7 +24,6 @@ from clusterpki import (
     certificates,
     engine,
     keys,
-    kubeconfig,
     requests,
     rotation,
     secrets,
@@ -113,7 +113,8 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             return failure("APIError", str(exc), retry=True)
 
     # Key generation can take a second for RSA: keep it off the event loop.
-    pki = await asyncio.to_thread(engine.build, pki_spec, existing, now, None, forced, True)
+    build = functools.partial(engine.build, pki_spec, existing, now, force=forced, renew_due=True)
+    pki = await asyncio.to_thread(build)
     wanted = secrets.desired(pki, namespace, owner, current, stored.adopted)
     changed = [c for c, secret in wanted.items() if secrets.differs(current.get(c), secret)]
     try:
@@ -272,9 +273,7 @@ async def _put(store: SecretStore, current: secrets.Secret | None, wanted: secre
 
 def _ca_secret(name: str, namespace: str, component: str, pair: certificates.KeyPair,
                owner: dict[str, Any] | None) -> secrets.Secret:
-    pem = kubeconfig.pem_bundle([pair.cert])
-    return _secret(name, namespace, component, secrets.TLS, owner,
-                   {"tls.crt": pem, "tls.key": keys.private_pem(pair.key), "ca.crt": pem})
+    return _secret(name, namespace, component, secrets.TLS, owner, secrets.tls_data(pair, [pair.cert]))
 
 
 def _sa_secret(name: str, namespace: str, component: str, key: keys.PrivateKey,

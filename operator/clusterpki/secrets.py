@@ -123,10 +123,10 @@ def desired(pki: engine.PKI, namespace: str, owner: dict[str, Any] | None,
     wanted: dict[str, tuple[str, dict[str, bytes]]] = {}
     for ca in catalog.CERTIFICATE_AUTHORITIES:
         pair = pki.cas[ca.component]
-        wanted[ca.component] = (TLS, _tls(pair, pki.bundle(ca.component)))
+        wanted[ca.component] = (TLS, tls_data(pair, pki.bundle(ca.component)))
     for component, leaf in pki.planned.items():
         pair = pki.leaves[component]
-        data = _tls(pair, pki.bundle(leaf.issuer))
+        data = tls_data(pair, pki.bundle(leaf.issuer))
         if leaf.profile.kubeconfig:
             data["kubeconfig"] = kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair,
                                                    pki.bundle(leaf.issuer))
@@ -191,7 +191,7 @@ def _is_ours(secret: Secret) -> bool:
     return (secret["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER
 
 
-def _tls(pair: KeyPair, bundle: list[x509.Certificate]) -> dict[str, bytes]:
+def tls_data(pair: KeyPair, bundle: list[x509.Certificate]) -> dict[str, bytes]:
     return {"tls.crt": kubeconfig.pem_bundle([pair.cert]), "tls.key": keys.private_pem(pair.key),
             "ca.crt": kubeconfig.pem_bundle(bundle)}
 
