@@ -10,10 +10,13 @@ It implements what the operator and Kopf rely on, the way kube-apiserver does it
 - finalizers and ownerReference garbage collection on delete.
 
 Every request is recorded in :attr:`Emulator.requests` for assertions on what the operator wrote.
+Run as ``python -m tests.emulator --kubeconfig PATH`` it serves in a process of its own (for
+``bench/``), and ``GET /emulator/requests?since=N`` returns that log without the bodies.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import bisect
 import copy
@@ -160,6 +163,8 @@ class Emulator:
         try:
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            if request.path == "/emulator/requests":
+                return web.json_response(self._request_log(int(request.query.get("since", "0"))))
             discovery = self._discovery(request.path)
             if discovery is not None:
                 return web.json_response(discovery)
@@ -182,6 +187,13 @@ class Emulator:
             raise ApiError(405, "MethodNotAllowed", f"{request.method} {request.path} is not supported")
         except ApiError as exc:
             return exc.response()
+
+    def _request_log(self, since: int) -> list[dict[str, Any]]:
+        """The requests from the ``since``-th on, without bodies; a create names its object."""
+        return [{"method": r.method, "path": r.path, "watch": r.query.get("watch") in ("true", "1"),
+                 "by_operator": r.by_operator, "received": r.received,
+                 "created": ((r.body or {}).get("metadata") or {}).get("name") if r.method == "POST" else None}
+                for r in self.requests[since:]]
 
     def _discovery(self, path: str) -> dict[str, Any] | None:
         path = path.rstrip("/")
@@ -250,8 +262,10 @@ class Emulator:
     def _select(self, resource: Resource, namespace: str | None, query: dict[str, str]) -> Iterator[dict]:
         labels = _parse_selector(query.get("labelSelector", ""))
         fields = _parse_selector(query.get("fieldSelector", ""))
-        for (r, ns, _), obj in sorted(self.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2])):
-            if r == resource and (namespace is None or ns == namespace) and _matches(obj, labels, fields):
+        scoped = [(key, obj) for key, obj in self.objects.items()
+                  if key[0] == resource and (namespace is None or key[1] == namespace)]
+        for _, obj in sorted(scoped, key=lambda kv: (kv[0][1] or "", kv[0][2])):
+            if _matches(obj, labels, fields):
                 yield obj
 
     async def _watch(self, request: web.Request, resource: Resource, namespace: str | None) -> web.StreamResponse:
@@ -522,3 +536,23 @@ def _json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any
         else:
             raise ApiError(422, "Invalid", f"unsupported JSON patch op {kind}")
     return doc
+
+
+def main() -> None:
+    """Serve the emulator in this process until it is killed; print its URL once it listens."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write its kubeconfig")
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        emulator = Emulator()
+        await emulator.start()
+        emulator.write_kubeconfig(args.kubeconfig)
+        print(emulator.url, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
