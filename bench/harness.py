@@ -9,13 +9,14 @@ processes on Linux); latencies are measured between those arrivals, at the API, 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,6 +95,22 @@ class Bench:
     async def requests(self, since: int = 0) -> list[Logged]:
         async with self.session.get(f"{self.url}/emulator/requests", params={"since": str(since)}) as response:
             return [Logged(**r) for r in await response.json()]
+
+    async def watch(self, path: str, on_event: Callable[[str, dict[str, Any], float], None]) -> asyncio.Task:
+        """Stream the changes of a collection (e.g. ``/apis/G/V/clusterpkis``) from now on into
+        ``on_event(type, object, arrival)`` until the returned task is cancelled."""
+        async with self.session.get(self.url + path) as response:
+            version = (await response.json())["metadata"]["resourceVersion"]
+
+        async def stream() -> None:
+            params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "36000"}
+            async with self.session.get(self.url + path, params=params,
+                                        timeout=aiohttp.ClientTimeout(total=None)) as response:
+                async for line in response.content:
+                    event = json.loads(line)
+                    on_event(event["type"], event["object"], time.monotonic())
+
+        return asyncio.create_task(stream())
 
     async def start_operator(self, *args: str) -> OperatorProcess:
         """Start ``clusterpki run ARGS`` and return once it watches what it needs."""

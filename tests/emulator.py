@@ -81,6 +81,7 @@ class _Event:
     resource: Resource
     type: str
     obj: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
 
 
 class ApiError(Exception):
@@ -104,6 +105,7 @@ class Emulator:
     _runner: web.AppRunner | None = None
     port: int = 0
     token: str = "test-token"  # every request must carry it, as a real apiserver demands credentials
+    watch_lag: float = 0.0  # seconds each watch event is held back, as from a busy apiserver
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -290,6 +292,8 @@ class Emulator:
                 while index < len(self._history):
                     event = self._history[index]
                     index += 1
+                    if self.watch_lag:
+                        await asyncio.sleep(event.at + self.watch_lag - time.monotonic())
                     if event.resource == resource and \
                             (namespace is None or event.obj["metadata"].get("namespace") == namespace) and \
                             _matches(event.obj, labels, fields):
@@ -300,7 +304,7 @@ class Emulator:
                             await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, deadline - loop.time()))
                         except asyncio.TimeoutError:
                             break
-        except ConnectionResetError:
+        except ConnectionError:
             pass  # the client went away
         return response
 

@@ -227,6 +227,7 @@ def configure(operator_settings: kopf.OperatorSettings) -> None:
     operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=settings.KOPF_PREFIX, key="last-handled-configuration")
     operator_settings.persistence.finalizer = f"{settings.GROUP}/finalizer"
+    operator_settings.persistence.consistency_timeout = settings.CONSISTENCY_TIMEOUT
     operator_settings.posting.enabled = False  # Events are posted by the store, explicitly
     # No cluster-wide scans of namespaces and CRDs: they need RBAC the operator has no use for, and
     # the namespaces to serve are given exactly (-n) or are all of them (-A).

@@ -154,17 +154,20 @@ class SecretStore:
                          self._api.create_namespaced_event, meta["namespace"], event)
 
     async def _call(self, verb: str, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
+        """Run one client call in the pool. The body is read and parsed there too: reading it on the
+        event loop would block the loop and keep the connection out of the pool meanwhile."""
+        def call() -> Any:
+            raw = method(*args, _preload_content=False, **kwargs).data
+            return json.loads(raw) if raw else {}
+
         try:
-            response = await loop.run_in_executor(
-                self._pool, lambda: method(*args, _preload_content=False, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except ApiException as exc:
             raise ApiError(verb, what, exc.status, _reason(exc)) from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # unreachable, reset, timed out
             raise ApiError(verb, what, 0, type(exc).__name__) from None
         except Exception as exc:  # e.g. the client's body validation, whose message quotes the body
             raise ApiError(verb, what, 0, type(exc).__name__) from None
-        return json.loads(response.data) if response.data else {}
 
 
 def _minimal_csr(csr: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import inspect
 import logging
 import threading
@@ -97,14 +99,18 @@ class Api:
 
 def with_schema_defaults(body: dict[str, Any]) -> dict[str, Any]:
     """What the apiserver stores after applying the CRD's structural-schema defaults."""
+    return {**body, "spec": _default(_spec_schema(), body.get("spec"))}
+
+
+@functools.cache
+def _spec_schema() -> dict[str, Any]:
     crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds/clusterpki.yaml").read_text())
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    return {**body, "spec": _default(schema, body.get("spec"))}
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 
 
 def _default(schema: dict[str, Any], value: Any) -> Any:
     if value is None:
-        value = schema.get("default")
+        value = copy.deepcopy(schema.get("default"))  # the schema is cached: never hand out its own
     if isinstance(value, dict) and "properties" in schema:
         value = dict(value)
         for key, sub in schema["properties"].items():

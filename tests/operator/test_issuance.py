@@ -100,6 +100,23 @@ async def test_a_restart_reissues_nothing(operator, api, emulator):
     await api.ready("team-a", "alpha")
 
 
+async def test_a_lagging_watch_does_not_run_the_create_handler_twice(operator, api, emulator):
+    """A busy fleet's watch can lag behind the operator's writes by more than Kopf's default 5 s of
+    consistency waiting; the status patch's event (older than Kopf's own annotation patch) must then
+    not pass for a new, unhandled object."""
+    emulator.watch_lag = 6.0
+    await api.apply_pki(pki("alpha"))
+    await api.ready("team-a", "alpha")
+    await asyncio.sleep(7.0)  # the status patch's event has arrived; a second create would have run
+
+    def reconciles() -> int:
+        return sum(r.method == "GET" and r.path == "/api/v1/namespaces/team-a/secrets" and
+                   r.query.get("watch") != "true" and r.query.get("labelSelector", "").startswith(
+                       "pki.clusterpki.dev/cluster-pki=alpha,") for r in emulator.requests)
+
+    assert reconciles() == 1
+
+
 async def test_a_new_san_reissues_only_the_apiserver(operator, api, emulator):
     await api.apply_pki(pki("alpha"))
     await api.ready("team-a", "alpha")

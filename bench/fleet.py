@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""A hosted-control-plane fleet on one operator: issuance at scale, steady state, and a renewal wave.
+
+`clusterpki run -A` and the HTTP API emulator each run in a process of their own. For each count:
+1. Issuance: create N ClusterPKIs at once and time apply→Ready (the create request to the watch event
+   that shows Ready for that generation), the operator's API requests per ClusterPKI and its peak RSS.
+2. Steady state (--steady S seconds, 0 to skip): nothing is due; count the operator's requests beyond
+   watches and its CPU, scaled to an hour.
+3. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
+   at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
+   reports only new leaf certificates, and the peak RSS.
+Usage: python bench/fleet.py [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-wave]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from harness import Bench, bench, clusterpki, median, percentile
+
+GROUP_PATH = "/apis/pki.clusterpki.dev/v1alpha1"
+NAMESPACES = 50
+WAVE_LEAD = 20.0  # seconds between the last renewBefore patch and the moment everything falls due
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return status.get("observedGeneration") == obj["metadata"]["generation"] and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+
+
+def leaf_entries(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in obj["status"]["certificates"] if e["issuer"] not in ("self-signed", "external")]
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def issuance(b: Bench, count: int, algorithm: str) -> dict[str, float]:
+    names = [(f"ns-{i % NAMESPACES}", f"pki-{i}") for i in range(count)]
+    readied: dict[tuple[str, str], float] = {}
+    all_ready = asyncio.Event()
+
+    def on_event(kind: str, obj: dict[str, Any], arrival: float) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind != "DELETED" and ready(obj) and key not in readied:
+            readied[key] = arrival
+            if len(readied) == count:
+                all_ready.set()
+
+    watch = await b.watch(f"{GROUP_PATH}/clusterpkis", on_event)
+    since = len(await b.requests())
+    try:
+        await asyncio.gather(*(b.api.apply_pki(clusterpki(ns, name, keyAlgorithm=algorithm)) for ns, name in names))
+        await asyncio.wait_for(all_ready.wait(), 1800)
+    finally:
+        watch.cancel()
+    await asyncio.sleep(2)  # let the trailing writes (Events) land before counting
+    log = await b.requests(since)
+    created = {(r.path.split("/")[-2], r.created): r.received for r in log
+               if r.method == "POST" and r.path.endswith("/clusterpkis")}
+    latencies = [readied[key] - created[key] for key in names]
+    operator_requests = [r for r in log if r.by_operator and not r.watch]
+    return {"all_ready": max(readied.values()) - min(created.values()), "p50": median(latencies),
+            "p99": percentile(latencies, 0.99), "requests": len(operator_requests) / count}
+
+
+async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dict[str, float]:
+    since = len(await b.requests())
+    cpu = operator_cpu()
+    await asyncio.sleep(seconds)
+    requests = [r for r in await b.requests(since) if r.by_operator and not r.watch]
+    per_hour = 3600 / seconds
+    return {"requests_per_pki_hour": len(requests) * per_hour / count,
+            "cpu_per_hour": (operator_cpu() - cpu) * per_hour,
+            "kinds": sorted({f"{r.method} {r.path}" for r in requests})[:5]}
+
+
+async def wave(b: Bench, count: int) -> dict[str, float]:
+    async with b.session.get(f"{b.url}{GROUP_PATH}/clusterpkis") as response:
+        fleet = (await response.json())["items"]
+    due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=60)
+    serials = {(o["metadata"]["namespace"], o["metadata"]["name"]): {e["serialNumber"] for e in leaf_entries(o)}
+               for o in fleet}
+    renewed: dict[tuple[str, str], float] = {}
+    done = asyncio.Event()
+
+    def on_event(kind: str, obj: dict[str, Any], arrival: float) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind != "DELETED" and ready(obj) and key not in renewed and \
+                not serials[key] & {e["serialNumber"] for e in leaf_entries(obj)}:
+            renewed[key] = arrival
+            if len(renewed) == count:
+                done.set()
+
+    watch = await b.watch(f"{GROUP_PATH}/clusterpkis", on_event)
+    try:
+        async def patch(obj: dict[str, Any]) -> None:
+            not_after = min(parse(e["notAfter"]) for e in leaf_entries(obj))
+            renew_before = int((not_after - due).total_seconds())
+            await b.api.patch("clusterpkis", obj["metadata"]["name"], {"spec": {"renewBefore": f"{renew_before}s"}},
+                              obj["metadata"]["namespace"])
+        await asyncio.gather(*(patch(obj) for obj in fleet))
+        wait = (due - datetime.now(timezone.utc)).total_seconds()
+        if wait < WAVE_LEAD:
+            raise RuntimeError(f"the renewBefore patches took too long: only {wait:.0f}s are left before the wave")
+        due_monotonic = time.monotonic() + wait
+        await asyncio.wait_for(done.wait(), wait + 1800)
+    finally:
+        watch.cancel()
+    return {"renewed_all": max(renewed.values()) - due_monotonic}
+
+
+async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: bool) -> dict[str, Any]:
+    async with bench() as b:
+        operator = await b.start_operator()
+        try:
+            result = await issuance(b, count, algorithm)
+            result["rss_issuance"] = operator.peak_rss_mb()
+            if steady_seconds:
+                result.update(await steady(b, operator.cpu_seconds, count, steady_seconds))
+            if with_wave:
+                result.update(await wave(b, count))
+                result["rss_wave"] = operator.peak_rss_mb()
+        finally:
+            await operator.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, nargs="+", default=[1, 100, 500])
+    parser.add_argument("--algorithm", default="ECDSA-P256")
+    parser.add_argument("--steady", type=float, default=60, help="seconds of steady state to measure (0: skip)")
+    parser.add_argument("--no-wave", dest="wave", action="store_false", help="skip the renewal wave")
+    args = parser.parse_args()
+    results = [(count, asyncio.run(measure(count, args.algorithm, args.steady, args.wave))) for count in args.count]
+    print(f"Issuance ({args.algorithm})")
+    print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'p50':>8} {'p99':>8} {'requests/PKI':>13} {'peak RSS':>9}")
+    for count, r in results:
+        print(f"{count:>11} {r['all_ready']:>9.1f}s {r['p50']:>7.2f}s {r['p99']:>7.2f}s {r['requests']:>13.1f} "
+              f"{r['rss_issuance']:>6.0f}MiB")
+    if args.steady:
+        print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
+        print(f"{'ClusterPKIs':>11} {'requests/PKI/h':>15} {'CPU s/h':>8}  requests seen")
+        for count, r in results:
+            print(f"{count:>11} {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f}  "
+                  f"{', '.join(r['kinds']) or '-'}")
+    if args.wave:
+        print("\nRenewal wave (every leaf of every ClusterPKI due at the same moment)")
+        print(f"{'ClusterPKIs':>11} {'all renewed':>12} {'peak RSS':>9}")
+        for count, r in results:
+            print(f"{count:>11} {r['renewed_all']:>11.1f}s {r['rss_wave']:>6.0f}MiB")
+
+
+if __name__ == "__main__":
+    main()
