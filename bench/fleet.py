@@ -4,8 +4,9 @@
 `clusterpki run -A` and the HTTP API emulator each run in a process of their own. For each count:
 1. Issuance: create N ClusterPKIs at once and time apply→Ready (the create request to the watch event
    that shows Ready for that generation), the operator's API requests per ClusterPKI and its peak RSS.
-2. Steady state (--steady S seconds, 0 to skip): nothing is due; count the operator's requests beyond
-   watches and its CPU, scaled to an hour.
+2. Steady state (--steady S seconds, 0 to skip): once the operator has settled (worked off the
+   tail of issuance's watch events), nothing is due; count its requests beyond watches and its
+   CPU over S seconds, scaled to an hour.
 3. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
    reports only new leaf certificates, and the peak RSS.
@@ -70,13 +71,26 @@ async def issuance(b: Bench, count: int, algorithm: str) -> dict[str, float]:
             "p99": percentile(latencies, 0.99), "requests": len(operator_requests) / count}
 
 
+async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -> float:
+    """Wait until the operator has worked off what issuance left (the tail of watch events): less
+    than 1% of a core over ``window`` seconds. Returns how long that took."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        cpu = operator_cpu()
+        await asyncio.sleep(window)
+        if operator_cpu() - cpu < window / 100:
+            break
+    return time.monotonic() - start
+
+
 async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dict[str, float]:
+    settled = await settle(operator_cpu)
     since = len(await b.requests())
     cpu = operator_cpu()
     await asyncio.sleep(seconds)
     requests = [r for r in await b.requests(since) if r.by_operator and not r.watch]
     per_hour = 3600 / seconds
-    return {"requests_per_pki_hour": len(requests) * per_hour / count,
+    return {"settled": settled, "requests_per_pki_hour": len(requests) * per_hour / count,
             "cpu_per_hour": (operator_cpu() - cpu) * per_hour,
             "kinds": sorted({f"{r.method} {r.path}" for r in requests})[:5]}
 
@@ -147,9 +161,9 @@ def main() -> None:
               f"{r['rss_issuance']:>6.0f}MiB")
     if args.steady:
         print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
-        print(f"{'ClusterPKIs':>11} {'requests/PKI/h':>15} {'CPU s/h':>8}  requests seen")
+        print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8}  requests seen")
         for count, r in results:
-            print(f"{count:>11} {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f}  "
+            print(f"{count:>11} {r['settled']:>13.0f}s {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f}  "
                   f"{', '.join(r['kinds']) or '-'}")
     if args.wave:
         print("\nRenewal wave (every leaf of every ClusterPKI due at the same moment)")

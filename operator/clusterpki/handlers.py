@@ -31,7 +31,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 class State:
     """What the operator keeps in memory: the latest ClusterPKIs (from the watch), a lock per
-    ClusterPKI, the scheduler, the resourceVersions of its own Secret writes, and, for kubelet CSRs,
+    ClusterPKI and a bound on reconciles at once, the scheduler, the resourceVersions of its own Secret writes, and, for kubelet CSRs,
     the policy ClusterPKI, a Node index and the CSRs waiting for their Node."""
 
     def __init__(self, store: SecretStore, csr_policy: Key | None = None) -> None:
@@ -44,6 +44,7 @@ class State:
         self.deciding: set[str] = set()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.slots = asyncio.Semaphore(settings.CONCURRENT_RECONCILES)  # see settings
         self.own_writes: dict[tuple[str, str], str] = {}
         self.in_flight: set[tuple[str, str]] = set()  # Secrets being written right now
         self.held: dict[tuple[str, str], tuple[str, Key]] = {}  # their events that came before the response
@@ -135,7 +136,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
     """Reconcile one ClusterPKI: issue, patch its status if it changed, report, and schedule the next
     look at its next renewal. Returns a message and a delay when a transient failure should be retried."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    async with state.locks[key]:
+    async with state.locks[key], state.slots:
         state.dirty.discard(key)  # what drifted until now, this reconcile sees
         body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
         result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
