@@ -8,6 +8,7 @@ import base64
 from cryptography import x509
 
 from tests.helpers import document
+from tests.operator.conftest import Operator
 
 LEAVES = {"apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
           "etcd-server-etcd-0", "etcd-peer-etcd-0", "etcd-healthcheck-client", "admin", "kube-scheduler",
@@ -262,3 +263,29 @@ async def _absent(api, name: str) -> bool:
 
 async def _no_secrets(emulator, namespace: str) -> bool:
     return not emulator.list("secrets", namespace)
+
+
+async def test_reconciles_beyond_the_bound_wait_their_turn(kubeconfig, api, emulator, monkeypatch):
+    """A fleet-wide wave must not hold every ClusterPKI's Secrets and keys in memory at once."""
+    from clusterpki import settings
+
+    monkeypatch.setattr(settings, "CONCURRENT_RECONCILES", 1)
+    operator = Operator()
+    await operator.start()
+    try:
+        await asyncio.gather(*(api.apply_pki(pki(name)) for name in ("one", "two")))
+        await api.ready("team-a", "one")
+        await api.ready("team-a", "two")
+    finally:
+        await operator.stop()
+
+    def span(name: str) -> tuple[int, int]:
+        """From the reconcile's LIST of the ClusterPKI's Secrets to its status patch, in request order."""
+        listed = next(i for i, r in enumerate(emulator.requests) if r.method == "GET" and
+                      r.query.get("labelSelector", "").startswith(f"pki.clusterpki.dev/cluster-pki={name},"))
+        patched = next(i for i, r in enumerate(emulator.requests)
+                       if r.method == "PATCH" and r.path.endswith(f"/clusterpkis/{name}/status"))
+        return listed, patched
+
+    first, second = sorted([span("one"), span("two")])
+    assert first[1] < second[0], "the two reconciles ran at the same time"
