@@ -70,7 +70,9 @@ async def decisions(b: Bench, since: int, count: int) -> tuple[dict[str, float],
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(decided)} of {count} CSRs were decided within 300 s")
         await asyncio.sleep(0.2)
-        for r in await b.requests(since):
+        batch = await b.requests(since)
+        since += len(batch)
+        for r in batch:
             if r.method == "POST" and r.created and r.path.endswith("/certificatesigningrequests"):
                 created[r.created] = r.received
             elif r.method == "PUT" and r.path.endswith("/approval"):

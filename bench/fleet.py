@@ -9,7 +9,7 @@
    CPU over S seconds, scaled to an hour.
 3. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
-   reports only new leaf certificates, and the peak RSS.
+   reports only new leaf certificates, and the peak RSS during the wave.
 Usage: python bench/fleet.py [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-wave]
 """
 
@@ -139,6 +139,7 @@ async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: 
             if steady_seconds:
                 result.update(await steady(b, operator.cpu_seconds, count, steady_seconds))
             if with_wave:
+                operator.reset_peak_rss()
                 result.update(await wave(b, count))
                 result["rss_wave"] = operator.peak_rss_mb()
         finally:

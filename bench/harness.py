@@ -70,8 +70,12 @@ class OperatorProcess:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
 
+    def reset_peak_rss(self) -> None:
+        """Start a new high-water mark from the current RSS (``clear_refs`` 5)."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
     async def stop(self) -> None:
-        if self.profiler is not None:
+        if self.profiler is not None and self.profiler.returncode is None:
             self.profiler.send_signal(signal.SIGINT)
             await self.profiler.wait()
         if self.process.returncode is None:

@@ -138,7 +138,9 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     async with state.locks[key], state.slots:
         state.dirty.discard(key)  # what drifted until now, this reconcile sees
-        body = state.bodies.get(key, body)  # the freshest version seen, if a newer one arrived meanwhile
+        body = state.bodies.get(key)  # the freshest version seen, if a newer one arrived meanwhile
+        if body is None:  # deleted while it waited for its turn: nothing to issue, no metrics to revive
+            return None
         result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
         metrics.observe(key[0], key[1], result.status, result.issued)
         current = body.get("status") or {}

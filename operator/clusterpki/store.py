@@ -163,11 +163,14 @@ class SecretStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except ApiException as exc:
-            raise ApiError(verb, what, exc.status, _reason(exc)) from None
+            status, reason = exc.status, _reason(exc)
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # unreachable, reset, timed out
-            raise ApiError(verb, what, 0, type(exc).__name__) from None
+            status, reason = 0, type(exc).__name__
         except Exception as exc:  # e.g. the client's body validation, whose message quotes the body
-            raise ApiError(verb, what, 0, type(exc).__name__) from None
+            status, reason = 0, type(exc).__name__
+        # Raised here, outside the handlers, so that not even __context__ keeps the original (a JSON
+        # error's .doc is the whole body, a Secret's keys included).
+        raise ApiError(verb, what, status, reason)
 
 
 def _minimal_csr(csr: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ async def test_a_lagging_watch_does_not_run_the_create_handler_twice(operator, a
     emulator.watch_lag = 6.0
     await api.apply_pki(pki("alpha"))
     await api.ready("team-a", "alpha")
-    await asyncio.sleep(7.0)  # the status patch's event has arrived; a second create would have run
+    await asyncio.sleep(9.0)  # the status patch's event has arrived; a second create would have run
 
     def reconciles() -> int:
         return sum(r.method == "GET" and r.path == "/api/v1/namespaces/team-a/secrets" and

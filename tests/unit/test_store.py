@@ -39,6 +39,7 @@ async def test_an_unparsable_body_is_an_api_error_that_quotes_nothing_of_it():
         await store._call("get", "Secret a/b", lambda **_: Response(b"tls.key: secret-bytes"))
     except ApiError as exc:
         assert "secret-bytes" not in str(exc) and exc.status == 0
+        assert exc.__context__ is None and exc.__cause__ is None  # the JSON error's .doc is the body
     else:
         raise AssertionError("an unparsable body was accepted")
     finally:
