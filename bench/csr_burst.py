@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from statistics import median
 
-from harness import Bench, bench, clusterpki, cpu_seconds, median, percentile
+from harness import Bench, bench, clusterpki, cpu_seconds, percentile
 
 from tests.csr_factory import kubelet_csr, node_body
 

@@ -19,11 +19,13 @@ import argparse
 import asyncio
 import time
 from datetime import datetime, timedelta, timezone
+from statistics import median
 from typing import Any
 
-from harness import Bench, bench, clusterpki, median, percentile
+from harness import Bench, bench, clusterpki, percentile
 
-GROUP_PATH = "/apis/pki.clusterpki.dev/v1alpha1"
+from tests.operator.conftest import GROUP_PATH
+
 NAMESPACES = 50
 WAVE_LEAD = 20.0  # seconds between the last renewBefore patch and the moment everything falls due
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -90,9 +89,8 @@ class OperatorProcess:
 class Bench:
     """An emulator process, a client session to it, and the operator processes started against it."""
 
-    def __init__(self, url: str, token: str, kubeconfig: Path, session: aiohttp.ClientSession,
-                 emulator_pid: int) -> None:
-        self.url, self.token, self.kubeconfig, self.session = url, token, kubeconfig, session
+    def __init__(self, url: str, kubeconfig: Path, session: aiohttp.ClientSession, emulator_pid: int) -> None:
+        self.url, self.kubeconfig, self.session = url, kubeconfig, session
         self.emulator_pid = emulator_pid
         self.api = Api(self, session)  # type: ignore[arg-type]  # Api needs only .url
 
@@ -149,11 +147,10 @@ async def bench() -> AsyncIterator[Bench]:
             url = (await asyncio.wait_for(emulator.stdout.readline(), 30)).decode().strip()
             from tests.emulator import Emulator
 
-            token = Emulator.token
             connector = aiohttp.TCPConnector(limit=64)
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {Emulator.token}"},
                                              connector=connector) as session:
-                yield Bench(url, token, kubeconfig, session, emulator.pid)
+                yield Bench(url, kubeconfig, session, emulator.pid)
         finally:
             emulator.kill()
             await emulator.wait()
@@ -162,10 +159,6 @@ async def bench() -> AsyncIterator[Bench]:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def clusterpki(namespace: str, name: str, **spec: Any) -> dict[str, Any]:

@@ -31,8 +31,9 @@ Key = tuple[str, str]  # (namespace, name)
 
 class State:
     """What the operator keeps in memory: the latest ClusterPKIs (from the watch), a lock per
-    ClusterPKI and a bound on reconciles at once, the scheduler, the resourceVersions of its own Secret writes, and, for kubelet CSRs,
-    the policy ClusterPKI, a Node index and the CSRs waiting for their Node."""
+    ClusterPKI and a bound on reconciles at once, the scheduler, the resourceVersions of its own
+    Secret writes, and, for kubelet CSRs, the policy ClusterPKI, a Node index and the CSRs waiting
+    for their Node."""
 
     def __init__(self, store: SecretStore, csr_policy: Key | None = None) -> None:
         self.store = store
