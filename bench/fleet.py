@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import Bench, bench, clusterpki, percentile
 
-from tests.operator.conftest import GROUP_PATH
+from tests.kube import GROUP_PATH
 
 NAMESPACES = 50
 WAVE_LEAD = 20.0  # seconds between the last renewBefore patch and the moment everything falls due

@@ -24,7 +24,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.operator.conftest import Api  # noqa: E402
+from tests.kube import Api  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -92,7 +92,7 @@ class Bench:
     def __init__(self, url: str, kubeconfig: Path, session: aiohttp.ClientSession, emulator_pid: int) -> None:
         self.url, self.kubeconfig, self.session = url, kubeconfig, session
         self.emulator_pid = emulator_pid
-        self.api = Api(self, session)  # type: ignore[arg-type]  # Api needs only .url
+        self.api = Api(self.url, session)
 
     async def requests(self, since: int = 0) -> list[Logged]:
         async with self.session.get(f"{self.url}/emulator/requests", params={"since": str(since)}) as response:

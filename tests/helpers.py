@@ -35,3 +35,15 @@ def openssl(*args: str) -> str:
     result = subprocess.run(["openssl", *args], capture_output=True, text=True)
     assert result.returncode == 0, f"openssl {' '.join(args)} failed: {result.stderr}"
     return result.stdout
+
+
+# What every ClusterPKI of the default spec holds, by component.
+LEAVES = {"apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
+          "etcd-server-etcd-0", "etcd-peer-etcd-0", "etcd-healthcheck-client", "admin", "kube-scheduler",
+          "kube-controller-manager", "kube-proxy"}
+CAS = {"ca", "etcd-ca", "front-proxy-ca"}
+KUBECONFIGS = {"admin", "kube-scheduler", "kube-controller-manager", "kube-proxy"}
+ISSUER = {leaf: "ca" for leaf in LEAVES} | {
+    "apiserver-etcd-client": "etcd-ca", "etcd-server-etcd-0": "etcd-ca", "etcd-peer-etcd-0": "etcd-ca",
+    "etcd-healthcheck-client": "etcd-ca", "front-proxy-client": "front-proxy-ca"}
+FAMILY = {ca: sorted(leaf for leaf in LEAVES if ISSUER[leaf] == ca) for ca in CAS}

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -50,6 +51,7 @@ class State:
         self.in_flight: set[tuple[str, str]] = set()  # Secrets being written right now
         self.held: dict[tuple[str, str], tuple[str, Key]] = {}  # their events that came before the response
         self.dirty: set[Key] = set()  # drift seen since the ClusterPKI's reconcile started
+        self.terminating: dict[str, datetime] = {}  # namespace -> when the apiserver said it is being deleted
         self.scheduler = Scheduler(self.scheduled, retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None
 
@@ -140,15 +142,28 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
     async with state.locks[key], state.slots:
         state.dirty.discard(key)  # what drifted until now, this reconcile sees
         body = state.bodies.get(key)  # the freshest version seen, if a newer one arrived meanwhile
-        if body is None:  # deleted while it waited for its turn: nothing to issue, no metrics to revive
+        if body is None or _in_terminating_namespace(state, body):  # nothing to issue, no metrics to revive
+            state.scheduler.forget(key)
             return None
-        result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
+        try:
+            result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
+        except ApiError as exc:
+            if not exc.namespace_terminating:
+                raise
+            _namespace_terminating(state, key, logger)
+            return None
+        if result.stopped:  # going away: nothing to report, nothing to look at again
+            logger.info(result.stopped)
+            state.scheduler.forget(key)
+            return None
         metrics.observe(key[0], key[1], result.status, result.issued)
         current = body.get("status") or {}
         if any(current.get(field) != value for field, value in result.status.items()):
             try:
                 await state.store.patch_status(key[0], key[1], result.status)
             except ApiError as exc:
+                if exc.status == 404:  # deleted meanwhile: its DELETED event follows
+                    return None
                 state.scheduler.after(key, settings.RETRY_DELAY)  # whatever triggered this, try again
                 return str(exc), settings.RETRY_DELAY
             state.bodies[key] = {**body, "status": {**current, **result.status}}
@@ -157,6 +172,9 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             try:
                 await state.store.post_event(body, kind, reason, message)
             except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
+                if exc.namespace_terminating:
+                    _namespace_terminating(state, key, logger)
+                    return None
                 logger.warning(f"Could not post the {reason} Event: {exc}")
         next_renewal = result.status.get("nextRenewal")
         when = parse_timestamp(next_renewal).timestamp() if next_renewal else None
@@ -171,6 +189,22 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             state.scheduler.after(key, result.retry_delay)
             return result.retry, result.retry_delay
         return None
+
+
+def _namespace_terminating(state: State, key: Key, logger: logging.Logger) -> None:
+    """The apiserver refused a write because the namespace is being deleted: every ClusterPKI made in
+    it so far is going too, so none of them is reconciled again."""
+    state.terminating[key[0]] = certificates.utcnow()
+    state.scheduler.forget(key)
+    logger.info(f"Namespace {key[0]} is being deleted: nothing more is written for its ClusterPKIs")
+
+
+def _in_terminating_namespace(state: State, body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` was made before its namespace was seen being deleted (a ClusterPKI made later
+    lives in a new namespace of the same name)."""
+    seen = state.terminating.get(body["metadata"]["namespace"])
+    created = body["metadata"].get("creationTimestamp")
+    return seen is not None and created is not None and parse_timestamp(created) <= seen
 
 
 class RecordingStore:

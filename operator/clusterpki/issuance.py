@@ -4,7 +4,9 @@
 It reads every Secret with one LIST, lets the pure engine decide what to issue, writes only the
 Secrets that change (CAs first, then everything else, concurrently), and returns the status and
 the Events for the handler to report. It never raises for a bad spec, a bad CA or an API error:
-those become a Ready=False status, a Warning Event and, for transient errors, a retry.
+those become a Ready=False status, a Warning Event and, for transient errors, a retry. The one
+exception is the namespace being deleted (:attr:`ApiError.namespace_terminating`), which the caller
+handles for every ClusterPKI of that namespace.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Result(NamedTuple):
     issued: dict[str, str] = {}  # component -> why it was (re-)issued
     wake_at: datetime | None = None  # when a CA rotation takes its next step
     retry_delay: float = settings.RETRY_DELAY
+    stopped: str | None = None  # why nothing is reported or retried: the ClusterPKI is being deleted
 
 
 async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) -> Result:
@@ -55,6 +58,14 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         return Result(status.of_failure(reason, message, generation, previous, now),
                       [(WARNING, reason, message)], retry=message if retry else None, retry_delay=delay)
 
+    def api_failure(exc: ApiError) -> Result:
+        if exc.namespace_terminating:  # for the caller: it concerns every ClusterPKI of the namespace
+            raise exc
+        return failure("APIError", str(exc), retry=True)
+
+    if meta.get("deletionTimestamp"):
+        return Result({}, [], stopped=f"ClusterPKI {namespace}/{name} is being deleted: nothing is issued or repaired")
+
     try:
         pki_spec = spec.from_resource(body)
     except spec.SpecError as exc:
@@ -65,7 +76,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     except ApiError as exc:
         if exc.reason.startswith("SecretOfAnotherClusterPKI"):
             return failure("SecretConflict", f"{exc}; choose another name for this ClusterPKI")
-        return failure("APIError", str(exc), retry=True)
+        return api_failure(exc)
     stored = secrets.read(current, now)
     listed = {e.get("name") for e in (body.get("status") or {}).get("certificates") or []}
     gone = sorted(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES
@@ -110,7 +121,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         try:
             active, existing = await _rotation_step(body, store, current, stored, pki_spec, owner, now, events)
         except ApiError as exc:
-            return failure("APIError", str(exc), retry=True)
+            return api_failure(exc)
 
     # Key generation can take a second for RSA: keep it off the event loop.
     build = functools.partial(engine.build, pki_spec, existing, now, force=forced, renew_due=True)
@@ -133,7 +144,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         if exc.status == 409:  # another writer (e.g. a second replica) got there first: read again
             return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True,
                            delay=settings.CONFLICT_RETRY_DELAY)
-        return failure("APIError", str(exc), retry=True)
+        return api_failure(exc)
 
     issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed and c in pki.planned
                                               else reason)

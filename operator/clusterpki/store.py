@@ -38,6 +38,11 @@ class ApiError(Exception):
         self.reason = reason
         self.what = what
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted: the apiserver refuses anything new in it, for good."""
+        return self.status == 403 and "because it is being terminated" in self.reason
+
 
 def load_configuration() -> client.Configuration:
     """``KUBECONFIG`` when it is set, else the in-cluster configuration in a pod, else

@@ -1,75 +1,87 @@
-"""End-to-end tests on a real, disposable cluster named by ``CLUSTERPKI_E2E_KUBECONFIG``.
+"""End-to-end tests on a real control plane, the default place for the operator's behaviour.
 
-They install ``crds/`` and ``manifests/`` with that (admin) kubeconfig, then run the operator as the
-manifests' ServiceAccount with a token from ``kubectl create token`` (neither Kopf nor the Kubernetes
-client honour kubeconfig impersonation). They work only in namespaces they create, and delete those.
+A session fixture boots a disposable kube-apiserver, kube-controller-manager and etcd from
+``../shared/k8s`` (or uses the cluster ``CLUSTERPKI_E2E_KUBECONFIG`` names), installs ``crds/`` and
+``manifests/`` with exactly the README's command, and makes a kubeconfig holding a token of the
+manifests' ServiceAccount (``kubectl create token``): the operator runs with exactly its RBAC. Each
+test gets a namespace of its own, created and deleted here, and an operator serving only it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ADMIN_KUBECONFIG = os.environ.get("CLUSTERPKI_E2E_KUBECONFIG")
+from tests.controlplane import REPO, ControlPlane, unavailable
+from tests.kube import Api
+from tests.runners import Operator
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
-    not ADMIN_KUBECONFIG, reason="CLUSTERPKI_E2E_KUBECONFIG does not name a disposable cluster")]
-
-
-def kubectl(*args: str, stdin: str | None = None, kubeconfig: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig or ADMIN_KUBECONFIG}", *args],
-                            input=stdin, capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-    return result.stdout
+# The README's install commands, run exactly as written (tests/e2e/test_install.py checks the README
+# still says so).
+INSTALL = "kubectl apply -f crds/ -f manifests/"
+INSTALL_KUSTOMIZE = "kubectl apply -k manifests/"
 
 
-def kubectl_json(*args: str) -> Any:
-    return json.loads(kubectl(*args, "-o", "json"))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
 
 
-def wait_for(probe: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+def run_readme_command(command: str, kubeconfig: Path) -> subprocess.CompletedProcess:
+    """A README command as a user types it, in a checkout, with KUBECONFIG set."""
+    return subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
 
 @pytest.fixture(scope="session")
-def installed() -> None:
-    kubectl("apply", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterpkis.pki.clusterpki.dev")
-    kubectl("apply", "-f", str(REPO / "manifests"))
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The real control plane of this session: external if named, else booted from the harness."""
+    external = ControlPlane.external()
+    if external is not None:
+        yield external
+        return
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    plane = ControlPlane.boot(tmp_path_factory.mktemp("control-plane"))
+    try:
+        yield plane
+    finally:
+        plane.down()
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(installed: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig for the cluster that authenticates as the ServiceAccount of manifests/."""
-    token = kubectl("-n", "clusterpki-system", "create", "token", "clusterpki", "--duration=2h").strip()
-    admin = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json"))
-    cluster = admin["clusters"][0]["cluster"]
+def install_result(cluster: ControlPlane) -> subprocess.CompletedProcess:
+    """The README's install, run once on the session's control plane (fresh when booted)."""
+    result = run_readme_command(INSTALL, cluster.kubeconfig)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterpkis.pki.clusterpki.dev")
+    return result
+
+
+@pytest.fixture(scope="session")
+def installed(install_result: subprocess.CompletedProcess) -> None:
+    assert install_result.returncode == 0, f"{INSTALL} failed: {install_result.stderr}"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(installed: None, cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount of manifests/ (neither Kopf nor the
+    Kubernetes client honour kubeconfig impersonation, so a real token it is)."""
+    token = cluster.kubectl("-n", "clusterpki-system", "create", "token", "clusterpki", "--duration=4h").stdout.strip()
+    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
     path = tmp_path_factory.mktemp("e2e") / "operator.kubeconfig"
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
         "users": [{"name": "clusterpki", "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "clusterpki"}}],
     }))
@@ -77,66 +89,54 @@ def operator_kubeconfig(installed: None, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-@pytest.fixture(scope="module")
-def namespace(installed: None) -> Iterator[str]:
-    name = f"clusterpki-e2e-{secrets.token_hex(3)}"
-    kubectl("create", "namespace", name)
+@pytest.fixture
+async def api(cluster: ControlPlane) -> AsyncIterator[Api]:
+    """The cluster's admin, as a user with kubectl would act."""
+    url, session = Api.session_for(cluster.kubeconfig)
+    async with session:
+        yield Api(url, session)
+
+
+@pytest.fixture
+async def namespace(api: Api, installed: None) -> AsyncIterator[str]:
+    """A namespace of this test's own, deleted afterwards (without waiting for it to go)."""
+    name = f"cpki-e2e-{secrets.token_hex(3)}"
+    await api.create("namespaces", {"metadata": {"name": name, "labels": {"clusterpki-e2e": "true"}}})
     try:
         yield name
     finally:
-        kubectl("delete", "namespace", name, "--wait=false", check=False)
+        await api.delete("namespaces", name, missing_ok=True)
 
 
-class OperatorProcess:
-    """``clusterpki run`` as a process, authenticated as the operator's ServiceAccount."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, extra: tuple[str, ...] = ()) -> None:
-        self.kubeconfig, self.namespace, self.log_path, self.extra = kubeconfig, namespace, log, extra
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        log = open(self.log_path, "a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "clusterpki", "run", "-n", self.namespace, "--standalone",
-             "--liveness", f"http://127.0.0.1:{port}/healthz", *self.extra],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
-        log.close()
-        wait_for(lambda: self._healthy(port), 30, "the operator's liveness endpoint")
-
-    def _healthy(self, port: int) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the operator exited: {self.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def log(self) -> str:
-        return self.log_path.read_text()
+@pytest.fixture
+def as_operator(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Operators started in this test authenticate with the ServiceAccount token."""
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    return operator_kubeconfig
 
 
-@pytest.fixture(scope="module")
-def operator(operator_kubeconfig: Path, namespace: str, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(operator_kubeconfig, namespace, tmp_path_factory.mktemp("log") / "operator.log")
-    process.start()
+@pytest.fixture
+async def operator(as_operator: Path, namespace: str, caplog: pytest.LogCaptureFixture
+                   ) -> AsyncIterator[Operator]:
+    """The operator serving this test's namespace, as its ServiceAccount. Afterwards its log must
+    hold no private key and no refusal by RBAC."""
+    caplog.set_level(logging.INFO)
+    runner = Operator(namespaces=(namespace,))
+    await runner.start()
     try:
-        yield process
+        yield runner
     finally:
-        process.stop()
+        await runner.stop()
+    assert_clean_log(caplog.text)
+
+
+def assert_clean_log(text: str) -> None:
+    assert "PRIVATE KEY" not in text
+    assert "HTTP 403" not in text and "APIForbiddenError" not in text and "status=403" not in text, \
+        [line for line in text.splitlines() if "403" in line][:5]
+
+
+def pki(name: str, namespace: str, **spec) -> dict:
+    """A ClusterPKI document as a user would apply it."""
+    return {"apiVersion": "pki.clusterpki.dev/v1alpha1", "kind": "ClusterPKI",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}

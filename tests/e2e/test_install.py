@@ -1,40 +1,88 @@
-"""The install on a real kube-apiserver: server-side dry runs of the CRD and the kustomization, and
-the operator's metrics endpoint while it runs as its ServiceAccount."""
+"""The install, exactly as the README tells users to do it, on fresh control planes; the CRD's schema as
+the apiserver enforces it; and ``clusterpki run`` as a process, with its metrics."""
 
 from __future__ import annotations
 
-import socket
+import asyncio
+import time
 import urllib.request
-from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import REPO, OperatorProcess, kubectl, pytestmark, wait_for  # noqa: F401
+from tests.controlplane import REPO, ControlPlane, harness
+from tests.e2e.conftest import INSTALL, INSTALL_KUSTOMIZE, pki, run_readme_command
+from tests.helpers import LEAVES
+from tests.runners import OperatorProcess, free_port
+
+README = (REPO / "README.md").read_text()
 
 
-def test_server_side_dry_runs_accept_the_crd_and_the_manifests(installed):
-    kubectl("apply", "--server-side", "--dry-run=server", "-f", str(REPO / "crds"))
-    out = kubectl("apply", "--server-side", "--dry-run=server", "-k", str(REPO / "manifests"))
+def test_the_readme_gives_both_install_commands():
+    assert f"\n{INSTALL}\n" in README, "the quick start's install command"
+    assert f"`{INSTALL_KUSTOMIZE}`" in README
+
+
+def test_the_readme_install_works_the_first_time(install_result, cluster):
+    assert install_result.returncode == 0, install_result.stderr
+    assert install_result.stderr == ""
+    assert "namespace/clusterpki-system created" in install_result.stdout or not cluster.booted
+    cluster.kubectl("-n", "clusterpki-system", "get", "deployment/clusterpki", "serviceaccount/clusterpki")
+
+
+@pytest.mark.skipif(harness() is None, reason="needs the harness to boot a second, fresh control plane")
+def test_the_readme_kustomize_install_works_on_a_fresh_control_plane(tmp_path):
+    fresh = ControlPlane.boot(tmp_path / "fresh")
+    try:
+        result = run_readme_command(INSTALL_KUSTOMIZE, fresh.kubeconfig)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        fresh.kubectl("-n", "clusterpki-system", "get", "deployment/clusterpki", "serviceaccount/clusterpki")
+        fresh.kubectl("get", "clusterrole/clusterpki", "clusterrolebinding/clusterpki")
+    finally:
+        fresh.down()
+
+
+def test_server_side_dry_runs_accept_the_crd_and_the_manifests(installed, cluster):
+    cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(REPO / "crds"))
+    out = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(REPO / "manifests")).stdout
     assert "deployment.apps/clusterpki" in out
 
 
-def test_the_metrics_endpoint_serves_the_families(operator_kubeconfig: Path, namespace: str, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = OperatorProcess(operator_kubeconfig, namespace, tmp_path / "operator.log",
-                              extra=("--metrics-port", str(port)))
-    process.start()
+async def test_clusterpki_run_serves_its_metrics(operator_kubeconfig, api, namespace, tmp_path):
+    port = free_port()
+    process = OperatorProcess(operator_kubeconfig, tmp_path / "operator.log", "-n", namespace,
+                              "--metrics-port", str(port))
+    await asyncio.to_thread(process.start)
     try:
-        kubectl("-n", namespace, "apply", "-f", str(REPO / "examples/clusterpki.yaml"))
-
-        def families():
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                names = {f.name for f in text_string_to_metric_families(response.read().decode())}
-            return names if "clusterpki_certificate_not_after_timestamp_seconds" in names else None
-        names = wait_for(families, 60, "the certificate metrics")
-        assert {"clusterpki_certificate_renewal_timestamp_seconds", "clusterpki_ready", "clusterpki_issuance",
-                "clusterpki_reconcile_errors", "clusterpki_csr_decisions"} <= names
+        await api.apply_pki(pki("alpha", namespace))
+        await api.apply_pki(pki("broken", namespace, serviceCIDR="10.0.0.0/33"))
+        obj = await api.ready(namespace, "alpha")
+        await api.ready(namespace, "broken", status="False")
+        text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     finally:
-        process.stop()
-        kubectl("-n", namespace, "delete", "clusterpki", "example", "--ignore-not-found", check=False)
+        await asyncio.to_thread(process.stop)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    entries = {e["name"]: e for e in obj["status"]["certificates"]}
+    apiserver = dict(namespace=namespace, cluster_pki="alpha", component="apiserver", issuer="ca")
+    not_after = time.mktime(time.strptime(entries["apiserver"]["notAfter"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert value("clusterpki_certificate_not_after_timestamp_seconds", **apiserver) == not_after
+    assert value("clusterpki_certificate_renewal_timestamp_seconds", **apiserver) < not_after
+    assert value("clusterpki_ready", namespace=namespace, cluster_pki="alpha") == 1
+    assert value("clusterpki_ready", namespace=namespace, cluster_pki="broken") == 0
+    assert value("clusterpki_issuance_total", namespace=namespace, cluster_pki="alpha",
+                 reason="new") == len(LEAVES) + 4  # leaves, 3 CAs and the SA key
+    assert value("clusterpki_reconcile_errors_total", namespace=namespace, cluster_pki="broken",
+                 reason="InvalidSpec") >= 1
+    assert "clusterpki_csr_decisions" in {f.name for f in text_string_to_metric_families(text)}
+    log = process.log()
+    assert "PRIVATE KEY" not in log and "HTTP 403" not in log and "Traceback" not in log, log[-3000:]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()

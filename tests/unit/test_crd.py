@@ -10,7 +10,7 @@ import yaml
 from clusterpki import durations, spec
 
 from tests.helpers import REPO, document
-from tests.operator.conftest import with_schema_defaults
+from tests.kube import with_schema_defaults
 
 CRD = yaml.safe_load((REPO / "crds/clusterpki.yaml").read_text())
 VERSION = CRD["spec"]["versions"][0]

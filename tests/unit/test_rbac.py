@@ -21,7 +21,7 @@ EXPECTED = [
 
 
 def documents():
-    return list(yaml.safe_load_all((REPO / "manifests/rbac.yaml").read_text()))
+    return list(yaml.safe_load_all((REPO / "manifests/20-rbac.yaml").read_text()))
 
 
 def test_the_cluster_role_is_exactly_what_the_operator_uses():
@@ -36,5 +36,5 @@ def test_it_is_bound_to_the_manifests_service_account():
     binding = next(d for d in documents() if d["kind"] == "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "clusterpki"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "clusterpki", "namespace": "clusterpki-system"}]
-    account = yaml.safe_load((REPO / "manifests/serviceaccount.yaml").read_text())
+    account = yaml.safe_load((REPO / "manifests/10-serviceaccount.yaml").read_text())
     assert (account["metadata"]["name"], account["metadata"]["namespace"]) == ("clusterpki", "clusterpki-system")

@@ -38,7 +38,7 @@ def test_kubectl_apply_f_manifests_sees_no_kustomization():
 
 
 def deployment() -> dict:
-    return yaml.safe_load((REPO / "manifests/deployment.yaml").read_text())
+    return yaml.safe_load((REPO / "manifests/30-deployment.yaml").read_text())
 
 
 def test_the_deployment_is_hardened():

@@ -1,0 +1,121 @@
+"""A real, disposable control plane for tests and benches, as controller-runtime's envtest provides one.
+
+:class:`ControlPlane` boots ``../shared/k8s/cluster.sh`` (kube-apiserver and kube-controller-manager
+v1.24 over Debian's etcd, two registered Nodes) on free loopback ports and tears it down again.
+``CLUSTERPKI_K8S_HARNESS`` names another ``cluster.sh``; ``K8S_BIN`` (read by ``cluster.sh``) names
+other binaries. ``CLUSTERPKI_E2E_KUBECONFIG`` names an external disposable cluster instead, and takes
+precedence over booting one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS_ENV = "CLUSTERPKI_K8S_HARNESS"
+EXTERNAL_ENV = "CLUSTERPKI_E2E_KUBECONFIG"
+
+
+def harness() -> Path | None:
+    """The ``cluster.sh`` to boot control planes with, or None when there is none here."""
+    path = Path(os.environ.get(HARNESS_ENV) or REPO.parent / "shared" / "k8s" / "cluster.sh")
+    return path if path.is_file() else None
+
+
+def unavailable() -> str | None:
+    """Why no real control plane can be had, or None when one can (external or booted)."""
+    if os.environ.get(EXTERNAL_ENV) or harness() is not None:
+        return None
+    return (f"no real control plane: set {EXTERNAL_ENV} to a disposable cluster's kubeconfig, or provide "
+            f"{REPO.parent / 'shared/k8s/cluster.sh'} (or {HARNESS_ENV})")
+
+
+def free_port_block(size: int = 3) -> int:
+    """A loopback port whose next ``size - 1`` ports are free too (cluster.sh uses PORT..PORT+2)."""
+    for _ in range(200):
+        port = random.randint(20000, 60000 - size)
+        sockets = []
+        try:
+            for offset in range(size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free loopback ports")
+
+
+class ControlPlane:
+    """One control plane: booted from the harness into ``directory``, or an external one."""
+
+    def __init__(self, kubeconfig: Path, directory: Path | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.directory = directory  # None for an external cluster, which is never torn down
+
+    @classmethod
+    def boot(cls, directory: Path) -> ControlPlane:
+        script = harness()
+        if script is None:
+            raise RuntimeError(unavailable())
+        directory.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["bash", str(script), "up", str(directory), str(free_port_block())],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            subprocess.run(["bash", str(script), "down", str(directory)], capture_output=True, timeout=60)
+            logs = "".join(f"\n--- {p.name}:\n{p.read_text()[-2000:]}" for p in sorted(directory.glob("*.log")))
+            raise RuntimeError(f"the control plane did not boot: {result.stderr.strip()}{logs}")
+        return cls(Path(result.stdout.strip().splitlines()[-1]), directory)
+
+    @classmethod
+    def external(cls) -> ControlPlane | None:
+        path = os.environ.get(EXTERNAL_ENV)
+        return cls(Path(path)) if path else None
+
+    @property
+    def booted(self) -> bool:
+        return self.directory is not None
+
+    def signer(self, ca_crt: Path, ca_key: Path) -> None:
+        """Start kube-controller-manager's csrsigning with that CA (a booted control plane only)."""
+        assert self.directory is not None, "only a booted control plane can start a signer"
+        subprocess.run(["bash", str(harness()), "signer", str(self.directory), str(ca_crt), str(ca_key)],
+                       check=True, capture_output=True, timeout=60)
+
+    def down(self) -> None:
+        if self.directory is not None:
+            subprocess.run(["bash", str(harness()), "down", str(self.directory)], capture_output=True, timeout=120)
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(["kubectl", f"--kubeconfig={self.kubeconfig}", *args], input=stdin,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def write_requests(self) -> dict[tuple[str, str], float]:
+        """The apiserver's own count of writes so far, by (verb, resource), from ``apiserver_request_total``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self.kubectl("get", "--raw", "/metrics").stdout
+        counts: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "apiserver_request":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_total") and labels.get("verb") in WRITE_VERBS:
+                    key = (labels["verb"], labels.get("resource", ""))
+                    counts[key] = counts.get(key, 0) + sample.value
+        return counts
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY")

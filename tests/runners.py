@@ -1,0 +1,118 @@
+"""The operator under test: in a thread of the test process, or as a ``clusterpki run`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import kopf
+
+
+class Operator:
+    """The real operator (Kopf with clusterpki's handlers) in its own thread and event loop, with the
+    credentials of ``KUBECONFIG`` (in e2e tests: the operator's ServiceAccount token).
+
+    Kopf cancels every task that appeared in its loop while it ran, so it cannot share the test's
+    loop; its own thread is also how Kopf documents embedding. Without ``namespaces`` it serves all."""
+
+    def __init__(self, csr_policy: tuple[str, str] | None = None, namespaces: tuple[str, ...] = ()) -> None:
+        self.csr_policy = csr_policy
+        self.namespaces = namespaces
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    async def start(self) -> None:
+        from clusterpki.handlers import build_registry
+
+        registry = build_registry(csr_policy=self.csr_policy is not None)
+        ready = threading.Event()
+        self.stop_flag = threading.Event()
+        self.error = None
+
+        def main() -> None:
+            try:
+                asyncio.run(kopf.operator(registry=registry, clusterwide=not self.namespaces,
+                                          namespaces=list(self.namespaces), standalone=True,
+                                          stop_flag=self.stop_flag, ready_flag=ready,
+                                          memo=kopf.Memo(csr_policy=self.csr_policy)))
+            except BaseException as exc:  # reported by stop()
+                self.error = exc
+
+        self.thread = threading.Thread(target=main, name="operator", daemon=True)
+        self.thread.start()
+        if not await asyncio.to_thread(ready.wait, 10):
+            await self.stop()
+            raise AssertionError(f"the operator did not start: {self.error!r}")
+
+    async def stop(self) -> None:
+        if self.thread is None:
+            return
+        self.stop_flag.set()
+        await asyncio.to_thread(self.thread.join, 20)
+        thread, self.thread = self.thread, None
+        assert not thread.is_alive(), "the operator did not stop within 20 s"
+        assert self.error is None, f"the operator failed: {self.error!r}"
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OperatorProcess:
+    """``clusterpki run`` as a process of its own, as the Deployment runs it."""
+
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+        self.kubeconfig, self.log_path, self.args = kubeconfig, log, args
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "clusterpki", "run", "--standalone",
+                 "--liveness", f"http://127.0.0.1:{port}/healthz", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
+        deadline = time.monotonic() + 30
+        while not self._healthy(port):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the operator's liveness endpoint did not answer: {self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def _healthy(self, port: int) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the operator exited: {self.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
