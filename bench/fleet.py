@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """A hosted-control-plane fleet on one operator: issuance at scale, steady state, and a renewal wave.
 
-`clusterpki run -A` and the HTTP API emulator each run in a process of their own. For each count:
-1. Issuance: create N ClusterPKIs at once and time apply→Ready (the create request to the watch event
-   that shows Ready for that generation), the operator's API requests per ClusterPKI and its peak RSS.
+`clusterpki run -A` and the API server (the HTTP API emulator, or with --real a real control plane
+from ../shared/k8s) each run in processes of their own. For each count:
+1. Issuance: create N ClusterPKIs at once and time apply→Ready (sending the create request to the watch
+   event that shows Ready for that generation), the operator's API requests per ClusterPKI and its
+   peak RSS.
 2. Steady state (--steady S seconds, 0 to skip): once the operator has settled (worked off the
-   tail of issuance's watch events), nothing is due; count its requests beyond watches and its
-   CPU over S seconds, scaled to an hour.
+   tail of issuance's watch events), nothing is due; count its requests beyond watches, every write
+   the API server served (from any client), and the operator's CPU over S seconds.
 3. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
    reports only new leaf certificates, and the peak RSS during the wave.
-Usage: python bench/fleet.py [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-wave]
+Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-wave]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from statistics import median
@@ -46,7 +49,9 @@ def parse(text: str) -> datetime:
 
 async def issuance(b: Bench, count: int, algorithm: str) -> dict[str, float]:
     names = [(f"ns-{i % NAMESPACES}", f"pki-{i}") for i in range(count)]
+    await b.create_namespaces(sorted({ns for ns, _ in names}))
     readied: dict[tuple[str, str], float] = {}
+    sent: dict[tuple[str, str], float] = {}
     all_ready = asyncio.Event()
 
     def on_event(kind: str, obj: dict[str, Any], arrival: float) -> None:
@@ -56,21 +61,25 @@ async def issuance(b: Bench, count: int, algorithm: str) -> dict[str, float]:
             if len(readied) == count:
                 all_ready.set()
 
+    async def apply(namespace: str, name: str) -> None:
+        sent[(namespace, name)] = time.monotonic()
+        await b.api.apply_pki(clusterpki(namespace, name, keyAlgorithm=algorithm), defaults=not b.real)
+
     watch = await b.watch(f"{GROUP_PATH}/clusterpkis", on_event)
-    since = len(await b.requests())
+    since = await b.mark()
+    server_cpu, operator_cpu = b.server_cpu(), b.operator_cpu()
     try:
-        await asyncio.gather(*(b.api.apply_pki(clusterpki(ns, name, keyAlgorithm=algorithm)) for ns, name in names))
-        await asyncio.wait_for(all_ready.wait(), 1800)
+        await asyncio.gather(*(apply(ns, name) for ns, name in names))
+        await b.until(all_ready, watch, 1800)
     finally:
         watch.cancel()
+    server_cpu, operator_cpu = b.server_cpu() - server_cpu, b.operator_cpu() - operator_cpu
     await asyncio.sleep(2)  # let the trailing writes (Events) land before counting
-    log = await b.requests(since)
-    created = {(r.path.split("/")[-2], r.created): r.received for r in log
-               if r.method == "POST" and r.path.endswith("/clusterpkis")}
-    latencies = [readied[key] - created[key] for key in names]
-    operator_requests = [r for r in log if r.by_operator and not r.watch]
-    return {"all_ready": max(readied.values()) - min(created.values()), "p50": median(latencies),
-            "p99": percentile(latencies, 0.99), "requests": len(operator_requests) / count}
+    requests = await b.operator_requests(since)
+    latencies = [readied[key] - sent[key] for key in names]
+    return {"all_ready": max(readied.values()) - min(sent.values()), "p50": median(latencies),
+            "p99": percentile(latencies, 0.99), "requests": sum(requests.values()) / count,
+            "request_kinds": requests, "server_cpu": server_cpu, "operator_cpu": operator_cpu}
 
 
 async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -> float:
@@ -85,16 +94,22 @@ async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -
     return time.monotonic() - start
 
 
-async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dict[str, float]:
+async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dict[str, Any]:
     settled = await settle(operator_cpu)
-    since = len(await b.requests())
+    since = await b.mark()
+    writes_before = await asyncio.to_thread(b.plane.requests) if b.real else None
     cpu = operator_cpu()
     await asyncio.sleep(seconds)
-    requests = [r for r in await b.requests(since) if r.by_operator and not r.watch]
+    requests = await b.operator_requests(since)
     per_hour = 3600 / seconds
-    return {"settled": settled, "requests_per_pki_hour": len(requests) * per_hour / count,
-            "cpu_per_hour": (operator_cpu() - cpu) * per_hour,
-            "kinds": sorted({f"{r.method} {r.path}" for r in requests})[:5]}
+    result = {"settled": settled, "requests_per_pki_hour": sum(requests.values()) * per_hour / count,
+              "cpu_per_hour": (operator_cpu() - cpu) * per_hour, "kinds": sorted(" ".join(k) for k in requests)[:5]}
+    if b.real:  # every write the apiserver served in the window, whoever made it
+        from tests.controlplane import WRITE_VERBS, difference
+
+        served = difference(writes_before, await asyncio.to_thread(b.plane.requests))
+        result["writes_per_minute"] = sum(n for k, n in served.items() if k[0] in WRITE_VERBS) * 60 / seconds
+    return result
 
 
 async def wave(b: Bench, count: int) -> dict[str, float]:
@@ -126,18 +141,19 @@ async def wave(b: Bench, count: int) -> dict[str, float]:
         if wait < WAVE_LEAD:
             raise RuntimeError(f"the renewBefore patches took too long: only {wait:.0f}s are left before the wave")
         due_monotonic = time.monotonic() + wait
-        await asyncio.wait_for(done.wait(), wait + 1800)
+        await b.until(done, watch, wait + 1800)
     finally:
         watch.cancel()
     return {"renewed_all": max(renewed.values()) - due_monotonic}
 
 
-async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: bool) -> dict[str, Any]:
-    async with bench() as b:
+async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: bool, real: bool) -> dict[str, Any]:
+    async with bench(real) as b:
         operator = await b.start_operator()
         try:
             result = await issuance(b, count, algorithm)
             result["rss_issuance"] = operator.peak_rss_mb()
+            print(f"{count}, issuance: {result}", file=sys.stderr)
             if steady_seconds:
                 result.update(await steady(b, operator.cpu_seconds, count, steady_seconds))
             if with_wave:
@@ -155,19 +171,25 @@ def main() -> None:
     parser.add_argument("--algorithm", default="ECDSA-P256")
     parser.add_argument("--steady", type=float, default=60, help="seconds of steady state to measure (0: skip)")
     parser.add_argument("--no-wave", dest="wave", action="store_false", help="skip the renewal wave")
+    parser.add_argument("--real", action="store_true", help="on a real control plane (../shared/k8s), not the emulator")
     args = parser.parse_args()
-    results = [(count, asyncio.run(measure(count, args.algorithm, args.steady, args.wave))) for count in args.count]
-    print(f"Issuance ({args.algorithm})")
-    print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'p50':>8} {'p99':>8} {'requests/PKI':>13} {'peak RSS':>9}")
+    results = []
+    for count in args.count:
+        results.append((count, asyncio.run(measure(count, args.algorithm, args.steady, args.wave, args.real))))
+    print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'})")
+    print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'p50':>8} {'p99':>8} {'requests/PKI':>13} {'peak RSS':>9} "
+          f"{'operator CPU':>13} {'server CPU':>11}")
     for count, r in results:
         print(f"{count:>11} {r['all_ready']:>9.1f}s {r['p50']:>7.2f}s {r['p99']:>7.2f}s {r['requests']:>13.1f} "
-              f"{r['rss_issuance']:>6.0f}MiB")
+              f"{r['rss_issuance']:>6.0f}MiB {r['operator_cpu']:>12.1f}s {r['server_cpu']:>10.1f}s")
     if args.steady:
         print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
-        print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8}  requests seen")
+        print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8} "
+              f"{'API writes/min':>15}  requests seen")
         for count, r in results:
-            print(f"{count:>11} {r['settled']:>13.0f}s {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f}  "
-                  f"{', '.join(r['kinds']) or '-'}")
+            writes = f"{r['writes_per_minute']:.1f}" if "writes_per_minute" in r else "-"
+            print(f"{count:>11} {r['settled']:>13.0f}s {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f} "
+                  f"{writes:>15}  {', '.join(r['kinds']) or '-'}")
     if args.wave:
         print("\nRenewal wave (every leaf of every ClusterPKI due at the same moment)")
         print(f"{'ClusterPKIs':>11} {'all renewed':>12} {'peak RSS':>9}")

@@ -9,6 +9,7 @@ precedence over booting one.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -18,6 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HARNESS_ENV = "CLUSTERPKI_K8S_HARNESS"
 EXTERNAL_ENV = "CLUSTERPKI_E2E_KUBECONFIG"
+# The README's install command (tests/e2e/test_install.py checks that the README still says so).
+INSTALL = "kubectl apply -f crds/ -f manifests/"
+INSTALL_KUSTOMIZE = "kubectl apply -k manifests/"
 
 
 def harness() -> Path | None:
@@ -101,21 +105,48 @@ class ControlPlane:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def write_requests(self) -> dict[tuple[str, str], float]:
-        """The apiserver's own count of writes so far, by (verb, resource), from ``apiserver_request_total``."""
+    def install(self, command: str = INSTALL) -> subprocess.CompletedProcess:
+        """A README install command, exactly as a user types it in a checkout."""
+        return subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
+
+    def token_kubeconfig(self, path: Path, namespace: str = "clusterpki-system", account: str = "clusterpki",
+                         duration: str = "4h") -> Path:
+        """A kubeconfig that authenticates with a token of a ServiceAccount (``kubectl create token``):
+        neither Kopf nor the Kubernetes client honour kubeconfig impersonation, so a real token it is."""
+        token = self.kubectl("-n", namespace, "create", "token", account, f"--duration={duration}").stdout.strip()
+        admin = json.loads(self.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": account,
+            "clusters": [{"name": "cluster", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account, "context": {"cluster": "cluster", "user": account}}],
+        }))
+        path.chmod(0o600)
+        return path
+
+    def requests(self) -> dict[tuple[str, str, str], float]:
+        """The apiserver's own count of the requests it served so far, from ``apiserver_request_total``,
+        by (verb, resource, subresource). Verbs as the apiserver names them: GET, LIST, WATCH, POST,
+        PUT, PATCH, DELETE..."""
         from prometheus_client.parser import text_string_to_metric_families
 
         text = self.kubectl("get", "--raw", "/metrics").stdout
-        counts: dict[tuple[str, str], float] = {}
+        counts: dict[tuple[str, str, str], float] = {}
         for family in text_string_to_metric_families(text):
             if family.name != "apiserver_request":
                 continue
             for sample in family.samples:
                 labels = sample.labels
-                if sample.name.endswith("_total") and labels.get("verb") in WRITE_VERBS:
-                    key = (labels["verb"], labels.get("resource", ""))
+                if sample.name.endswith("_total"):
+                    key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
                     counts[key] = counts.get(key, 0) + sample.value
         return counts
 
 
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY")
+
+
+def difference(before: dict, after: dict) -> dict:
+    """What changed between two readings of :meth:`ControlPlane.requests`, without the zeros."""
+    return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}

@@ -38,7 +38,8 @@ class Api:
         self.url, self.session = url, session
 
     @classmethod
-    def session_for(cls, kubeconfig: Path) -> tuple[str, aiohttp.ClientSession]:
+    def session_for(cls, kubeconfig: Path, limit: int = 100, trace_configs: list | None = None
+                    ) -> tuple[str, aiohttp.ClientSession]:
         """The server URL and an aiohttp session with a kubeconfig's credentials (client certificate or
         token), loaded by the official client as the operator loads its own."""
         from kubernetes import client, config
@@ -52,8 +53,10 @@ class Api:
         token = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
-        connector = aiohttp.TCPConnector(ssl=context if configuration.host.startswith("https") else False)
-        return configuration.host, aiohttp.ClientSession(connector=connector, headers=headers)
+        connector = aiohttp.TCPConnector(ssl=context if configuration.host.startswith("https") else False,
+                                         limit=limit)
+        return configuration.host, aiohttp.ClientSession(connector=connector, headers=headers,
+                                                         trace_configs=trace_configs)
 
     def path(self, plural: str, namespace: str | None, name: str | None = None) -> str:
         base = _BASES.get(plural, "/api/v1")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from clusterpki.handlers import State
 
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
+LOGGER = logging.getLogger("clusterpki.csr")
 
 
 class CsrKey(NamedTuple):
@@ -44,7 +45,7 @@ def track_node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
             state.scheduler.after(CsrKey(pending), 0)
 
 
-async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     state: State = memo.state
     body = event["object"]
     name = body["metadata"]["name"]
@@ -53,17 +54,17 @@ async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, logger: logging.Logge
         state.first_seen.pop(name, None)
         return
     if csr.concerns(body):
-        await decide(state, body, logger)
+        await decide(state, body)
     elif csr.needs_signature(body):
         state.waiting.pop(name, None)
-        await sign(state, body, logger)
+        await sign(state, body)
 
 
-async def decide(state: State, body: dict[str, Any], logger: logging.Logger) -> None:
+async def decide(state: State, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
     now = certificates.utcnow()
     state.first_seen.setdefault(name, now)
-    policy = _policy(state, logger)
+    policy = _policy(state)
     if policy is None:  # looked at again when the policy ClusterPKI arrives
         state.waiting[name] = body
         return
@@ -84,18 +85,18 @@ async def decide(state: State, body: dict[str, Any], logger: logging.Logger) -> 
     try:
         await state.store.decide_csr(csr.with_decision(body, decision, now))
     except ApiError as exc:  # e.g. 409: the CSR changed meanwhile; its next event brings it back
-        logger.warning(f"CSR {name}: could not record {decision.verdict} ({decision.reason}): {exc}")
+        LOGGER.warning(f"CSR {name}: could not record {decision.verdict} ({decision.reason}): {exc}")
         return
     finally:
         state.deciding.discard(name)
     signer = body["spec"]["signerName"]
     metrics.CSR_DECISIONS.labels(signer=signer, decision=decision.verdict, reason=decision.reason).inc()
-    logger.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict}, "
+    LOGGER.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict}, "
                 f"{decision.reason}: {decision.message}")
 
 
-async def sign(state: State, body: dict[str, Any], logger: logging.Logger) -> None:
-    policy = _policy(state, logger)
+async def sign(state: State, body: dict[str, Any]) -> None:
+    policy = _policy(state)
     if policy is None or not policy.kubelet.sign_csrs:
         return
     name = body["metadata"]["name"]
@@ -103,16 +104,16 @@ async def sign(state: State, body: dict[str, Any], logger: logging.Logger) -> No
     try:
         ca_secret = await state.store.get(namespace, secrets.secret_name(pki_name, "ca"))
         if ca_secret is None:
-            logger.warning(f"CSR {name}: not signed, the policy's CA Secret does not exist yet")
+            LOGGER.warning(f"CSR {name}: not signed, the policy's CA Secret does not exist yet")
             return
         ca = secrets.read_pair(ca_secret)
         certificate = csr.sign(body, ca, policy.cert_validity, certificates.utcnow())
         await state.store.set_certificate({**body, "status": {**(body.get("status") or {}),
                                                               "certificate": certificate}})
     except (ApiError, ValueError) as exc:
-        logger.warning(f"CSR {name}: could not sign it: {exc}")
+        LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
         return
-    logger.info(f"CSR {name}: signed with the CA of ClusterPKI {namespace}/{pki_name}")
+    LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {namespace}/{pki_name}")
 
 
 def policy_arrived(state: State) -> None:
@@ -121,11 +122,11 @@ def policy_arrived(state: State) -> None:
         state.scheduler.after(CsrKey(name), 0)
 
 
-def _policy(state: State, logger: logging.Logger) -> spec.Spec | None:
+def _policy(state: State) -> spec.Spec | None:
     """The policy's spec, parsed once per version of the policy ClusterPKI, not once per CSR."""
     body = state.bodies.get(state.csr_policy)
     if body is None:
-        logger.warning(f"The CSR policy ClusterPKI {'/'.join(state.csr_policy)} is not known (yet): "
+        LOGGER.warning(f"The CSR policy ClusterPKI {'/'.join(state.csr_policy)} is not known (yet): "
                        "CSRs wait")
         return None
     version = body["metadata"].get("resourceVersion")
@@ -135,7 +136,7 @@ def _policy(state: State, logger: logging.Logger) -> spec.Spec | None:
     try:
         parsed = spec.from_resource(body)
     except spec.SpecError as exc:
-        logger.warning(f"The CSR policy ClusterPKI is invalid, CSRs wait: {exc}")
+        LOGGER.warning(f"The CSR policy ClusterPKI is invalid, CSRs wait: {exc}")
         parsed = None
     state.policy_cache = (version, parsed)
     return parsed

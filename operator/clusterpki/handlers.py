@@ -1,10 +1,16 @@
-"""The Kopf handlers: thin triggers over :mod:`clusterpki.issuance`.
+"""The Kopf handlers: thin triggers over :mod:`clusterpki.issuance`, as controller-runtime has them.
 
-Every trigger ends in :func:`reconcile_now`, one reconcile per ClusterPKI at a time:
-- creation, any change of spec or annotations, and operator start-up (resume);
-- the ClusterPKI's next renewal time, from one fleet-wide :class:`~clusterpki.scheduling.Scheduler`;
+Kopf's event handlers only watch; each trigger puts the ClusterPKI's key into one fleet-wide
+:class:`~clusterpki.scheduling.Scheduler`, which runs :func:`reconcile_now`, one reconcile per
+ClusterPKI at a time. The triggers:
+- a ClusterPKI seen for the first time (created, or listed at start-up), a new generation (spec), or a
+  change of its annotations (the renew and rotate requests, the grace period);
+- its next renewal time, or the next step of a CA rotation;
 - a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered
-  watch that writes nothing to Secrets.
+  watch that writes nothing to Secrets;
+- a retry after a transient failure.
+Kopf keeps no state on the objects (no progress annotations, no finalizer): a reconcile is a pure
+function of the ClusterPKI and its Secrets, so nothing needs remembering between runs.
 
 With ``--csr-policy``, :mod:`clusterpki.approval` adds the kubelet CSR handlers.
 :func:`build_registry` registers them all on a registry of their own for one operator.
@@ -28,6 +34,14 @@ from clusterpki.store import ApiError, SecretStore, connection_info, load_config
 
 CLUSTERPKI = {"group": settings.GROUP, "version": settings.VERSION, "plural": settings.PLURAL}
 Key = tuple[str, str]  # (namespace, name)
+LOGGER = logging.getLogger("clusterpki.reconcile")
+
+
+class ObjectLogger(logging.LoggerAdapter):
+    """Log lines that name their ClusterPKI: ``ns/name: message``."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['object']}: {msg}", kwargs
 
 
 class State:
@@ -64,11 +78,9 @@ class State:
 
             if isinstance(key, approval.CsrKey):
                 if key.name in self.waiting:
-                    await approval.decide(self, self.waiting[key.name], logging.getLogger("clusterpki.csr"))
+                    await approval.decide(self, self.waiting[key.name])
                 return
-        body = self.bodies.get(key)
-        if body is not None:
-            await reconcile_now(self, body, logging.getLogger("clusterpki.scheduled"))
+        await reconcile_now(self, key)
 
 
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -88,27 +100,34 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the latest version of every ClusterPKI for the scheduled reconciles."""
+    """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look.
+    (Kopf's initial listing at start-up comes with type None: every ClusterPKI is looked at once.)"""
+    state: State = memo.state
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     if event["type"] == "DELETED":
-        memo.state.bodies.pop(key, None)
-        memo.state.scheduler.forget(key)
+        state.bodies.pop(key, None)
+        state.scheduler.forget(key)
         metrics.forget(*key)
-    else:
-        known = key in memo.state.bodies
-        memo.state.bodies[key] = obj
-        if key == memo.state.csr_policy and not known:
-            from clusterpki import approval
+        return
+    previous = state.bodies.get(key)
+    state.bodies[key] = obj
+    if asks_for_a_look(previous, obj):
+        state.scheduler.after(key, 0)
+    if key == state.csr_policy and previous is None:
+        from clusterpki import approval
 
-            approval.policy_arrived(memo.state)
+        approval.policy_arrived(state)
 
 
-async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    memo.state.bodies[(body.metadata.namespace, body.metadata.name)] = dict(body)
-    retry = await reconcile_now(memo.state, dict(body), logger)
-    if retry:
-        raise kopf.TemporaryError(retry[0], delay=retry[1])
+def asks_for_a_look(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
+    """Whether a ClusterPKI's new version needs a reconcile: first sight, a new generation (its spec
+    changed), or other annotations. The operator's own status patches change neither."""
+    if previous is None:
+        return True
+    before, after = previous["metadata"], current["metadata"]
+    return before.get("generation") != after.get("generation") or \
+        (before.get("annotations") or {}) != (after.get("annotations") or {})
 
 
 def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -134,38 +153,38 @@ def mark_drift(state: State, key: Key) -> None:
     state.scheduler.after(key, settings.DRIFT_DELAY)
 
 
-async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.Logger
-                        ) -> tuple[str, float] | None:
+async def reconcile_now(state: State, key: Key) -> None:
     """Reconcile one ClusterPKI: issue, patch its status if it changed, report, and schedule the next
-    look at its next renewal. Returns a message and a delay when a transient failure should be retried."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    look: at its next renewal, at the next step of a rotation, or after a transient failure."""
+    logger = ObjectLogger(LOGGER, {"object": f"{key[0]}/{key[1]}"})
     async with state.locks[key], state.slots:
         state.dirty.discard(key)  # what drifted until now, this reconcile sees
-        body = state.bodies.get(key)  # the freshest version seen, if a newer one arrived meanwhile
+        body = state.bodies.get(key)  # the freshest version seen
         if body is None or _in_terminating_namespace(state, body):  # nothing to issue, no metrics to revive
             state.scheduler.forget(key)
-            return None
+            return
         try:
             result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
         except ApiError as exc:
             if not exc.namespace_terminating:
                 raise
             _namespace_terminating(state, key, logger)
-            return None
+            return
         if result.stopped:  # going away: nothing to report, nothing to look at again
             logger.info(result.stopped)
+            metrics.RECONCILES.labels("stopped").inc()
             state.scheduler.forget(key)
-            return None
+            return
         metrics.observe(key[0], key[1], result.status, result.issued)
         current = body.get("status") or {}
         if any(current.get(field) != value for field, value in result.status.items()):
             try:
                 await state.store.patch_status(key[0], key[1], result.status)
             except ApiError as exc:
-                if exc.status == 404:  # deleted meanwhile: its DELETED event follows
-                    return None
-                state.scheduler.after(key, settings.RETRY_DELAY)  # whatever triggered this, try again
-                return str(exc), settings.RETRY_DELAY
+                if exc.status != 404:  # (404: deleted meanwhile, and its DELETED event follows)
+                    logger.warning(f"Could not record the status, retrying: {exc}")
+                    state.scheduler.after(key, settings.RETRY_DELAY)
+                return
             state.bodies[key] = {**body, "status": {**current, **result.status}}
         for kind, reason, message in result.events:
             (logger.warning if kind == issuance.WARNING else logger.info)(f"{reason}: {message}")
@@ -174,7 +193,7 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
                 if exc.namespace_terminating:
                     _namespace_terminating(state, key, logger)
-                    return None
+                    return
                 logger.warning(f"Could not post the {reason} Event: {exc}")
         next_renewal = result.status.get("nextRenewal")
         when = parse_timestamp(next_renewal).timestamp() if next_renewal else None
@@ -187,16 +206,15 @@ async def reconcile_now(state: State, body: Mapping[str, Any], logger: logging.L
             state.scheduler.at(key, result.wake_at.timestamp())
         if result.retry:
             state.scheduler.after(key, result.retry_delay)
-            return result.retry, result.retry_delay
-        return None
 
 
-def _namespace_terminating(state: State, key: Key, logger: logging.Logger) -> None:
+def _namespace_terminating(state: State, key: Key, logger: logging.LoggerAdapter) -> None:
     """The apiserver refused a write because the namespace is being deleted: every ClusterPKI made in
     it so far is going too, so none of them is reconciled again."""
     state.terminating[key[0]] = certificates.utcnow()
     state.scheduler.forget(key)
     logger.info(f"Namespace {key[0]} is being deleted: nothing more is written for its ClusterPKIs")
+    metrics.RECONCILES.labels("stopped").inc()
 
 
 def _in_terminating_namespace(state: State, body: Mapping[str, Any]) -> bool:
@@ -246,8 +264,6 @@ def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
     kopf.on.cleanup(registry=registry)(stop)
     kopf.on.login(registry=registry)(login)
     kopf.on.event(**CLUSTERPKI, registry=registry)(track)
-    for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        decorator(**CLUSTERPKI, registry=registry)(reconcile)
     kopf.on.event("", "v1", "secrets", labels={secrets.LABEL_MANAGED_BY: secrets.MANAGER},
                   registry=registry)(drift)
     if csr_policy:
@@ -258,14 +274,8 @@ def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:
-    """Kopf settings for this operator: annotations of a prefix of their own for Kopf's bookkeeping
-    (Kopf ignores changes to annotations of its prefix, and ``pki.clusterpki.dev/renew`` must not be
-    ignored), and a server-side label selector so that only the operator's Secrets are watched."""
-    operator_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=settings.KOPF_PREFIX)
-    operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=settings.KOPF_PREFIX, key="last-handled-configuration")
-    operator_settings.persistence.finalizer = f"{settings.GROUP}/finalizer"
-    operator_settings.persistence.consistency_timeout = settings.CONSISTENCY_TIMEOUT
+    """Kopf settings for this operator: no Events of Kopf's own, no cluster-wide scans, and a
+    server-side label selector so that only the operator's Secrets are watched."""
     operator_settings.posting.enabled = False  # Events are posted by the store, explicitly
     # No cluster-wide scans of namespaces and CRDs: they need RBAC the operator has no use for, and
     # the namespaces to serve are given exactly (-n) or are all of them (-A).

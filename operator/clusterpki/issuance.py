@@ -64,7 +64,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         return failure("APIError", str(exc), retry=True)
 
     if meta.get("deletionTimestamp"):
-        return Result({}, [], stopped=f"ClusterPKI {namespace}/{name} is being deleted: nothing is issued or repaired")
+        return Result({}, [], stopped="It is being deleted: nothing is issued or repaired")
 
     try:
         pki_spec = spec.from_resource(body)
@@ -156,7 +156,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
     wake_at = None
     if rotation.is_active(active):
         before = active["phase"]
-        active, wake_at = rotation.advance(active, body, now)
+        active, wake_at = rotation.advance(active, body, pki_spec.rotation_grace, now)
         if active["phase"] != before:
             events.append((NORMAL, f"Rotation{active['phase']}",
                            f"Rotation of {active['ca']}: {before} -> {active['phase']}"))
@@ -208,7 +208,7 @@ async def _rotation_step(body: Mapping[str, Any], store: SecretStore, current: d
         if new is None or previous is None:
             events.append((WARNING, "RotationRestarted", f"Rotation of {target}: the new "
                            f"{'key' if sa else 'CA'} or the old one was lost or replaced; preparing again"))
-            active = {**active, "phase": rotation.PREPARING, "phaseStartedAt": status.timestamp(now)}
+            active = {**active, "phase": rotation.PREPARING, "phaseStartedAt": None}
             old, recorded = (existing.service_account if sa else existing.cas[target]), None
             usable_spare = None
         else:
@@ -226,7 +226,7 @@ async def _rotation_step(body: Mapping[str, Any], store: SecretStore, current: d
                 events.append((WARNING, "RotationRestarted", f"Rotation of {target}: the new "
                                f"{'key' if sa else 'CA'} in {secrets.secret_name(name, target + secrets.NEXT)} "
                                "was lost or replaced; the grace period starts again"))
-                active = {**active, "phaseStartedAt": status.timestamp(now)}
+                active = {**active, "phaseStartedAt": None}
             key = keys.generate(pki_spec.key_algorithm)
             new = key if sa else certificates.KeyPair(certificates.create_ca(
                 catalog.CA_BY_COMPONENT[target].common_name, key, pki_spec.ca_validity, now), key)

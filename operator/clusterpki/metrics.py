@@ -20,6 +20,8 @@ ISSUANCE = Counter("clusterpki_issuance_total", "Certificates and keys issued, b
                    "spec-change or repair.", ["namespace", "cluster_pki", "reason"])
 RECONCILE_ERRORS = Counter("clusterpki_reconcile_errors_total", "Reconciles that ended not Ready, by reason.",
                            ["namespace", "cluster_pki", "reason"])
+RECONCILES = Counter("clusterpki_reconcile_total", "Reconciles of ClusterPKIs, by outcome: ready, not_ready, or "
+                     "stopped (the ClusterPKI or its namespace is being deleted).", ["result"])
 CSR_DECISIONS = Counter("clusterpki_csr_decisions_total", "Kubelet CSR decisions made by the operator.",
                         ["signer", "decision", "reason"])
 
@@ -31,6 +33,7 @@ def observe(namespace: str, name: str, status: Mapping[str, Any], issued: Mappin
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is not None:
         READY.labels(namespace, name).set(1 if ready["status"] == "True" else 0)
+        RECONCILES.labels("ready" if ready["status"] == "True" else "not_ready").inc()
         if ready["status"] != "True":
             RECONCILE_ERRORS.labels(namespace, name, ready.get("reason", "")).inc()
     for reason in issued.values():

@@ -1,6 +1,8 @@
 """Zero-downtime rotation of a CA (or of the service-account key), in phases kept in the status.
 
 ``status.caRotation`` = ``{ca, phase, trigger, request, startedAt, phaseStartedAt, completedAt}``.
+A phase's clock (``phaseStartedAt``) starts when its Secrets are written, not when it is decided: a
+step that comes late (the operator was down, or busy) still gives consumers the whole grace period.
 
 - **Preparing**: a new CA is made and kept in ``<name>-<ca>-next``; the old CA still signs, and every
   trust bundle of that CA (``ca.crt``, kubeconfigs) carries old + new.
@@ -20,14 +22,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from clusterpki import durations
 from clusterpki.settings import GROUP
 from clusterpki.status import parse_timestamp, timestamp
 
 ROTATE = f"{GROUP}/rotate-ca"
 COMPLETE = f"{GROUP}/rotate-ca-complete"
-GRACE = f"{GROUP}/rotate-ca-grace"
-DEFAULT_GRACE = timedelta(hours=24)
 TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
 PREPARING, ROTATING, COMPLETING, COMPLETED = "Preparing", "Rotating", "Completing", "Completed"
 ACTIVE = (PREPARING, ROTATING, COMPLETING)
@@ -56,33 +55,29 @@ def pending_request(body: Mapping[str, Any]) -> tuple[str | None, str | None, st
     return target, value, None
 
 
-def grace(body: Mapping[str, Any]) -> timedelta:
-    value = _annotations(body).get(GRACE)
-    try:
-        return durations.parse(value) if value else DEFAULT_GRACE
-    except ValueError:
-        return DEFAULT_GRACE
-
-
 def start(target: str, trigger: str, request: str | None, now: datetime) -> dict[str, Any]:
-    stamp = timestamp(now)
+    """A new rotation in Preparing; its clock starts once Preparing's Secrets are written."""
     return {"ca": target, "phase": PREPARING, "trigger": trigger, "request": request,
-            "startedAt": stamp, "phaseStartedAt": stamp}
+            "startedAt": timestamp(now), "phaseStartedAt": None}
 
 
-def advance(rotation: dict[str, Any], body: Mapping[str, Any], now: datetime) -> tuple[dict[str, Any], datetime | None]:
-    """The rotation after the current phase's Secrets are written, and when to look again (None: no
-    step pending). Preparing and Rotating last the grace period; ``rotate-ca-complete`` (a new value)
-    ends Rotating early; Completing ends at once."""
+def advance(rotation: dict[str, Any], body: Mapping[str, Any], grace: timedelta, now: datetime
+            ) -> tuple[dict[str, Any], datetime | None]:
+    """The rotation once the current phase's Secrets are written, and when to look again (None: no
+    step pending). A phase whose clock has not started yet starts it now: this reconcile did its work.
+    Preparing and Rotating last ``grace``; ``rotate-ca-complete`` (a new value) ends Rotating early;
+    Completing ends at once. A new phase is entered unstarted, for the next reconcile to do its work."""
     phase = rotation["phase"]
-    ends = parse_timestamp(rotation["phaseStartedAt"]) + grace(body)
-    completion = _annotations(body).get(COMPLETE)
-    asked = phase == ROTATING and completion is not None and completion != rotation.get("completeRequest")
     if phase == COMPLETING:
         return {**rotation, "phase": COMPLETED, "completedAt": timestamp(now)}, None
-    if phase in (PREPARING, ROTATING) and (now >= ends or asked):
+    if rotation.get("phaseStartedAt") is None:
+        rotation = {**rotation, "phaseStartedAt": timestamp(now)}
+    ends = parse_timestamp(rotation["phaseStartedAt"]) + grace
+    completion = _annotations(body).get(COMPLETE)
+    asked = phase == ROTATING and completion is not None and completion != rotation.get("completeRequest")
+    if now >= ends or asked:
         following = ROTATING if phase == PREPARING else COMPLETING
-        updated = {**rotation, "phase": following, "phaseStartedAt": timestamp(now)}
+        updated = {**rotation, "phase": following, "phaseStartedAt": None}
         if asked:
             updated["completeRequest"] = completion
         return updated, now

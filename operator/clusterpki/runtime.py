@@ -19,6 +19,8 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not verbose:  # Kopf's line per watch event ("Handler 'drift' succeeded."): thousands a minute in a fleet
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if metrics_port is not None:
         import prometheus_client
 

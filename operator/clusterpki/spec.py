@@ -23,6 +23,18 @@ KIND = "ClusterPKI"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# A CA rotation's phases last this long unless the annotation says otherwise.
+GRACE_ANNOTATION = f"{API_GROUP}/rotate-ca-grace"
+DEFAULT_GRACE = timedelta(hours=24)
+# The longest validity: "now + validity" must stay a date that X.509 and Python can hold, for every
+# renewal to come.
+MAX_VALIDITY = timedelta(hours=876000)  # 100 years
+# A CA is rotated in the last third of its validity, and the three CAs, issued together, enter that
+# window together and rotate one after another, each in two grace periods (Preparing, Rotating) plus
+# one to spare: the last third of validity.ca must hold nine grace periods, or the last CA expires
+# before its turn.
+ROTATION_ROOM = 9
+
 # The ClusterPKI name and the component (e.g. "etcd-server-<member>") are label values: 63 at most.
 _LABEL_VALUE_MAX = 63
 _MEMBER_NAME_MAX = _LABEL_VALUE_MAX - len("etcd-server-")
@@ -76,6 +88,7 @@ class Spec(NamedTuple):
     renew_before: timedelta = timedelta(hours=8760) / 3
     kubelet: KubeletPolicy = KubeletPolicy()
     secret_retention: SecretRetention = SecretRetention.RETAIN
+    rotation_grace: timedelta = DEFAULT_GRACE  # from the annotation GRACE_ANNOTATION
 
     @property
     def ca_renew_before(self) -> timedelta:
@@ -130,7 +143,9 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     if body.get("kind") != KIND:
         errors.append(FieldError("kind", f"must be {KIND!r}, not {body.get('kind')!r}"))
     metadata = body.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        metadata = {}
+    name = metadata.get("name")
     if not isinstance(name, str) or not name:
         errors.append(FieldError("metadata.name", "is required"))
         name = "invalid"
@@ -143,8 +158,20 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     if not isinstance(raw_spec, Mapping):
         errors.append(FieldError("spec", "must be a mapping"))
         raw_spec = {}
+    grace = DEFAULT_GRACE
+    annotations = metadata.get("annotations") or {}
+    if GRACE_ANNOTATION in annotations:
+        path = f"metadata.annotations[{GRACE_ANNOTATION}]"
+        try:
+            grace = durations.parse(annotations[GRACE_ANNOTATION])
+        except ValueError as exc:
+            errors.append(FieldError(path, str(exc)))
+        else:
+            if grace < timedelta(seconds=1):
+                errors.append(FieldError(path, f"{annotations[GRACE_ANNOTATION]!r} is shorter than one second"))
+                grace = DEFAULT_GRACE
     try:
-        spec = from_spec(name, raw_spec)
+        spec = from_spec(name, raw_spec, grace)
     except SpecError as exc:
         errors.extend(exc.errors)
     if errors:
@@ -152,9 +179,10 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     return spec
 
 
-def from_spec(name: str, raw: Mapping[str, Any]) -> Spec:
-    """Default and validate the ``spec`` mapping of a ClusterPKI named ``name``."""
-    return _SpecReader(name, raw).read()
+def from_spec(name: str, raw: Mapping[str, Any], grace: timedelta = DEFAULT_GRACE) -> Spec:
+    """Default and validate the ``spec`` mapping of a ClusterPKI named ``name``, whose CA rotations
+    take ``grace`` per phase."""
+    return _SpecReader(name, raw, grace).read()
 
 
 class _SpecReader:
@@ -171,9 +199,10 @@ class _SpecReader:
         "spec.kubelet": {"approveClientCSRs", "approveServingCSRs", "signCSRs"},
     }
 
-    def __init__(self, name: str, raw: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, raw: Mapping[str, Any], grace: timedelta) -> None:
         self.name = name
         self.raw = raw
+        self.grace = grace
         self.errors: list[FieldError] = []
 
     def fail(self, path: str, message: str) -> None:
@@ -201,6 +230,14 @@ class _SpecReader:
             self.fail("spec.validity.certificate",
                       f"{durations.format_go(cert_validity)} is longer than spec.validity.ca "
                       f"({durations.format_go(ca_validity)}); a certificate cannot outlive its CA")
+        room = ROTATION_ROOM * self.grace
+        if ca_validity / 3 < room:
+            self.fail("spec.validity.ca",
+                      f"{durations.format_go(ca_validity)} leaves {durations.format_go(ca_validity / 3)} (its last "
+                      f"third) to rotate the CAs, which takes {durations.format_go(room)}: three CAs, one after "
+                      f"another, each in two grace periods of {durations.format_go(self.grace)} "
+                      f"({GRACE_ANNOTATION}) and one to spare; make it at least "
+                      f"{durations.format_go(3 * room)} or shorten the grace period")
         renew_before = self._duration("spec.renewBefore", self.raw.get("renewBefore"), cert_validity / 3)
         if renew_before >= cert_validity:
             self.fail("spec.renewBefore",
@@ -222,6 +259,7 @@ class _SpecReader:
             endpoint_host=host, endpoint_port=port, cert_sans=cert_sans, etcd_members=members,
             key_algorithm=key_algorithm, ca_validity=ca_validity, cert_validity=cert_validity,
             renew_before=renew_before, kubelet=kubelet_policy, secret_retention=retention,
+            rotation_grace=self.grace,
         )
 
     # -- field readers ---------------------------------------------------------------------------
@@ -394,6 +432,9 @@ class _SpecReader:
         if parsed < timedelta(seconds=1):
             self.fail(path, f"{value!r} is shorter than one second")
             return default
+        if parsed > MAX_VALIDITY:
+            self.fail(path, f"{value!r} is longer than 100 years ({durations.format_go(MAX_VALIDITY)})")
+            return default
         return parsed
 
     def _bool(self, path: str, value: Any, default: bool) -> bool:
@@ -411,11 +452,14 @@ def _is_dns_label(text: str) -> bool:
 
 
 def _is_dns_name(text: str, wildcard: bool = False) -> bool:
-    """An RFC 1123 subdomain; DNS SANs compare case-insensitively, so any case is accepted.
-    With ``wildcard``, a leading ``*.`` label is allowed too, as in certificate SANs."""
+    """An RFC 1123 subdomain whose last label is not all digits (no top-level domain is, so
+    ``300.1.1.1`` or ``1.2.3`` is a mistyped IP address, not a name). DNS SANs compare
+    case-insensitively, so any case is accepted. With ``wildcard``, a leading ``*.`` label is allowed
+    too, as in certificate SANs."""
     if wildcard and text.startswith("*."):
         text = text[2:]
-    return 0 < len(text) <= 253 and all(_is_dns_label(label) for label in text.lower().split("."))
+    labels = text.lower().split(".")
+    return 0 < len(text) <= 253 and all(_is_dns_label(label) for label in labels) and not labels[-1].isdigit()
 
 
 def _is_k8s_name(text: str) -> bool:

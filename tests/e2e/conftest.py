@@ -9,37 +9,23 @@ test gets a namespace of its own, created and deleted here, and an operator serv
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.controlplane import REPO, ControlPlane, unavailable
+from tests.controlplane import INSTALL, ControlPlane, unavailable
 from tests.kube import Api
 from tests.runners import Operator
-
-# The README's install commands, run exactly as written (tests/e2e/test_install.py checks the README
-# still says so).
-INSTALL = "kubectl apply -f crds/ -f manifests/"
-INSTALL_KUSTOMIZE = "kubectl apply -k manifests/"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-
-
-def run_readme_command(command: str, kubeconfig: Path) -> subprocess.CompletedProcess:
-    """A README command as a user types it, in a checkout, with KUBECONFIG set."""
-    return subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +48,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def install_result(cluster: ControlPlane) -> subprocess.CompletedProcess:
     """The README's install, run once on the session's control plane (fresh when booted)."""
-    result = run_readme_command(INSTALL, cluster.kubeconfig)
+    result = cluster.install()
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterpkis.pki.clusterpki.dev")
     return result
 
@@ -74,19 +60,8 @@ def installed(install_result: subprocess.CompletedProcess) -> None:
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(installed: None, cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount of manifests/ (neither Kopf nor the
-    Kubernetes client honour kubeconfig impersonation, so a real token it is)."""
-    token = cluster.kubectl("-n", "clusterpki-system", "create", "token", "clusterpki", "--duration=4h").stdout.strip()
-    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    path = tmp_path_factory.mktemp("e2e") / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "clusterpki", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "clusterpki"}}],
-    }))
-    path.chmod(0o600)
-    return path
+    """A kubeconfig that authenticates as the ServiceAccount of manifests/."""
+    return cluster.token_kubeconfig(tmp_path_factory.mktemp("e2e") / "operator.kubeconfig")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ async def test_a_clusterpki_held_in_a_terminating_namespace_is_left_alone(operat
     obj = await api.get("clusterpkis", "held", namespace)
     assert obj["metadata"].get("deletionTimestamp") and obj["status"]["conditions"][0]["status"] == "True"
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("clusterpki")]
-    assert ours and all(m == f"ClusterPKI {namespace}/held is being deleted: nothing is issued or repaired"
+    assert ours and all(m == f"{namespace}/held: It is being deleted: nothing is issued or repaired"
                         for m in ours), ours
     assert len(ours) <= 3, ours
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "OS signals" not in r.getMessage()]

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.controlplane import REPO, ControlPlane, harness
-from tests.e2e.conftest import INSTALL, INSTALL_KUSTOMIZE, pki, run_readme_command
+from tests.controlplane import INSTALL, INSTALL_KUSTOMIZE, REPO, ControlPlane, harness
+from tests.e2e.conftest import pki
 from tests.helpers import LEAVES
 from tests.runners import OperatorProcess, free_port
 
@@ -34,7 +34,7 @@ def test_the_readme_install_works_the_first_time(install_result, cluster):
 def test_the_readme_kustomize_install_works_on_a_fresh_control_plane(tmp_path):
     fresh = ControlPlane.boot(tmp_path / "fresh")
     try:
-        result = run_readme_command(INSTALL_KUSTOMIZE, fresh.kubeconfig)
+        result = fresh.install(INSTALL_KUSTOMIZE)
         assert result.returncode == 0 and result.stderr == "", result.stderr
         fresh.kubectl("-n", "clusterpki-system", "get", "deployment/clusterpki", "serviceaccount/clusterpki")
         fresh.kubectl("get", "clusterrole/clusterpki", "clusterrolebinding/clusterpki")

@@ -150,9 +150,9 @@ def test_each_key_algorithm(algorithm, kind, size):
 
 
 def test_leaf_never_outlives_its_ca():
-    s = make_spec(validity={"ca": "1h", "certificate": "1h"})
+    s = make_spec(validity={"ca": "1000h", "certificate": "1000h"})
     first = engine.build(s, engine.Existing(), NOW)
-    later = NOW + timedelta(minutes=30)
+    later = NOW + timedelta(hours=500)
     existing = engine.Existing(cas=first.cas)
     again = engine.build(s, existing, later, force=["apiserver"])
     assert again.leaves["apiserver"].cert.not_valid_after_utc == first.cas["ca"].cert.not_valid_after_utc

@@ -5,8 +5,8 @@ import yaml
 from tests.helpers import REPO
 
 EXPECTED = [
-    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["pki.clusterpki.dev"], "resources": ["clusterpkis/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
     {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
      "verbs": ["get", "list", "watch"]},

@@ -42,31 +42,32 @@ def test_rotation_requests(value, expected):
     assert rotation.pending_request(handled) == (None, None, None)
 
 
-def test_phases_follow_the_grace_period():
-    b = body({rotation.GRACE: "10m"})
+GRACE = timedelta(minutes=10)
+
+
+def test_phases_follow_the_grace_period_from_when_their_work_is_done():
+    b = body()
     state = rotation.start("ca", "annotation", "ca", T0)
-    assert state["phase"] == "Preparing"
-    same, wake = rotation.advance(state, b, T0 + timedelta(minutes=5))
-    assert same["phase"] == "Preparing" and wake == T0 + timedelta(minutes=10)
-    rotating, wake = rotation.advance(state, b, T0 + timedelta(minutes=10))
-    assert rotating["phase"] == "Rotating" and wake == T0 + timedelta(minutes=10)
-    waiting, wake = rotation.advance(rotating, b, T0 + timedelta(minutes=15))
-    assert waiting["phase"] == "Rotating" and wake == T0 + timedelta(minutes=20)
-    completing, _ = rotation.advance(rotating, b, T0 + timedelta(minutes=20))
-    completed, wake = rotation.advance(completing, b, T0 + timedelta(minutes=20))
-    assert (completed["phase"], completed["completedAt"], wake) == ("Completed", "2026-11-22T12:20:00Z", None)
+    assert state["phase"] == "Preparing" and state["phaseStartedAt"] is None
+    started, wake = rotation.advance(state, b, GRACE, T0)  # Preparing's Secrets are written: its clock starts
+    assert started["phaseStartedAt"] == "2026-11-22T12:00:00Z" and wake == T0 + GRACE
+    same, wake = rotation.advance(started, b, GRACE, T0 + timedelta(minutes=5))
+    assert same == started and wake == T0 + GRACE
+    rotating, wake = rotation.advance(started, b, GRACE, T0 + GRACE)
+    assert (rotating["phase"], rotating["phaseStartedAt"], wake) == ("Rotating", None, T0 + GRACE)
+    # Rotating's work (the move, the re-issue) comes an hour late: its grace period starts then.
+    late = T0 + timedelta(hours=1)
+    waiting, wake = rotation.advance(rotating, b, GRACE, late)
+    assert waiting["phase"] == "Rotating" and wake == late + GRACE
+    completing, _ = rotation.advance(waiting, b, GRACE, late + GRACE)
+    completed, wake = rotation.advance(completing, b, GRACE, late + GRACE)
+    assert (completed["phase"], completed["completedAt"], wake) == ("Completed", "2026-11-22T13:10:00Z", None)
 
 
 def test_the_complete_annotation_ends_rotating_early_once_per_value():
     state = {**rotation.start("ca", "annotation", "ca", T0), "phase": "Rotating"}
     asked = body({rotation.COMPLETE: "now"})
-    completing, wake = rotation.advance(state, asked, T0 + timedelta(seconds=1))
+    completing, wake = rotation.advance(state, asked, GRACE, T0 + timedelta(seconds=1))
     assert completing["phase"] == "Completing" and completing["completeRequest"] == "now" and wake is not None
     again = {**state, "completeRequest": "now"}
-    assert rotation.advance(again, asked, T0 + timedelta(seconds=1))[0]["phase"] == "Rotating"
-
-
-def test_grace_defaults_to_a_day_and_ignores_nonsense():
-    assert rotation.grace(body()) == timedelta(hours=24)
-    assert rotation.grace(body({rotation.GRACE: "soon"})) == timedelta(hours=24)
-    assert rotation.grace(body({rotation.GRACE: "90s"})) == timedelta(seconds=90)
+    assert rotation.advance(again, asked, GRACE, T0 + timedelta(seconds=1))[0]["phase"] == "Rotating"

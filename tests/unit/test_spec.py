@@ -87,9 +87,25 @@ def test_control_plane_endpoint_forms(endpoint, host, port, url):
     ({"validity": {"certificate": "1d"}},
      "spec.validity.certificate: '1d' is not a duration such as '90s', '30m' or '8760h'"),
     ({"validity": {"ca": "100ms"}}, "spec.validity.ca: '100ms' is shorter than one second"),
-    ({"validity": {"ca": "1h", "certificate": "2h"}},
-     "spec.validity.certificate: 2h0m0s is longer than spec.validity.ca (1h0m0s); "
+    ({"validity": {"ca": "1000h", "certificate": "2000h"}},
+     "spec.validity.certificate: 2000h0m0s is longer than spec.validity.ca (1000h0m0s); "
      "a certificate cannot outlive its CA"),
+    ({"validity": {"ca": "876000000h", "certificate": "8760h"}},
+     "spec.validity.ca: '876000000h' is longer than 100 years (876000h0m0s)"),
+    ({"validity": {"certificate": "876001h"}},
+     "spec.validity.certificate: '876001h' is longer than 100 years (876000h0m0s)"),
+    ({"validity": {"ca": "1s", "certificate": "1s"}},
+     "spec.validity.ca: 1s leaves 0s (its last third) to rotate the CAs, which takes 216h0m0s: three CAs, one "
+     "after another, each in two grace periods of 24h0m0s (pki.clusterpki.dev/rotate-ca-grace) and one to "
+     "spare; make it at least 648h0m0s or shorten the grace period"),
+    ({"apiServer": {"certSANs": ["300.1.1.1"]}},
+     "spec.apiServer.certSANs[0]: '300.1.1.1' is neither an IP address nor a DNS name"),
+    ({"apiServer": {"certSANs": ["1.2.3"]}}, "spec.apiServer.certSANs[0]: '1.2.3' is neither an IP address nor a "
+                                             "DNS name"),
+    ({"controlPlaneEndpoint": "10.0.0.300:6443"},
+     "spec.controlPlaneEndpoint: host '10.0.0.300' is neither an IP address nor a DNS name"),
+    ({"etcd": {"members": [{"name": "a", "dnsNames": ["10.1.1"]}]}},
+     "spec.etcd.members[0].dnsNames[0]: '10.1.1' is not a DNS name"),
     ({"validity": {"certificate": "2m"}, "renewBefore": "2m"},
      "spec.renewBefore: 2m0s must be shorter than spec.validity.certificate (2m0s)"),
     ({"kubelet": {"signCSRs": "yes"}}, "spec.kubelet.signCSRs: must be true or false, not 'yes'"),
@@ -98,6 +114,31 @@ def test_control_plane_endpoint_forms(endpoint, host, port, url):
 ])
 def test_each_invalid_field_is_reported_with_its_path(fields, expected):
     assert errors_of(document(**fields)) == [expected]
+
+
+def with_grace(grace: str, **fields) -> dict:
+    body = document(**fields)
+    body["metadata"]["annotations"] = {"pki.clusterpki.dev/rotate-ca-grace": grace}
+    return body
+
+
+def test_the_grace_period_annotation_is_part_of_the_spec():
+    assert spec.from_resource(with_grace("10m")).rotation_grace == timedelta(minutes=10)
+    assert spec.from_resource(document()).rotation_grace == timedelta(hours=24)
+    assert errors_of(with_grace("soon")) == [
+        "metadata.annotations[pki.clusterpki.dev/rotate-ca-grace]: 'soon' is not a duration such as '90s', '30m' "
+        "or '8760h'"]
+    assert errors_of(with_grace("10ms")) == [
+        "metadata.annotations[pki.clusterpki.dev/rotate-ca-grace]: '10ms' is shorter than one second"]
+
+
+def test_validity_ca_must_leave_room_for_the_rotations_of_its_grace_period():
+    """Three CAs, one after another, each in two grace periods and one to spare: 27 grace periods."""
+    assert spec.from_resource(with_grace("1s", validity={"ca": "27s", "certificate": "10s"}))
+    assert errors_of(with_grace("1s", validity={"ca": "26s", "certificate": "10s"})) == [
+        "spec.validity.ca: 26s leaves 8s (its last third) to rotate the CAs, which takes 9s: three CAs, one after "
+        "another, each in two grace periods of 1s (pki.clusterpki.dev/rotate-ca-grace) and one to spare; make it "
+        "at least 27s or shorten the grace period"]
 
 
 def test_all_errors_are_reported_at_once():
