@@ -72,7 +72,7 @@ class Request:
     @property
     def by_operator(self) -> bool:
         """Made by Kopf or the official Kubernetes client, not by a test's own HTTP client."""
-        return self.agent.startswith(("kopf/", "OpenAPI-Generator/"))
+        return self.agent.startswith(("kopf/", "OpenAPI-Generator/", "clusterpki/"))
 
 
 @dataclass

@@ -43,7 +43,8 @@ class Operator:
                 asyncio.run(kopf.operator(registry=registry, clusterwide=not self.namespaces,
                                           namespaces=list(self.namespaces), standalone=True,
                                           stop_flag=self.stop_flag, ready_flag=ready,
-                                          memo=kopf.Memo(csr_policy=self.csr_policy)))
+                                          memo=kopf.Memo(csr_policy=self.csr_policy,
+                                                          namespaces=list(self.namespaces))))
             except BaseException as exc:  # reported by stop()
                 self.error = exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +47,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    import asyncio
     from datetime import datetime, timezone
 
     from clusterpki.requests import RENEW
-    from clusterpki.store import ApiError, SecretStore
+    from clusterpki.store import ApiError
 
     nonce = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     value = f"{','.join(args.component)}@{nonce}"
-    store = SecretStore(_configuration())
     try:
-        asyncio.run(store.annotate(args.namespace, args.name, {RENEW: value}))
+        _with_store(lambda store: store.annotate(args.namespace, args.name, {RENEW: value}))
     except ApiError as exc:
         raise UserError(f"cannot request the renewal of ClusterPKI {args.namespace}/{args.name}: {exc}") from None
-    finally:
-        store.close()
     what = ", ".join(args.component) if args.component else "all leaves"
     print(f"Requested the renewal of {what} of ClusterPKI {args.namespace}/{args.name} ({RENEW}={value}).")
     return 0
@@ -93,18 +89,29 @@ def _check_expiration(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
+def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run one call on a store of the current credentials, in an event loop of its own."""
     import asyncio
 
-    from clusterpki.store import ApiError, SecretStore
+    from clusterpki.store import SecretStore
 
-    store = SecretStore(_configuration())
+    async def main() -> Any:
+        store = SecretStore(_configuration())
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
+    from clusterpki.store import ApiError
+
     try:
-        found = asyncio.run(store.list(namespace, name))
+        found = _with_store(lambda store: store.list(namespace, name))
     except ApiError as exc:
         raise UserError(f"cannot read the Secrets of ClusterPKI {namespace}/{name}: {exc}") from None
-    finally:
-        store.close()
     if not found:
         raise UserError(f"no Secrets of ClusterPKI {namespace}/{name} were found")
     return found

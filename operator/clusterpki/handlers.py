@@ -7,7 +7,7 @@ ClusterPKI at a time. The triggers:
   change of its annotations (the renew and rotate requests, the grace period);
 - its next renewal time, or the next step of a CA rotation;
 - a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered
-  watch that writes nothing to Secrets;
+  :class:`~clusterpki.informer.SecretWatch` (Kopf would deep-copy every Secret of every event);
 - a retry after a transient failure.
 Kopf keeps no state on the objects (no progress annotations, no finalizer): a reconcile is a pure
 function of the ClusterPKI and its Secrets, so nothing needs remembering between runs.
@@ -28,6 +28,7 @@ from typing import Any
 import kopf
 
 from clusterpki import certificates, issuance, metrics, secrets, settings
+from clusterpki.informer import SecretWatch
 from clusterpki.scheduling import Scheduler
 from clusterpki.status import parse_timestamp
 from clusterpki.store import ApiError, SecretStore, connection_info, load_configuration
@@ -67,7 +68,8 @@ class State:
         self.dirty: set[Key] = set()  # drift seen since the ClusterPKI's reconcile started
         self.terminating: dict[str, datetime] = {}  # namespace -> when the apiserver said it is being deleted
         self.scheduler = Scheduler(self.scheduled, retry_after=settings.RETRY_DELAY)
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # the scheduler's
+        self.watch: asyncio.Task | None = None  # the Secret watch's
 
     async def scheduled(self, key: Any) -> None:
         """Fire a scheduled look: a ClusterPKI by (namespace, name), or a CSR waiting for its Node."""
@@ -85,13 +87,19 @@ class State:
 
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.state = State(SecretStore(load_configuration()), memo.get("csr_policy"))
-    memo.state.task = asyncio.create_task(memo.state.scheduler.run())
+    state = memo.state = State(SecretStore(load_configuration()), memo.get("csr_policy"))
+    state.task = asyncio.create_task(state.scheduler.run())
+    watch = SecretWatch(state.store, memo.get("namespaces") or [], f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
+                        lambda kind, obj: drift(state, kind, obj))
+    state.watch = asyncio.create_task(watch.run())
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    await memo.state.scheduler.stop(memo.state.task)
-    memo.state.store.close()
+    state: State = memo.state
+    state.watch.cancel()
+    await asyncio.gather(state.watch, return_exceptions=True)
+    await state.scheduler.stop(state.task)
+    await state.store.close()
 
 
 def login(**_: Any) -> kopf.ConnectionInfo:
@@ -130,22 +138,19 @@ def asks_for_a_look(previous: Mapping[str, Any] | None, current: Mapping[str, An
         (before.get("annotations") or {}) != (after.get("annotations") or {})
 
 
-def drift(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A managed Secret appeared, changed or went away: look at its ClusterPKI again, unless we wrote it.
-    (Kopf's initial listing comes with type None and is ignored.)"""
-    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
-        return
-    meta = event["object"]["metadata"]
+def drift(state: State, kind: str, obj: Mapping[str, Any]) -> None:
+    """A managed Secret appeared, changed or went away: look at its ClusterPKI again, unless we wrote it."""
+    meta = obj["metadata"]
     key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
-    if key not in memo.state.bodies:
+    if key not in state.bodies:
         return
     secret = (meta["namespace"], meta["name"])
-    if event["type"] != "DELETED" and secret in memo.state.in_flight:  # judged when the write returns
-        memo.state.held[secret] = (meta.get("resourceVersion", ""), key)
+    if kind != "DELETED" and secret in state.in_flight:  # judged when the write returns
+        state.held[secret] = (meta.get("resourceVersion", ""), key)
         return
-    if event["type"] != "DELETED" and memo.state.own_writes.get(secret) == meta.get("resourceVersion"):
+    if kind != "DELETED" and state.own_writes.get(secret) == meta.get("resourceVersion"):
         return
-    mark_drift(memo.state, key)
+    mark_drift(state, key)
 
 
 def mark_drift(state: State, key: Key) -> None:
@@ -264,8 +269,6 @@ def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
     kopf.on.cleanup(registry=registry)(stop)
     kopf.on.login(registry=registry)(login)
     kopf.on.event(**CLUSTERPKI, registry=registry)(track)
-    kopf.on.event("", "v1", "secrets", labels={secrets.LABEL_MANAGED_BY: secrets.MANAGER},
-                  registry=registry)(drift)
     if csr_policy:
         from clusterpki import approval
 
@@ -274,11 +277,8 @@ def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:
-    """Kopf settings for this operator: no Events of Kopf's own, no cluster-wide scans, and a
-    server-side label selector so that only the operator's Secrets are watched."""
+    """Kopf settings for this operator: no Events of Kopf's own, no cluster-wide scans."""
     operator_settings.posting.enabled = False  # Events are posted by the store, explicitly
     # No cluster-wide scans of namespaces and CRDs: they need RBAC the operator has no use for, and
     # the namespaces to serve are given exactly (-n) or are all of them (-A).
     operator_settings.scanning.disabled = True
-    operator_settings.watching.label_selectors[("v1", "secrets")] = \
-        f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}"

@@ -27,7 +27,7 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         prometheus_client.start_http_server(metrics_port)
     from clusterpki.handlers import build_registry
 
-    kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy),
+    kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy, namespaces=namespaces),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
     return 0

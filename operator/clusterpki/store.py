@@ -1,10 +1,10 @@
-"""A small Secrets store over the official Kubernetes client.
+"""A small store over the Kubernetes API: Secrets, and the few other writes the operator makes.
 
-The client is synchronous, so every call runs in a dedicated thread pool and the Kopf event loop
-never blocks. Responses are read as raw JSON (``_preload_content=False``): the operator works with
-plain dicts, and skipping the client's model deserialization keeps large fleets cheap.
-Errors are re-raised as :class:`ApiError` carrying only the status and the server's reason, so no
-request body (which may hold private keys) can reach a log line or an exception message.
+Credentials come from the official client (kubeconfig, in-cluster service account, token refresh);
+requests go over aiohttp, Kopf's own HTTP library, on the event loop: no thread pool, and the
+operator works with plain dicts. Errors are re-raised as :class:`ApiError` carrying only the status
+and the server's reason, so no request body (which may hold private keys) can reach a log line or
+an exception message.
 """
 
 from __future__ import annotations
@@ -13,20 +13,25 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-import urllib3
+import aiohttp
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
-from clusterpki import secrets, settings
+from clusterpki import __version__, secrets, settings
 
 Secret = dict[str, Any]
-API_WORKERS = 16
 HOST = socket.gethostname()[:128]
+CONNECTIONS = 32  # requests in flight at once
+TIMEOUT = aiohttp.ClientTimeout(total=60)
+AUTH_REFRESH = 60  # seconds between looks at the credentials (a projected token is rotated on disk)
+CLUSTERPKIS = f"/apis/{settings.GROUP}/{settings.VERSION}"
+CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
@@ -57,7 +62,6 @@ def load_configuration() -> client.Configuration:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             config.load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = API_WORKERS
     return configuration
 
 
@@ -70,24 +74,95 @@ def connection_info(configuration: client.Configuration) -> dict[str, Any]:
             "certificate_path": configuration.cert_file, "private_key_path": configuration.key_file}
 
 
-class SecretStore:
-    """Secrets, and the two writes the operator makes to ClusterPKIs themselves."""
+class Api:
+    """Requests to the API server with the credentials of a client configuration, over one aiohttp
+    session (made on first use, in the running loop)."""
 
     def __init__(self, configuration: client.Configuration) -> None:
-        api_client = client.ApiClient(configuration)
-        self._api = client.CoreV1Api(api_client)
-        self._custom = client.CustomObjectsApi(api_client)
-        self._certificates = client.CertificatesV1Api(api_client)
-        self._pool = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="k8s-api")
+        self._configuration = configuration
+        self._session: aiohttp.ClientSession | None = None
+        self._authorization: tuple[float, str | None] = (float("-inf"), None)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._api.api_client.close()
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            configuration = self._configuration
+            context: ssl.SSLContext | bool = False
+            if configuration.host.startswith("https"):
+                context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+                if configuration.cert_file:
+                    context.load_cert_chain(configuration.cert_file, configuration.key_file)
+                if not configuration.verify_ssl:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            self._session = aiohttp.ClientSession(
+                base_url=configuration.host, connector=aiohttp.TCPConnector(ssl=context, limit=CONNECTIONS),
+                headers={"User-Agent": f"clusterpki/{__version__}", "Accept": "application/json"},
+                timeout=TIMEOUT, proxy=configuration.proxy or None)
+        return self._session
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        """The Authorization header, from the client's configuration (which refreshes a rotated token)
+        at most once a minute, and the body's content type."""
+        at, value = self._authorization
+        if time.monotonic() - at > AUTH_REFRESH:
+            value = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+            self._authorization = (time.monotonic(), value)
+        headers = {"Authorization": value} if value else {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(self, verb: str, what: str, method: str, path: str, body: Any = None,
+                      params: Mapping[str, str] | None = None, content_type: str | None = None) -> Any:
+        """One request; the parsed JSON response. ``verb`` and ``what`` word the error, if any."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        try:
+            async with self._open().request(method, path, data=data, params=params,
+                                            headers=self._headers(content_type or "application/json")) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
+            status, raw, failure = 0, b"", type(exc).__name__
+        else:
+            failure = ""
+        if failure or status >= 400:
+            raise ApiError(verb, what, status, failure or _reason(raw))
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            failure = "the response is not JSON"
+        # Raised here, outside the handler, so that not even __context__ keeps the original (a JSON
+        # error's .doc is the whole body, a Secret's keys included).
+        raise ApiError(verb, what, status, failure)
+
+    async def stream(self, what: str, path: str, params: Mapping[str, str], timeout: float
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch, one dict each, until the server ends it."""
+        try:
+            async with self._open().get(path, params=params, headers=self._headers(None),
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout)) as response:
+                if response.status >= 400:
+                    raise ApiError("watch", what, response.status, _reason(await response.read()))
+                while line := await response.content.readline():
+                    yield json.loads(line)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            failure = type(exc).__name__
+        else:
+            return
+        raise ApiError("watch", what, 0, failure)
+
+
+class SecretStore(Api):
+    """Secrets, and the writes the operator makes to ClusterPKIs (their status), CSRs and Events."""
 
     async def list(self, namespace: str, pki_name: str) -> dict[str, Secret]:
         """The Secrets of one ClusterPKI, by component: one LIST by label."""
-        body = await self._call("list", f"Secrets of {namespace}/{pki_name}", self._api.list_namespaced_secret,
-                                namespace, label_selector=secrets.selector(pki_name))
+        body = await self.request("list", f"Secrets of {namespace}/{pki_name}", "GET", _secrets(namespace),
+                                  params={"labelSelector": secrets.selector(pki_name)})
         found = {}
         for item in body.get("items", []):
             component = secrets.component_of(item)
@@ -97,8 +172,7 @@ class SecretStore:
 
     async def get(self, namespace: str, name: str) -> Secret | None:
         try:
-            return await self._call("get", f"Secret {namespace}/{name}", self._api.read_namespaced_secret,
-                                    name, namespace)
+            return await self.request("get", f"Secret {namespace}/{name}", "GET", _secrets(namespace, name))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -107,42 +181,37 @@ class SecretStore:
     async def create(self, secret: Secret) -> Secret:
         """Create; HTTP 409 AlreadyExists when it exists, e.g. made meanwhile by another replica."""
         meta = secret["metadata"]
-        return await self._call("create", f"Secret {meta['namespace']}/{meta['name']}",
-                                self._api.create_namespaced_secret, meta["namespace"], secret)
+        return await self.request("create", f"Secret {meta['namespace']}/{meta['name']}", "POST",
+                                  _secrets(meta["namespace"]), secret)
 
     async def replace(self, secret: Secret) -> Secret:
         """Replace with optimistic concurrency: a Secret changed since it was read gives HTTP 409."""
         meta = secret["metadata"]
-        return await self._call("replace", f"Secret {meta['namespace']}/{meta['name']}",
-                                self._api.replace_namespaced_secret, meta["name"], meta["namespace"], secret)
+        return await self.request("replace", f"Secret {meta['namespace']}/{meta['name']}", "PUT",
+                                  _secrets(meta["namespace"], meta["name"]), secret)
 
     async def delete(self, namespace: str, name: str) -> None:
-        await self._call("delete", f"Secret {namespace}/{name}", self._api.delete_namespaced_secret, name, namespace)
+        await self.request("delete", f"Secret {namespace}/{name}", "DELETE", _secrets(namespace, name))
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a ClusterPKI's status subresource."""
-        await self._call("patch", f"the status of ClusterPKI {namespace}/{name}",
-                         self._custom.patch_namespaced_custom_object_status, settings.GROUP, settings.VERSION,
-                         namespace, settings.PLURAL, name, {"status": status},
-                         _content_type="application/merge-patch+json")
+        await self.request("patch", f"the status of ClusterPKI {namespace}/{name}", "PATCH",
+                           f"{_clusterpki(namespace, name)}/status", {"status": status}, content_type=MERGE_PATCH)
 
     async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Merge-patch annotations onto a ClusterPKI (``clusterpki renew`` and ``rotate-ca``)."""
-        await self._call("annotate", f"ClusterPKI {namespace}/{name}", self._custom.patch_namespaced_custom_object,
-                         settings.GROUP, settings.VERSION, namespace, settings.PLURAL, name,
-                         {"metadata": {"annotations": annotations}}, _content_type="application/merge-patch+json")
+        await self.request("annotate", f"ClusterPKI {namespace}/{name}", "PATCH", _clusterpki(namespace, name),
+                           {"metadata": {"annotations": annotations}}, content_type=MERGE_PATCH)
 
     async def decide_csr(self, csr: dict[str, Any]) -> None:
         """PUT a CSR with its Approved or Denied condition to the ``approval`` subresource."""
         name = csr["metadata"]["name"]
-        await self._call("decide", f"CSR {name}", self._certificates.replace_certificate_signing_request_approval,
-                         name, _minimal_csr(csr))
+        await self.request("decide", f"CSR {name}", "PUT", f"{CSRS}/{name}/approval", _minimal_csr(csr))
 
     async def set_certificate(self, csr: dict[str, Any]) -> None:
         """PUT a CSR with ``status.certificate`` to the ``status`` subresource."""
         name = csr["metadata"]["name"]
-        await self._call("sign", f"CSR {name}", self._certificates.replace_certificate_signing_request_status,
-                         name, _minimal_csr(csr))
+        await self.request("sign", f"CSR {name}", "PUT", f"{CSRS}/{name}/status", _minimal_csr(csr))
 
     async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them."""
@@ -155,32 +224,22 @@ class SecretStore:
             "type": kind, "reason": reason, "message": message[:1024], "count": 1,
             "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "clusterpki", "host": HOST},
         }
-        await self._call("post", f"an Event on {meta['namespace']}/{meta['name']}",
-                         self._api.create_namespaced_event, meta["namespace"], event)
+        await self.request("post", f"an Event on {meta['namespace']}/{meta['name']}", "POST",
+                           f"/api/v1/namespaces/{meta['namespace']}/events", event)
 
-    async def _call(self, verb: str, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one client call in the pool. The body is read and parsed there too: reading it on the
-        event loop would block the loop and keep the connection out of the pool meanwhile."""
-        def call() -> Any:
-            raw = method(*args, _preload_content=False, **kwargs).data
-            return json.loads(raw) if raw else {}
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except ApiException as exc:
-            status, reason = exc.status, _reason(exc)
-        except (OSError, urllib3.exceptions.HTTPError) as exc:  # unreachable, reset, timed out
-            status, reason = 0, type(exc).__name__
-        except Exception as exc:  # e.g. the client's body validation, whose message quotes the body
-            status, reason = 0, type(exc).__name__
-        # Raised here, outside the handlers, so that not even __context__ keeps the original (a JSON
-        # error's .doc is the whole body, a Secret's keys included).
-        raise ApiError(verb, what, status, reason)
+def _secrets(namespace: str, name: str | None = None) -> str:
+    path = f"/api/v1/namespaces/{namespace}/secrets"
+    return f"{path}/{name}" if name else path
+
+
+def _clusterpki(namespace: str, name: str) -> str:
+    return f"{CLUSTERPKIS}/namespaces/{namespace}/{settings.PLURAL}/{name}"
 
 
 def _minimal_csr(csr: dict[str, Any]) -> dict[str, Any]:
-    """Only what a subresource PUT needs: the client's models reject fields newer than themselves."""
-    spec_keys = ("request", "signerName", "usages", "username", "groups", "uid", "expirationSeconds")
+    """Only what a subresource PUT needs."""
+    spec_keys = ("request", "signerName", "usages", "username", "groups", "uid", "expirationSeconds", "extra")
     status = csr.get("status") or {}
     return {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
             "metadata": {"name": csr["metadata"]["name"], "resourceVersion": csr["metadata"].get("resourceVersion")},
@@ -188,10 +247,10 @@ def _minimal_csr(csr: dict[str, Any]) -> dict[str, Any]:
             "status": {k: v for k, v in status.items() if k in ("conditions", "certificate")}}
 
 
-def _reason(exc: ApiException) -> str:
+def _reason(raw: bytes) -> str:
     """The server's reason and message from a Status body; for Secrets these never echo data."""
     try:
-        status = json.loads(exc.body)
-        return f"{status.get('reason', '')}: {status.get('message', '')}".strip(": ")
-    except (TypeError, ValueError):
-        return str(exc.reason or "")
+        body = json.loads(raw)
+        return f"{body.get('reason', '')}: {body.get('message', '')}".strip(": ")
+    except (TypeError, ValueError, AttributeError):  # not a Status: say nothing of what it holds
+        return ""

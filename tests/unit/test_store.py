@@ -1,46 +1,90 @@
-"""The Secrets store's call mechanics, without a server."""
+"""The store's request mechanics against a local HTTP server: errors say nothing of the bodies."""
 
 from __future__ import annotations
 
-import threading
+from collections.abc import AsyncIterator
 
+import pytest
+from aiohttp import web
 from kubernetes import client
 
 from clusterpki.store import ApiError, SecretStore
 
 
-class Response:
-    """What the client returns with ``_preload_content=False``: the body is read on access."""
+@pytest.fixture
+async def server() -> AsyncIterator[dict]:
+    """A server answering every request with the response in ``replies['next']``."""
+    replies: dict = {}
 
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.readers: list[threading.Thread] = []
+    async def answer(request: web.Request) -> web.Response:
+        replies["seen"] = request
+        status, body = replies["next"]
+        return web.Response(status=status, body=body, content_type="application/json")
 
-    @property
-    def data(self) -> bytes:
-        self.readers.append(threading.current_thread())
-        return self.body
-
-
-async def test_a_response_is_read_and_parsed_in_the_pool_not_on_the_event_loop():
-    """Reading it on the loop would block the loop and hold the connection out of the pool."""
-    store = SecretStore(client.Configuration())
-    response = Response(b'{"kind": "Secret"}')
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    replies["url"] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     try:
-        assert await store._call("get", "Secret a/b", lambda **_: response) == {"kind": "Secret"}
+        yield replies
     finally:
-        store.close()
-    assert response.readers and threading.current_thread() not in response.readers
+        await runner.cleanup()
 
 
-async def test_an_unparsable_body_is_an_api_error_that_quotes_nothing_of_it():
-    store = SecretStore(client.Configuration())
+def store_for(url: str, token: str = "t0ken") -> SecretStore:
+    configuration = client.Configuration()
+    configuration.host = url
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return SecretStore(configuration)
+
+
+async def test_a_request_carries_the_token_and_returns_the_parsed_body(server):
+    store = store_for(server["url"])
+    server["next"] = (200, b'{"kind": "Secret", "metadata": {"name": "x"}}')
     try:
-        await store._call("get", "Secret a/b", lambda **_: Response(b"tls.key: secret-bytes"))
-    except ApiError as exc:
-        assert "secret-bytes" not in str(exc) and exc.status == 0
-        assert exc.__context__ is None and exc.__cause__ is None  # the JSON error's .doc is the body
-    else:
-        raise AssertionError("an unparsable body was accepted")
+        assert (await store.get("ns", "x"))["kind"] == "Secret"
     finally:
-        store.close()
+        await store.close()
+    assert server["seen"].headers["Authorization"] == "Bearer t0ken"
+    assert server["seen"].headers["User-Agent"].startswith("clusterpki/")
+    assert server["seen"].path == "/api/v1/namespaces/ns/secrets/x"
+
+
+async def test_an_error_is_the_server_s_reason_and_a_missing_secret_is_none(server):
+    store = store_for(server["url"])
+    try:
+        server["next"] = (404, b'{"kind": "Status", "reason": "NotFound", "message": "secrets \\"x\\" not found"}')
+        assert await store.get("ns", "x") is None
+        server["next"] = (409, b'{"kind": "Status", "reason": "Conflict", "message": "the object has been modified"}')
+        with pytest.raises(ApiError) as raised:
+            await store.replace({"metadata": {"namespace": "ns", "name": "x"}, "data": {"tls.key": "c2VjcmV0"}})
+        assert str(raised.value) == "replace Secret ns/x failed: HTTP 409 Conflict: the object has been modified"
+        assert "c2VjcmV0" not in str(raised.value)
+    finally:
+        await store.close()
+
+
+async def test_an_unparsable_body_is_an_api_error_that_quotes_nothing_of_it(server):
+    store = store_for(server["url"])
+    try:
+        for status in (200, 500):
+            server["next"] = (status, b"tls.key: secret-bytes")
+            with pytest.raises(ApiError) as raised:
+                await store.get("ns", "x")
+            assert "secret-bytes" not in str(raised.value) and raised.value.status == status
+            assert raised.value.__context__ is None and raised.value.__cause__ is None  # .doc would be the body
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_server_is_an_api_error():
+    store = store_for("http://127.0.0.1:1")
+    try:
+        with pytest.raises(ApiError) as raised:
+            await store.list("ns", "x")
+        assert raised.value.status == 0 and "ClientConnectorError" in str(raised.value)
+    finally:
+        await store.close()
