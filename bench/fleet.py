@@ -9,10 +9,14 @@ from ../shared/k8s) each run in processes of their own. For each count:
 2. Steady state (--steady S seconds, 0 to skip): once the operator has settled (worked off the
    tail of issuance's watch events), nothing is due; count its requests beyond watches, every write
    the API server served (from any client), and the operator's CPU over S seconds.
-3. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
+3. Resume (--no-resume to skip): stop the operator and start another over the Ready fleet; time from
+   starting it until it has checked every ClusterPKI (its clusterpki_reconcile_total), and count
+   the operator's writes meanwhile (there should be none).
+4. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
    reports only new leaf certificates, and the peak RSS during the wave.
-Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-wave]
+Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-resume]
+       [--no-wave]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from statistics import median
 from typing import Any
 
-from harness import Bench, bench, clusterpki, percentile
+from harness import Bench, OperatorProcess, bench, clusterpki, percentile
 
 from tests.kube import GROUP_PATH
 
@@ -112,6 +116,22 @@ async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dic
     return result
 
 
+async def resume(b: Bench, operator: OperatorProcess, count: int) -> tuple[OperatorProcess, dict[str, Any]]:
+    """Replace the operator by a new one, and time its look at every ClusterPKI."""
+    await operator.stop()
+    since = await b.mark()
+    start = time.monotonic()
+    operator = await b.start_operator()
+    while await operator.reconciles() < count:
+        await asyncio.sleep(0.1)
+    checked = time.monotonic() - start
+    await asyncio.sleep(2)  # anything the look would write has been written by now
+    requests = await b.operator_requests(since)
+    writes = sum(n for (verb, _, _), n in requests.items() if verb in ("POST", "PUT", "PATCH", "DELETE"))
+    return operator, {"resumed": checked, "resume_writes": writes, "resume_requests": sum(requests.values()) / count,
+                      "rss_resume": operator.peak_rss_mb()}
+
+
 async def wave(b: Bench, count: int) -> dict[str, float]:
     async with b.session.get(f"{b.url}{GROUP_PATH}/clusterpkis") as response:
         fleet = (await response.json())["items"]
@@ -147,7 +167,8 @@ async def wave(b: Bench, count: int) -> dict[str, float]:
     return {"renewed_all": max(renewed.values()) - due_monotonic}
 
 
-async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: bool, real: bool) -> dict[str, Any]:
+async def measure(count: int, algorithm: str, steady_seconds: float, with_resume: bool, with_wave: bool,
+                  real: bool) -> dict[str, Any]:
     async with bench(real) as b:
         operator = await b.start_operator()
         try:
@@ -156,6 +177,9 @@ async def measure(count: int, algorithm: str, steady_seconds: float, with_wave: 
             print(f"{count}, issuance: {result}", file=sys.stderr)
             if steady_seconds:
                 result.update(await steady(b, operator.cpu_seconds, count, steady_seconds))
+            if with_resume:
+                operator, resumed = await resume(b, operator, count)
+                result.update(resumed)
             if with_wave:
                 operator.reset_peak_rss()
                 result.update(await wave(b, count))
@@ -170,12 +194,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, nargs="+", default=[1, 100, 500])
     parser.add_argument("--algorithm", default="ECDSA-P256")
     parser.add_argument("--steady", type=float, default=60, help="seconds of steady state to measure (0: skip)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="skip the restart")
     parser.add_argument("--no-wave", dest="wave", action="store_false", help="skip the renewal wave")
     parser.add_argument("--real", action="store_true", help="on a real control plane (../shared/k8s), not the emulator")
     args = parser.parse_args()
     results = []
     for count in args.count:
-        results.append((count, asyncio.run(measure(count, args.algorithm, args.steady, args.wave, args.real))))
+        results.append((count, asyncio.run(measure(count, args.algorithm, args.steady, args.resume, args.wave,
+                                                   args.real))))
     print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'})")
     print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'p50':>8} {'p99':>8} {'requests/PKI':>13} {'peak RSS':>9} "
           f"{'operator CPU':>13} {'server CPU':>11}")
@@ -190,6 +216,12 @@ def main() -> None:
             writes = f"{r['writes_per_minute']:.1f}" if "writes_per_minute" in r else "-"
             print(f"{count:>11} {r['settled']:>13.0f}s {r['requests_per_pki_hour']:>15.2f} {r['cpu_per_hour']:>8.1f} "
                   f"{writes:>15}  {', '.join(r['kinds']) or '-'}")
+    if args.resume:
+        print("\nResume (a new operator over the Ready fleet)")
+        print(f"{'ClusterPKIs':>11} {'all checked':>12} {'writes':>7} {'requests/PKI':>13} {'peak RSS':>9}")
+        for count, r in results:
+            print(f"{count:>11} {r['resumed']:>11.1f}s {r['resume_writes']:>7} {r['resume_requests']:>13.1f} "
+                  f"{r['rss_resume']:>6.0f}MiB")
     if args.wave:
         print("\nRenewal wave (every leaf of every ClusterPKI due at the same moment)")
         print(f"{'ClusterPKIs':>11} {'all renewed':>12} {'peak RSS':>9}")

@@ -67,9 +67,20 @@ class OperatorProcess:
 
     With ``BENCH_PROFILE=FILE`` in the environment, py-spy samples it into FILE (collapsed stacks)."""
 
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process, self.log = process, log
+    def __init__(self, process: asyncio.subprocess.Process, log: Path, metrics_port: int) -> None:
+        self.process, self.log, self.metrics_port = process, log, metrics_port
         self.profiler: asyncio.subprocess.Process | None = None
+
+    async def reconciles(self) -> float:
+        """How many reconciles it has finished, from its own clusterpki_reconcile_total."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def read() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                return response.read().decode()
+        text = await asyncio.to_thread(read)
+        return sum(s.value for family in text_string_to_metric_families(text) if family.name == "clusterpki_reconcile"
+                   for s in family.samples if s.name == "clusterpki_reconcile_total")
 
     async def profile(self, output: str) -> None:
         self.profiler = await asyncio.create_subprocess_exec(
@@ -180,12 +191,12 @@ class Bench:
         """Start ``clusterpki run -A ARGS`` and return once it watches what it needs."""
         log = self.kubeconfig.with_name(f"operator-{time.monotonic_ns()}.log")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
-        port = _free_port()
+        port, metrics_port = _free_port(), _free_port()
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "clusterpki", "run", "-A", "--liveness", f"http://127.0.0.1:{port}/healthz",
-                *args, env=env, stdout=out, stderr=out)
-        operator = OperatorProcess(process, log)
+                "--metrics-port", str(metrics_port), *args, env=env, stdout=out, stderr=out)
+        operator = OperatorProcess(process, log, metrics_port)
         deadline = time.monotonic() + 60
         while not await self._watching(operator, port, "--csr-policy" in args):
             if process.returncode is not None or time.monotonic() > deadline:

@@ -106,10 +106,11 @@ def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
+    from clusterpki.secrets import owned
     from clusterpki.store import ApiError
 
     try:
-        found = _with_store(lambda store: store.list(namespace, name))
+        found, _ = owned(_with_store(lambda store: store.list(namespace, name)), name)
     except ApiError as exc:
         raise UserError(f"cannot read the Secrets of ClusterPKI {namespace}/{name}: {exc}") from None
     if not found:

@@ -169,7 +169,9 @@ async def reconcile_now(state: State, key: Key) -> None:
             state.scheduler.forget(key)
             return
         try:
-            result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow())
+            neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
+            result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow(),
+                                              neighbours)
         except ApiError as exc:
             if not exc.namespace_terminating:
                 raise
@@ -191,8 +193,11 @@ async def reconcile_now(state: State, key: Key) -> None:
                     state.scheduler.after(key, settings.RETRY_DELAY)
                 return
             state.bodies[key] = {**body, "status": {**current, **result.status}}
+        before = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), {})
         for kind, reason, message in result.events:
-            (logger.warning if kind == issuance.WARNING else logger.info)(f"{reason}: {message}")
+            repeat = (before.get("reason"), before.get("message")) == (reason, message)  # counted on its Event
+            level = logging.DEBUG if repeat else logging.WARNING if kind == issuance.WARNING else logging.INFO
+            logger.log(level, f"{reason}: {message}")
             try:
                 await state.store.post_event(body, kind, reason, message)
             except ApiError as exc:  # an Event is not worth a retry of the whole reconcile

@@ -49,7 +49,9 @@ class Result(NamedTuple):
     stopped: str | None = None  # why nothing is reported or retried: the ClusterPKI is being deleted
 
 
-async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) -> Result:
+async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime,
+                    neighbours: list[Mapping[str, Any]] = ()) -> Result:
+    """Reconcile one ClusterPKI; ``neighbours`` are the other ClusterPKIs of its namespace."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     previous = (body.get("status") or {}).get("conditions") or []
@@ -63,6 +65,15 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             raise exc
         return failure("APIError", str(exc), retry=True)
 
+    async def write_failure(exc: ApiError) -> Result:
+        if exc.status == 409 and exc.reason.startswith("AlreadyExists") and not await _ours(store, exc, name):
+            return failure("SecretConflict", f"{exc}: a Secret of that name exists and is not this "
+                                             "ClusterPKI's; rename or delete it, then touch the ClusterPKI")
+        if exc.status == 409:  # another writer (e.g. a second replica) got there first: read again
+            return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True,
+                           delay=settings.CONFLICT_RETRY_DELAY)
+        return api_failure(exc)
+
     if meta.get("deletionTimestamp"):
         return Result({}, [], stopped="It is being deleted: nothing is issued or repaired")
 
@@ -72,11 +83,13 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         return failure("InvalidSpec", f"The spec is invalid: {exc}")
 
     try:
-        current = await _load(store, namespace, name)
+        loaded = await _load(store, body, pki_spec, neighbours)
     except ApiError as exc:
-        if exc.reason.startswith("SecretOfAnotherClusterPKI"):
-            return failure("SecretConflict", f"{exc}; choose another name for this ClusterPKI")
         return api_failure(exc)
+    if loaded.conflicts:
+        return failure("SecretConflict", f"{'; '.join(loaded.conflicts)}: nothing was written; rename this "
+                                         "ClusterPKI, or remove what is in the way and touch it")
+    current = loaded.current
     stored = secrets.read(current, now)
     listed = {e.get("name") for e in (body.get("status") or {}).get("certificates") or []}
     gone = sorted(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES
@@ -102,7 +115,9 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         return failure("ServiceAccountKeyInvalid", f"Secret {secrets.secret_name(name, catalog.SERVICE_ACCOUNT)} "
                                                    f"cannot be used and is left untouched: {stored.sa_problem}")
 
-    events: list[tuple[str, str, str]] = []
+    events: list[tuple[str, str, str]] = [
+        (WARNING, "ForeignSecretIgnored", f"Secret {impostor} carries the labels of this ClusterPKI's Secrets but "
+                                          "not the name of one: it is ignored") for impostor in loaded.impostors]
     renew_request = requests.pending_renewal(body)
     forced: set[str] = set()
     if renew_request is not None:
@@ -121,7 +136,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
         try:
             active, existing = await _rotation_step(body, store, current, stored, pki_spec, owner, now, events)
         except ApiError as exc:
-            return api_failure(exc)
+            return await write_failure(exc)
 
     # Key generation can take a second for RSA: keep it off the event loop.
     build = functools.partial(engine.build, pki_spec, existing, now, force=forced, renew_due=True)
@@ -138,13 +153,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime) 
             if spare is not None:
                 await store.delete(namespace, spare["metadata"]["name"])
     except ApiError as exc:
-        if exc.status == 409 and exc.reason.startswith("AlreadyExists") and not await _ours(store, exc):
-            return failure("SecretConflict", f"{exc}: a Secret of that name exists and is not managed by "
-                                             "clusterpki; rename or delete it, then touch the ClusterPKI")
-        if exc.status == 409:  # another writer (e.g. a second replica) got there first: read again
-            return failure("Conflict", f"{exc}; another writer changed a Secret, retrying", retry=True,
-                           delay=settings.CONFLICT_RETRY_DELAY)
-        return api_failure(exc)
+        return await write_failure(exc)
 
     issued = {c: stored.unreadable.get(c) or (MISSING if reason == engine.NEW and c in listed and c in pki.planned
                                               else reason)
@@ -303,32 +312,80 @@ def _secret(name: str, namespace: str, component: str, kind: str, owner: dict[st
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
 
 
-async def _ours(store: SecretStore, exc: ApiError) -> bool:
-    """Whether the Secret a create collided with is one of ours (made meanwhile by another replica)."""
+async def _ours(store: SecretStore, exc: ApiError, pki_name: str) -> bool:
+    """Whether the Secret a create collided with is one of ours (made meanwhile by another replica):
+    labelled for this ClusterPKI, under the name of the component it is labelled with."""
     namespace, _, name = exc.what.removeprefix("Secret ").partition("/")
     try:
         found = await store.get(namespace, name)
     except ApiError:
         return True  # cannot tell: retrying is the safe side
-    return found is None or (found["metadata"].get("labels") or {}).get(secrets.LABEL_MANAGED_BY) == secrets.MANAGER
+    if found is None:
+        return True  # gone again: retrying will tell
+    labels = found["metadata"].get("labels") or {}
+    return secrets.owner_of(labels) == pki_name and \
+        secrets.secret_name(pki_name, labels.get(secrets.LABEL_COMPONENT, "")) == name
 
 
-async def _load(store: SecretStore, namespace: str, name: str) -> dict[str, secrets.Secret]:
-    """The Secrets by component: one LIST by label, plus a GET for each CA Secret the LIST did not
-    find, since a user may have created it to bring their own CA."""
-    current = await store.list(namespace, name)
-    missing = [ca.component for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in current]
-    found = await asyncio.gather(*(store.get(namespace, secrets.secret_name(name, c)) for c in missing))
-    for component, secret in zip(missing, found, strict=True):
-        if secret is None:
+class Loaded(NamedTuple):
+    """What a reconcile starts from: its Secrets by component, and what stands in their way."""
+
+    current: dict[str, secrets.Secret]
+    conflicts: list[str]  # why a Secret this ClusterPKI wants cannot be its own
+    impostors: list[str]  # Secrets with its labels but not its names, ignored
+
+
+async def _load(store: SecretStore, body: Mapping[str, Any], pki_spec: spec.Spec,
+                neighbours: list[Mapping[str, Any]]) -> Loaded:
+    """The Secrets by component: one LIST by label. When some are missing, the names and labels of the
+    namespace's Secrets (one metadata-only LIST) tell which of them can be made: a CA Secret a user
+    created is adopted (one GET for its data); a name that another ClusterPKI owns, or wants and is
+    older, or that someone else's Secret holds, is a conflict, found before anything is written."""
+    namespace, name = body["metadata"]["namespace"], pki_spec.name
+    current, impostors = secrets.owned(await store.list(namespace, name), name)
+    missing = {c: n for c, n in secrets.names(pki_spec).items() if c not in current}
+    if not missing:
+        return Loaded(current, [], impostors)
+    present = await store.names(namespace)
+    wanted_by = _claims_of_older(body, neighbours)
+    conflicts, adopt = [], []
+    for component, secret_name in missing.items():
+        labels = present.get(secret_name)
+        if labels is None:
+            if secret_name in wanted_by:
+                conflicts.append(f"Secret {secret_name} is wanted by ClusterPKI {wanted_by[secret_name]}, "
+                                 "which is older")
             continue
-        labels = secret["metadata"].get("labels") or {}
-        if labels.get(secrets.LABEL_MANAGED_BY) == secrets.MANAGER and labels.get(secrets.LABEL_PKI) != name:
-            # e.g. "x-etcd-ca" is the etcd CA of ClusterPKI "x", not the CA of a ClusterPKI "x-etcd"
-            raise ApiError("adopt", f"Secret {namespace}/{secret['metadata']['name']}", 409,
-                           f"SecretOfAnotherClusterPKI: it belongs to ClusterPKI {labels.get(secrets.LABEL_PKI)}")
-        current[component] = secret
-    return current
+        owner = secrets.owner_of(labels)
+        if owner is None and component in catalog.CA_BY_COMPONENT:
+            adopt.append(component)  # brought in by the user
+        elif owner is None:
+            conflicts.append(f"Secret {secret_name} exists and is not managed by clusterpki")
+        else:
+            conflicts.append(f"Secret {secret_name} belongs to ClusterPKI {owner} "
+                             f"({labels.get(secrets.LABEL_COMPONENT)})")
+    found = await asyncio.gather(*(store.get(namespace, missing[c]) for c in adopt))
+    current.update({c: secret for c, secret in zip(adopt, found, strict=True) if secret is not None})
+    return Loaded(current, conflicts, impostors)
+
+
+def _claims_of_older(body: Mapping[str, Any], neighbours: list[Mapping[str, Any]]) -> dict[str, str]:
+    """The Secret names wanted by older ClusterPKIs of the namespace (name -> ClusterPKI). Only a name
+    that is a prefix of the other's, up to a '-', can lead to the same Secret name."""
+    me = body["metadata"]
+    mine = (me.get("creationTimestamp") or "", me["name"])
+    claims: dict[str, str] = {}
+    for other in neighbours:
+        meta = other["metadata"]
+        related = meta["name"].startswith(f"{me['name']}-") or me["name"].startswith(f"{meta['name']}-")
+        if not related or (meta.get("creationTimestamp") or "", meta["name"]) >= mine:
+            continue
+        try:
+            their = spec.from_resource(other)
+        except spec.SpecError:  # an invalid ClusterPKI wants nothing
+            continue
+        claims.update({secret_name: meta["name"] for secret_name in secrets.names(their).values()})
+    return claims
 
 
 async def _write(store: SecretStore, current: secrets.Secret | None, wanted: secrets.Secret, keep_type: bool) -> None:

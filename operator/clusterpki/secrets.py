@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from cryptography import x509
 
 from clusterpki import catalog, engine, keys, kubeconfig
+from clusterpki import spec as spec_model
 from clusterpki.certificates import KeyPair
 
 GROUP = "pki.clusterpki.dev"
@@ -60,6 +61,32 @@ def labels(pki_name: str, component: str) -> dict[str, str]:
 def selector(pki_name: str) -> str:
     """The label selector for every Secret of one ClusterPKI."""
     return f"{LABEL_PKI}={pki_name},{LABEL_MANAGED_BY}={MANAGER}"
+
+
+def names(pki_spec: spec_model.Spec) -> dict[str, str]:
+    """The Secret of each CA, leaf and the service-account key a spec wants: component -> name."""
+    components = [ca.component for ca in catalog.CERTIFICATE_AUTHORITIES]
+    components += [leaf.component for leaf in catalog.plan(pki_spec)] + [catalog.SERVICE_ACCOUNT]
+    return {c: secret_name(pki_spec.name, c) for c in components}
+
+
+def owned(items: list[Secret], pki_name: str) -> tuple[dict[str, Secret], list[str]]:
+    """The Secrets of one ClusterPKI by component, from those carrying its labels, and the names of
+    impostors: a Secret is one of its own only if it also has the name its component's Secret has."""
+    found: dict[str, Secret] = {}
+    impostors = []
+    for item in items:
+        component = component_of(item)
+        if component and item["metadata"]["name"] == secret_name(pki_name, component):
+            found[component] = item
+        else:
+            impostors.append(item["metadata"]["name"])
+    return found, sorted(impostors)
+
+
+def owner_of(labels: Mapping[str, str]) -> str | None:
+    """The ClusterPKI a Secret's labels give it to, if clusterpki manages it."""
+    return labels.get(LABEL_PKI) if labels.get(LABEL_MANAGED_BY) == MANAGER else None
 
 
 def read(secrets: Mapping[str, Secret], now: datetime) -> Stored:

@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +33,8 @@ AUTH_REFRESH = 60  # seconds between looks at the credentials (a projected token
 CLUSTERPKIS = f"/apis/{settings.GROUP}/{settings.VERSION}"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 MERGE_PATCH = "application/merge-patch+json"
+EVENT_SERIES = 4096  # Event series remembered, the most recent ones
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 
 
 class ApiError(Exception):
@@ -104,7 +107,7 @@ class Api:
                 timeout=TIMEOUT, proxy=configuration.proxy or None)
         return self._session
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
+    def _headers(self, content_type: str | None, accept: str | None = None) -> dict[str, str]:
         """The Authorization header, from the client's configuration (which refreshes a rotated token)
         at most once a minute, and the body's content type."""
         at, value = self._authorization
@@ -114,15 +117,18 @@ class Api:
         headers = {"Authorization": value} if value else {}
         if content_type:
             headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
         return headers
 
     async def request(self, verb: str, what: str, method: str, path: str, body: Any = None,
-                      params: Mapping[str, str] | None = None, content_type: str | None = None) -> Any:
+                      params: Mapping[str, str] | None = None, content_type: str | None = None,
+                      accept: str | None = None) -> Any:
         """One request; the parsed JSON response. ``verb`` and ``what`` word the error, if any."""
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         try:
             async with self._open().request(method, path, data=data, params=params,
-                                            headers=self._headers(content_type or "application/json")) as response:
+                                            headers=self._headers(content_type or "application/json", accept)) as response:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
@@ -159,16 +165,24 @@ class Api:
 class SecretStore(Api):
     """Secrets, and the writes the operator makes to ClusterPKIs (their status), CSRs and Events."""
 
-    async def list(self, namespace: str, pki_name: str) -> dict[str, Secret]:
-        """The Secrets of one ClusterPKI, by component: one LIST by label."""
+    def __init__(self, configuration: client.Configuration) -> None:
+        super().__init__(configuration)
+        # The Event posted last for each (namespace, object, type, reason, message), and its count: a
+        # repeat is counted on it, as client-go's recorder does, not posted as another Event.
+        self._series: OrderedDict[tuple[str, ...], tuple[str, int]] = OrderedDict()
+
+    async def list(self, namespace: str, pki_name: str) -> list[Secret]:
+        """The Secrets carrying one ClusterPKI's labels: one LIST by label."""
         body = await self.request("list", f"Secrets of {namespace}/{pki_name}", "GET", _secrets(namespace),
                                   params={"labelSelector": secrets.selector(pki_name)})
-        found = {}
-        for item in body.get("items", []):
-            component = secrets.component_of(item)
-            if component:
-                found[component] = item
-        return found
+        return body.get("items") or []
+
+    async def names(self, namespace: str) -> dict[str, dict[str, str]]:
+        """The name and labels of every Secret in a namespace: their metadata only, from the
+        apiserver's watch cache (``resourceVersion=0``), not their data."""
+        body = await self.request("list", f"the Secrets of namespace {namespace}", "GET", _secrets(namespace),
+                                  params={"resourceVersion": "0"}, accept=PARTIAL_METADATA)
+        return {item["metadata"]["name"]: item["metadata"].get("labels") or {} for item in body.get("items") or []}
 
     async def get(self, namespace: str, name: str) -> Secret | None:
         try:
@@ -214,18 +228,39 @@ class SecretStore(Api):
         await self.request("sign", f"CSR {name}", "PUT", f"{CSRS}/{name}/status", _minimal_csr(csr))
 
     async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-        """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them."""
+        """A core/v1 Event about a ClusterPKI, as ``kubectl describe`` shows them. The same Event again
+        raises the count of the first one (``x4 over 2m``); once the apiserver has let that expire, a
+        new series starts."""
         meta = involved["metadata"]
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = message[:1024]
+        what = f"an Event on {meta['namespace']}/{meta['name']}"
+        key = (meta["namespace"], meta.get("uid", ""), kind, reason, message)
+        if key in self._series:
+            event_name, count = self._series.pop(key)
+            try:
+                await self.request("count", what, "PATCH", f"/api/v1/namespaces/{meta['namespace']}/events/{event_name}",
+                                   {"count": count + 1, "lastTimestamp": now}, content_type=MERGE_PATCH)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                self._remember(key, event_name, count + 1)
+                return
         event = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                                "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": kind, "reason": reason, "message": message[:1024], "count": 1,
+            "type": kind, "reason": reason, "message": message, "count": 1,
             "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "clusterpki", "host": HOST},
         }
-        await self.request("post", f"an Event on {meta['namespace']}/{meta['name']}", "POST",
-                           f"/api/v1/namespaces/{meta['namespace']}/events", event)
+        posted = await self.request("post", what, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", event)
+        self._remember(key, posted["metadata"]["name"], 1)
+
+    def _remember(self, key: tuple[str, ...], event_name: str, count: int) -> None:
+        self._series[key] = (event_name, count)
+        if len(self._series) > EVENT_SERIES:
+            self._series.popitem(last=False)
 
 
 def _secrets(namespace: str, name: str | None = None) -> str:
