@@ -37,6 +37,8 @@ from tests.controlplane import ControlPlane  # noqa: E402
 from tests.kube import Api  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A bench stopped with SIGTERM (timeout, kill) still tears down its control plane and operator.
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 RequestKey = tuple[str, str, str]  # (verb, resource, subresource), as the apiserver counts them
 # What the operator reads and writes; on a real apiserver, requests for anything else are the control
 # plane's own (admission's quota lookups, kube-controller-manager's informers).

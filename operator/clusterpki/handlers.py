@@ -69,6 +69,7 @@ class State:
         self.terminating: dict[str, datetime] = {}  # namespace -> when the apiserver said it is being deleted
         self.scheduler = Scheduler(self.scheduled, retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None  # the scheduler's
+        self.informer: SecretWatch | None = None
         self.watch: asyncio.Task | None = None  # the Secret watch's
 
     async def scheduled(self, key: Any) -> None:
@@ -89,9 +90,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     configure(settings)
     state = memo.state = State(SecretStore(load_configuration()), memo.get("csr_policy"))
     state.task = asyncio.create_task(state.scheduler.run())
-    watch = SecretWatch(state.store, memo.get("namespaces") or [], f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
-                        lambda kind, obj: drift(state, kind, obj))
-    state.watch = asyncio.create_task(watch.run())
+    state.informer = SecretWatch(state.store, memo.get("namespaces") or [],
+                                 f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}", lambda kind, obj: drift(state, kind, obj))
+    state.watch = asyncio.create_task(state.informer.run())
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -250,6 +251,13 @@ class RecordingStore:
 
     async def replace(self, secret: secrets.Secret) -> secrets.Secret:
         return await self._write(self._store.replace, secret)
+
+    async def names(self, namespace: str) -> dict[str, dict[str, str]]:
+        """The name and labels of every Secret of the namespace: the operator's own from its watch,
+        anyone else's from a metadata-only LIST of the Secrets clusterpki does not manage."""
+        assert self._state.informer is not None
+        strangers = await self._store.names(namespace, f"{secrets.LABEL_MANAGED_BY}!={secrets.MANAGER}")
+        return {**self._state.informer.names(namespace), **strangers}
 
     async def _write(self, method: Any, secret: secrets.Secret) -> secrets.Secret:
         name = (secret["metadata"]["namespace"], secret["metadata"]["name"])

@@ -1,10 +1,14 @@
 """A watch of the operator's own Secrets, as an informer keeps one, without its cache.
 
+It reads metadata only (``PartialObjectMetadata``): names, labels and versions are all it needs, and
+a fleet's Secrets with their data would cost the operator hundreds of MiB at start-up.
+
 List, then watch from the list's version (label-filtered on the server); resume from the last
-version when the server ends the watch; list again when that version has expired (HTTP 410). A
-version index (Secret → resourceVersion) lets a relist report exactly what changed in the gap, so no
-change is missed and none is reported twice. The first list only fills the index: at start-up every
-ClusterPKI is looked at anyway.
+version when the server ends the watch; list again when that version has expired (HTTP 410). An
+index (namespace → Secret → resourceVersion and labels) lets a relist report exactly what changed in
+the gap, so no change is missed and none is reported twice, and tells which names the operator's
+Secrets hold without a request. The first list only fills the index: at start-up every ClusterPKI is
+looked at anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from clusterpki.store import Api, ApiError
+from clusterpki.store import PARTIAL_METADATA, PARTIAL_METADATA_WATCH, Api, ApiError
 
 WATCH_TIMEOUT = 300  # seconds the server keeps one watch open before the next one resumes it
 BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a row
@@ -30,7 +34,12 @@ class SecretWatch:
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler) -> None:
         self.api, self.selector, self.on_event = api, selector, on_event
         self.namespaces: list[str | None] = list(namespaces) or [None]
-        self.versions: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}  # -> (resourceVersion, labels)
+        # namespace -> Secret name -> (resourceVersion, labels)
+        self.index: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
+
+    def names(self, namespace: str) -> dict[str, dict[str, str]]:
+        """The name and labels of every Secret of the namespace this watch has seen."""
+        return {name: labels for name, (_, labels) in self.index.get(namespace, {}).items()}
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
@@ -47,7 +56,8 @@ class SecretWatch:
                     initial = False
                 params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
                           "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
-                async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30):
+                async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
+                                                   accept=PARTIAL_METADATA_WATCH):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:  # expired: list again
@@ -68,28 +78,33 @@ class SecretWatch:
     async def _list(self, path: str, what: str, namespace: str | None, report: bool) -> str:
         """List, bring the index up to date, and report what changed since the index was last
         right (unless ``report`` is off: the first list). Returns the list's version."""
-        listed = await self.api.request("list", what, "GET", path, params={"labelSelector": self.selector})
+        listed = await self.api.request("list", what, "GET", path, params={"labelSelector": self.selector},
+                                        accept=PARTIAL_METADATA)
         present = set()
-        for item in listed.get("items", []):
+        for item in listed.get("items") or []:
             meta = item["metadata"]
-            key = (meta["namespace"], meta["name"])
-            present.add(key)
-            known = self.versions.get(key)
+            present.add((meta["namespace"], meta["name"]))
+            known = self.index.get(meta["namespace"], {}).get(meta["name"])
             if known is None or known[0] != meta["resourceVersion"]:
-                self.versions[key] = (meta["resourceVersion"], meta.get("labels") or {})
+                self._remember(meta)
                 if report:
                     self.on_event("ADDED" if known is None else "MODIFIED", item)
-        for key in [k for k in self.versions if k not in present and namespace in (None, k[0])]:
-            _, labels = self.versions.pop(key)
-            if report:
-                self.on_event("DELETED", {"metadata": {"namespace": key[0], "name": key[1], "labels": labels}})
+        for space, secrets in self.index.items():
+            if namespace not in (None, space):
+                continue
+            for name in [n for n in secrets if (space, n) not in present]:
+                _, labels = secrets.pop(name)
+                if report:
+                    self.on_event("DELETED", {"metadata": {"namespace": space, "name": name, "labels": labels}})
         return listed["metadata"]["resourceVersion"]
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        key = (meta["namespace"], meta["name"])
         if kind == "DELETED":
-            self.versions.pop(key, None)
+            self.index.get(meta["namespace"], {}).pop(meta["name"], None)
         else:
-            self.versions[key] = (meta["resourceVersion"], meta.get("labels") or {})
+            self._remember(meta)
         self.on_event(kind, obj)
+
+    def _remember(self, meta: dict[str, Any]) -> None:
+        self.index.setdefault(meta["namespace"], {})[meta["name"]] = (meta["resourceVersion"], meta.get("labels") or {})

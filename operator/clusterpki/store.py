@@ -35,6 +35,7 @@ CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_SERIES = 4096  # Event series remembered, the most recent ones
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
+PARTIAL_METADATA_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
 
 
 class ApiError(Exception):
@@ -145,11 +146,11 @@ class Api:
         # error's .doc is the whole body, a Secret's keys included).
         raise ApiError(verb, what, status, failure)
 
-    async def stream(self, what: str, path: str, params: Mapping[str, str], timeout: float
-                     ) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, what: str, path: str, params: Mapping[str, str], timeout: float,
+                     accept: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """The events of a watch, one dict each, until the server ends it."""
         try:
-            async with self._open().get(path, params=params, headers=self._headers(None),
+            async with self._open().get(path, params=params, headers=self._headers(None, accept),
                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout)) as response:
                 if response.status >= 400:
                     raise ApiError("watch", what, response.status, _reason(await response.read()))
@@ -172,16 +173,20 @@ class SecretStore(Api):
         self._series: OrderedDict[tuple[str, ...], tuple[str, int]] = OrderedDict()
 
     async def list(self, namespace: str, pki_name: str) -> list[Secret]:
-        """The Secrets carrying one ClusterPKI's labels: one LIST by label."""
+        """The Secrets carrying one ClusterPKI's labels: one LIST by label, from the apiserver's watch
+        cache (``resourceVersion=0``; a quorum read from etcd would scan the whole namespace). A read a
+        moment stale is safe: every write carries the resourceVersion it read, or is a create, so a
+        stale read ends in a 409 and a retry, never in a second write."""
         body = await self.request("list", f"Secrets of {namespace}/{pki_name}", "GET", _secrets(namespace),
-                                  params={"labelSelector": secrets.selector(pki_name)})
+                                  params={"labelSelector": secrets.selector(pki_name), "resourceVersion": "0"})
         return body.get("items") or []
 
-    async def names(self, namespace: str) -> dict[str, dict[str, str]]:
-        """The name and labels of every Secret in a namespace: their metadata only, from the
-        apiserver's watch cache (``resourceVersion=0``), not their data."""
+    async def names(self, namespace: str, selector: str = "") -> dict[str, dict[str, str]]:
+        """The name and labels of the Secrets of a namespace (that match ``selector``): their metadata
+        only, from the apiserver's watch cache (``resourceVersion=0``), not their data."""
+        params = {"resourceVersion": "0", **({"labelSelector": selector} if selector else {})}
         body = await self.request("list", f"the Secrets of namespace {namespace}", "GET", _secrets(namespace),
-                                  params={"resourceVersion": "0"}, accept=PARTIAL_METADATA)
+                                  params=params, accept=PARTIAL_METADATA)
         return {item["metadata"]["name"]: item["metadata"].get("labels") or {} for item in body.get("items") or []}
 
     async def get(self, namespace: str, name: str) -> Secret | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed run still tears it down
     plane = ControlPlane.boot(tmp_path_factory.mktemp("control-plane"))
     try:
         yield plane
