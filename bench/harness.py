@@ -194,13 +194,14 @@ class Bench:
         log = self.kubeconfig.with_name(f"operator-{time.monotonic_ns()}.log")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
         port, metrics_port = _free_port(), _free_port()
+        since = await self.mark()
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "clusterpki", "run", "-A", "--liveness", f"http://127.0.0.1:{port}/healthz",
                 "--metrics-port", str(metrics_port), *args, env=env, stdout=out, stderr=out)
         operator = OperatorProcess(process, log, metrics_port)
         deadline = time.monotonic() + 60
-        while not await self._watching(operator, port, "--csr-policy" in args):
+        while not await self._watching(port, "--csr-policy" in args, since):
             if process.returncode is not None or time.monotonic() > deadline:
                 await operator.stop()
                 raise RuntimeError(f"the operator did not start:\n{log.read_text()[-3000:]}")
@@ -210,7 +211,8 @@ class Bench:
         self.operators.append(operator)
         return operator
 
-    async def _watching(self, operator: OperatorProcess, port: int, csrs: bool) -> bool:
+    async def _watching(self, port: int, csrs: bool, since: Any) -> bool:
+        """Whether the operator started after ``since`` watches what it needs."""
         raise NotImplementedError
 
 
@@ -228,9 +230,9 @@ class EmulatorBench(Bench):
         return Counter(classify(r.method, r.path, r.watch) for r in await self.requests(since)
                        if r.by_operator and not r.watch)
 
-    async def _watching(self, operator: OperatorProcess, port: int, csrs: bool) -> bool:
+    async def _watching(self, port: int, csrs: bool, since: int) -> bool:
         wanted = {"clusterpkis", "secrets"} | ({"certificatesigningrequests", "nodes"} if csrs else set())
-        return not wanted - {r.path.rsplit("/", 1)[-1] for r in await self.requests() if r.watch and r.by_operator}
+        return not wanted - {r.path.rsplit("/", 1)[-1] for r in await self.requests(since) if r.watch and r.by_operator}
 
 
 class ControlPlaneBench(Bench):
@@ -259,7 +261,7 @@ class ControlPlaneBench(Bench):
     async def create_namespaces(self, names: list[str]) -> None:
         await asyncio.gather(*(self.api.create("namespaces", {"metadata": {"name": n}}) for n in names))
 
-    async def _watching(self, operator: OperatorProcess, port: int, csrs: bool) -> bool:
+    async def _watching(self, port: int, csrs: bool, since: Any) -> bool:
         try:
             await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/healthz", timeout=1)
         except OSError:
