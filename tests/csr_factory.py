@@ -7,7 +7,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Any
 
-from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
+from clusterpki.csr.rules import CLIENT_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa

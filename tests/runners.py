@@ -31,7 +31,7 @@ class Operator:
         self.error: BaseException | None = None
 
     async def start(self) -> None:
-        from clusterpki.handlers import build_registry
+        from clusterpki.runtime import build_registry
 
         registry = build_registry(csr_policy=self.csr_policy is not None)
         ready = threading.Event()

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from clusterpki import certificates, render
+    from clusterpki.kubeadm import render
+    from clusterpki.pki import certificates
 
     pki_spec = render.load_spec_file(Path(args.file))
     outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, certificates.utcnow())
@@ -49,8 +50,8 @@ def _run(args: argparse.Namespace) -> int:
 def _renew(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from clusterpki.requests import RENEW
-    from clusterpki.store import ApiError
+    from clusterpki.controller.requests import RENEW
+    from clusterpki.kube.api import ApiError
 
     nonce = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     value = f"{','.join(args.component)}@{nonce}"
@@ -64,7 +65,7 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _configuration() -> Any:
-    from clusterpki.store import load_configuration
+    from clusterpki.kube.api import load_configuration
 
     try:
         return load_configuration()
@@ -73,7 +74,8 @@ def _configuration() -> Any:
 
 
 def _check_expiration(args: argparse.Namespace) -> int:
-    from clusterpki import certificates, expiration
+    from clusterpki.kubeadm import expiration
+    from clusterpki.pki import certificates
 
     if args.dir and args.name:
         raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME, not both")
@@ -82,7 +84,7 @@ def _check_expiration(args: argparse.Namespace) -> int:
     else:
         if not args.namespace or len(args.name) != 1:
             raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME")
-        rows = expiration.rows_from_secrets(_read_cluster_secrets(args.namespace, args.name[0]))
+        rows = expiration.rows_from_certificates(_read_cluster_certificates(args.namespace, args.name[0]))
     now = certificates.utcnow()
     text = expiration.format_json(rows, now) if args.output == "json" else expiration.format_table(rows, now)
     sys.stdout.write(text)
@@ -93,7 +95,7 @@ def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run one call on a store of the current credentials, in an event loop of its own."""
     import asyncio
 
-    from clusterpki.store import SecretStore
+    from clusterpki.kube.store import SecretStore
 
     async def main() -> Any:
         store = SecretStore(_configuration())
@@ -105,9 +107,11 @@ def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
-    from clusterpki.secrets import owned
-    from clusterpki.store import ApiError
+def _read_cluster_certificates(namespace: str, name: str) -> dict[str, Any]:
+    """The certificate of each component of a ClusterPKI, from its Secrets (``sa`` has none)."""
+    from clusterpki.kube.api import ApiError
+    from clusterpki.kube.secrets import owned, read_pair
+    from clusterpki.pki.catalog import SERVICE_ACCOUNT
 
     try:
         found, _ = owned(_with_store(lambda store: store.list(namespace, name)), name)
@@ -115,7 +119,15 @@ def _read_cluster_secrets(namespace: str, name: str) -> dict[str, dict]:
         raise UserError(f"cannot read the Secrets of ClusterPKI {namespace}/{name}: {exc}") from None
     if not found:
         raise UserError(f"no Secrets of ClusterPKI {namespace}/{name} were found")
-    return found
+    certificates = {}
+    for component, secret in found.items():
+        if component == SERVICE_ACCOUNT:
+            continue
+        try:
+            certificates[component] = read_pair(secret).cert
+        except ValueError as exc:
+            raise UserError(f"Secret {secret['metadata']['name']} cannot be read: {exc}") from None
+    return certificates
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,4 +1,9 @@
-"""``clusterpki run``: start the operator (Kopf) with the in-cluster config or the current kubeconfig."""
+"""``clusterpki run``: compose the operator's handlers and start Kopf with the in-cluster config or
+the current kubeconfig.
+
+The ClusterPKI controller always runs; the kubelet CSR handlers join it only with ``--csr-policy``,
+so without one the operator never even reads a CSR.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import logging
 import kopf
 
 from clusterpki.errors import UserError
-from clusterpki.store import load_configuration
+from clusterpki.kube.api import connection_info, load_configuration
 
 
 def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: bool,
@@ -24,9 +29,9 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
     if metrics_port is not None:
         import prometheus_client
 
-        prometheus_client.start_http_server(metrics_port)
-    from clusterpki.handlers import build_registry
+        from clusterpki.csr import metrics  # noqa: F401  (its family is served, at 0, without a CSR policy too)
 
+        prometheus_client.start_http_server(metrics_port)
     kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy, namespaces=namespaces),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
@@ -43,3 +48,31 @@ def parse_policy(value: str | None, namespaces: list[str]) -> tuple[str, str] | 
     if namespaces and namespace not in namespaces:
         raise UserError(f"--csr-policy {value}: namespace {namespace} is not among the watched namespaces")
     return namespace, name
+
+
+def build_registry(csr_policy: bool) -> kopf.OperatorRegistry:
+    """The handlers of one operator, on a registry of their own."""
+    from clusterpki.controller import handlers as controller
+
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.login(registry=registry)(login)
+    controller.register(registry)
+    if csr_policy:
+        from clusterpki.csr import handlers as csr
+
+        csr.register(registry)
+    return registry
+
+
+def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    """Kopf settings for this operator: no Events of Kopf's own, no cluster-wide scans."""
+    settings.posting.enabled = False  # Events are posted by the store, explicitly
+    # No cluster-wide scans of namespaces and CRDs: they need RBAC the operator has no use for, and
+    # the namespaces to serve are given exactly (-n) or are all of them (-A).
+    settings.scanning.disabled = True
+
+
+def login(**_: object) -> kopf.ConnectionInfo:
+    """Kopf logs in with exactly the credentials the Secrets store uses."""
+    return kopf.ConnectionInfo(**connection_info(load_configuration()))

@@ -15,10 +15,10 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from clusterpki.csr.rules import CLIENT_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from multidict import CIMultiDict
 
-from clusterpki.csr import CLIENT_SIGNER, SERVING_SIGNER
 from tests.csr_factory import node_body, request_pem
 from tests.e2e.conftest import pki
 from tests.kube import Api, Recorder, cert_of

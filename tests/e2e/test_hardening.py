@@ -10,7 +10,13 @@ import base64
 import time
 
 from tests.e2e.conftest import pki
-from tests.e2e.test_rotation import bundle_serials, rotate, serial, snapshot_when, wait_phase
+from tests.e2e.test_rotation import (
+    bundle_serials,
+    rotate,
+    serial,
+    snapshot_when,
+    wait_phase,
+)
 from tests.kube import Api
 
 

@@ -43,7 +43,7 @@ async def test_a_lagging_watch_does_not_run_the_create_handler_twice(operator, a
 async def test_reconciles_beyond_the_bound_wait_their_turn(kubeconfig, api, emulator, monkeypatch):
     """A fleet-wide wave must not hold every ClusterPKI's Secrets and keys in memory at once: with one
     slot, the second reconcile's first request comes after the first one's last."""
-    from clusterpki import settings
+    from clusterpki.controller import settings
 
     monkeypatch.setattr(settings, "CONCURRENT_RECONCILES", 1)
     operator = Operator()

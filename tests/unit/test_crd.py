@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clusterpki import durations, spec
+from clusterpki.pki import durations, spec
 
 from tests.helpers import REPO, document
 from tests.kube import with_schema_defaults

@@ -1,0 +1,189 @@
+"""The kubelet CSR triggers: a Node index, and one decision (one API write) per CSR.
+
+Registered only with ``clusterpki run --csr-policy NS/NAME``: that ClusterPKI's ``spec.kubelet``
+and ``validity.certificate`` govern the decisions, and its ``ca`` signs when ``signCSRs`` is on.
+The watches are ``on.event`` handlers: nothing is ever written onto a CSR but its decision. The
+state here is the CSR handlers' own; they share nothing with the ClusterPKI controller but the
+watch of ClusterPKIs, from which they keep the policy's latest version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from clusterpki.csr import rules as csr
+from clusterpki.csr.api import CsrApi
+from clusterpki.csr.metrics import CSR_DECISIONS
+from clusterpki.kube import resource, secrets
+from clusterpki.kube.api import ApiError, load_configuration
+from clusterpki.kube.scheduling import Scheduler
+from clusterpki.pki import certificates, spec
+
+NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
+RETRY_DELAY = 10  # seconds before a failed recheck is tried again
+LOGGER = logging.getLogger("clusterpki.csr")
+Key = tuple[str, str]  # (namespace, name) of a ClusterPKI
+
+
+class CsrState:
+    """The policy ClusterPKI's latest version (and its parsed spec), a Node index, the CSRs waiting
+    for their Node or for the policy, and a scheduler to look at those again."""
+
+    def __init__(self, api: CsrApi, policy: Key) -> None:
+        self.api = api
+        self.policy = policy
+        self.policy_body: dict[str, Any] | None = None
+        self.policy_cache: tuple[str | None, spec.Spec | None] | None = None  # (resourceVersion, parsed)
+        self.nodes: dict[str, Any] = {}
+        self.waiting: dict[str, dict[str, Any]] = {}
+        self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
+        self.deciding: set[str] = set()
+        self.scheduler = Scheduler(self.recheck, retry_after=RETRY_DELAY)
+        self.task: asyncio.Task | None = None  # the scheduler's
+
+    async def recheck(self, name: str) -> None:
+        if name in self.waiting:
+            await decide(self, self.waiting[name])
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    kopf.on.startup(registry=registry)(start)
+    kopf.on.cleanup(registry=registry)(stop)
+    kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)(track_policy)
+    kopf.on.event("", "v1", "nodes", registry=registry)(track_node)
+    kopf.on.event("certificates.k8s.io", "v1", "certificatesigningrequests", registry=registry)(track_csr)
+
+
+async def start(memo: kopf.Memo, **_: Any) -> None:
+    state = memo.csr = CsrState(CsrApi(load_configuration()), memo.csr_policy)
+    state.task = asyncio.create_task(state.scheduler.run())
+
+
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    state: CsrState = memo.csr
+    await state.scheduler.stop(state.task)
+    await state.api.close()
+
+
+def track_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the policy ClusterPKI's latest version; once it is known, look again at every CSR that
+    waited for it."""
+    state: CsrState = memo.csr
+    obj = event["object"]
+    if (obj["metadata"]["namespace"], obj["metadata"]["name"]) != state.policy:
+        return
+    if event["type"] == "DELETED":
+        state.policy_body = None
+        return
+    arrived = state.policy_body is None
+    state.policy_body = obj
+    if arrived:
+        for name in state.waiting:
+            state.scheduler.after(name, 0)
+
+
+def track_node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state: CsrState = memo.csr
+    name = event["object"]["metadata"]["name"]
+    if event["type"] == "DELETED":
+        state.nodes.pop(name, None)
+        return
+    state.nodes[name] = csr.node_of(event["object"])
+    for pending, body in state.waiting.items():  # its serving CSRs need not wait any longer
+        if body["spec"].get("username") == f"{csr.NODE_PREFIX}{name}":
+            state.scheduler.after(pending, 0)
+
+
+async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state: CsrState = memo.csr
+    body = event["object"]
+    name = body["metadata"]["name"]
+    if event["type"] == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
+        state.waiting.pop(name, None)
+        state.first_seen.pop(name, None)
+        return
+    if csr.concerns(body):
+        await decide(state, body)
+    elif csr.needs_signature(body):
+        state.waiting.pop(name, None)
+        await sign(state, body)
+
+
+async def decide(state: CsrState, body: dict[str, Any]) -> None:
+    name = body["metadata"]["name"]
+    now = certificates.utcnow()
+    state.first_seen.setdefault(name, now)
+    policy = _policy(state)
+    if policy is None:  # looked at again when the policy ClusterPKI arrives
+        state.waiting[name] = body
+        return
+    if name in state.deciding:
+        return
+    decision = csr.decide(body, state.nodes, policy.kubelet, policy.cert_validity)
+    if decision is None:
+        return
+    if decision.verdict == csr.PENDING:
+        decision = csr.node_not_found(body, now, state.first_seen[name])
+        if decision is None:
+            state.waiting[name] = body
+            state.scheduler.after(name, NODE_RECHECK)
+            return
+    state.waiting.pop(name, None)
+    state.first_seen.pop(name, None)
+    state.deciding.add(name)
+    try:
+        await state.api.decide(csr.with_decision(body, decision, now))
+    except ApiError as exc:  # e.g. 409: the CSR changed meanwhile; its next event brings it back
+        LOGGER.warning(f"CSR {name}: could not record {decision.verdict} ({decision.reason}): {exc}")
+        return
+    finally:
+        state.deciding.discard(name)
+    signer = body["spec"]["signerName"]
+    CSR_DECISIONS.labels(signer=signer, decision=decision.verdict, reason=decision.reason).inc()
+    LOGGER.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict}, "
+                f"{decision.reason}: {decision.message}")
+
+
+async def sign(state: CsrState, body: dict[str, Any]) -> None:
+    policy = _policy(state)
+    if policy is None or not policy.kubelet.sign_csrs:
+        return
+    name = body["metadata"]["name"]
+    namespace, pki_name = state.policy
+    try:
+        ca_secret = await state.api.secret(namespace, secrets.secret_name(pki_name, "ca"))
+        if ca_secret is None:
+            LOGGER.warning(f"CSR {name}: not signed, the policy's CA Secret does not exist yet")
+            return
+        ca = secrets.read_pair(ca_secret)
+        certificate = csr.sign(body, ca, policy.cert_validity, certificates.utcnow())
+        await state.api.set_certificate({**body, "status": {**(body.get("status") or {}),
+                                                              "certificate": certificate}})
+    except (ApiError, ValueError) as exc:
+        LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
+        return
+    LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {namespace}/{pki_name}")
+
+
+def _policy(state: CsrState) -> spec.Spec | None:
+    """The policy's spec, parsed once per version of the policy ClusterPKI, not once per CSR."""
+    body = state.policy_body
+    if body is None:
+        LOGGER.warning(f"The CSR policy ClusterPKI {'/'.join(state.policy)} is not known (yet): "
+                       "CSRs wait")
+        return None
+    version = body["metadata"].get("resourceVersion")
+    cached = state.policy_cache
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    try:
+        parsed = spec.from_resource(body)
+    except spec.SpecError as exc:
+        LOGGER.warning(f"The CSR policy ClusterPKI is invalid, CSRs wait: {exc}")
+        parsed = None
+    state.policy_cache = (version, parsed)
+    return parsed

@@ -1,0 +1,6 @@
+"""The CSR handlers' Prometheus metric, served with the controller's on ``--metrics-port``."""
+
+from prometheus_client import Counter
+
+CSR_DECISIONS = Counter("clusterpki_csr_decisions_total", "Kubelet CSR decisions made by the operator.",
+                        ["signer", "decision", "reason"])

@@ -1,0 +1,173 @@
+"""Requests to the Kubernetes API: the operator's, the CLI's and the CSR handlers' one transport.
+
+Credentials come from the official client (kubeconfig, in-cluster service account, token refresh);
+requests go over aiohttp, Kopf's own HTTP library, on the event loop: no thread pool, and callers
+work with plain dicts. Errors are re-raised as :class:`ApiError` carrying only the status and the
+server's reason, so no request body (which may hold private keys) can reach a log line or an
+exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes import client, config
+
+from clusterpki import __version__
+
+CONNECTIONS = 32  # requests in flight at once
+TIMEOUT = aiohttp.ClientTimeout(total=60)
+AUTH_REFRESH = 60  # seconds between looks at the credentials (a projected token is rotated on disk)
+MERGE_PATCH = "application/merge-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
+PARTIAL_METADATA_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
+
+
+class ApiError(Exception):
+    """An API call that failed; ``str()`` is safe to log and to show in an Event."""
+
+    def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
+        super().__init__(f"{verb} {what} failed: HTTP {status} {reason}".rstrip())
+        self.status = status
+        self.reason = reason
+        self.what = what
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted: the apiserver refuses anything new in it, for good."""
+        return self.status == 403 and "because it is being terminated" in self.reason
+
+
+def load_configuration() -> client.Configuration:
+    """``KUBECONFIG`` when it is set, else the in-cluster configuration in a pod, else
+    ``~/.kube/config``: client-go's order. ``KUBECONFIG`` is read now, not when the client library
+    was imported."""
+    configuration = client.Configuration()
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def connection_info(configuration: client.Configuration) -> dict[str, Any]:
+    """The same credentials for Kopf's own API client (arguments of ``kopf.ConnectionInfo``)."""
+    authorization = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    return {"server": configuration.host, "ca_path": configuration.ssl_ca_cert,
+            "insecure": not configuration.verify_ssl, "scheme": scheme or None, "token": token or None,
+            "certificate_path": configuration.cert_file, "private_key_path": configuration.key_file}
+
+
+class Api:
+    """Requests to the API server with the credentials of a client configuration, over one aiohttp
+    session (made on first use, in the running loop)."""
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._configuration = configuration
+        self._session: aiohttp.ClientSession | None = None
+        self._authorization: tuple[float, str | None] = (float("-inf"), None)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            configuration = self._configuration
+            context: ssl.SSLContext | bool = False
+            if configuration.host.startswith("https"):
+                context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+                if configuration.cert_file:
+                    context.load_cert_chain(configuration.cert_file, configuration.key_file)
+                if not configuration.verify_ssl:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            self._session = aiohttp.ClientSession(
+                base_url=configuration.host, connector=aiohttp.TCPConnector(ssl=context, limit=CONNECTIONS),
+                headers={"User-Agent": f"clusterpki/{__version__}", "Accept": "application/json"},
+                timeout=TIMEOUT, proxy=configuration.proxy or None)
+        return self._session
+
+    def _headers(self, content_type: str | None, accept: str | None = None) -> dict[str, str]:
+        """The Authorization header, from the client's configuration (which refreshes a rotated token)
+        at most once a minute, and the body's content type."""
+        at, value = self._authorization
+        if time.monotonic() - at > AUTH_REFRESH:
+            value = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+            self._authorization = (time.monotonic(), value)
+        headers = {"Authorization": value} if value else {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
+        return headers
+
+    async def request(self, verb: str, what: str, method: str, path: str, body: Any = None,
+                      params: Mapping[str, str] | None = None, content_type: str | None = None,
+                      accept: str | None = None) -> Any:
+        """One request; the parsed JSON response. ``verb`` and ``what`` word the error, if any."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        try:
+            async with self._open().request(method, path, data=data, params=params,
+                                            headers=self._headers(content_type or "application/json", accept)) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
+            status, raw, failure = 0, b"", type(exc).__name__
+        else:
+            failure = ""
+        if failure or status >= 400:
+            raise ApiError(verb, what, status, failure or _reason(raw))
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            failure = "the response is not JSON"
+        # Raised here, outside the handler, so that not even __context__ keeps the original (a JSON
+        # error's .doc is the whole body, a Secret's keys included).
+        raise ApiError(verb, what, status, failure)
+
+    async def get_or_none(self, what: str, path: str) -> Any:
+        """GET one object; None when it does not exist."""
+        try:
+            return await self.request("get", what, "GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def stream(self, what: str, path: str, params: Mapping[str, str], timeout: float,
+                     accept: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch, one dict each, until the server ends it."""
+        try:
+            async with self._open().get(path, params=params, headers=self._headers(None, accept),
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout)) as response:
+                if response.status >= 400:
+                    raise ApiError("watch", what, response.status, _reason(await response.read()))
+                while line := await response.content.readline():
+                    yield json.loads(line)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            failure = type(exc).__name__
+        else:
+            return
+        raise ApiError("watch", what, 0, failure)
+
+
+def _reason(raw: bytes) -> str:
+    """The server's reason and message from a Status body; for Secrets these never echo data."""
+    try:
+        body = json.loads(raw)
+        return f"{body.get('reason', '')}: {body.get('message', '')}".strip(": ")
+    except (TypeError, ValueError, AttributeError):  # not a Status: say nothing of what it holds
+        return ""

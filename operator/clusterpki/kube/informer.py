@@ -1,0 +1,110 @@
+"""A watch of the operator's own Secrets, as an informer keeps one, without its cache.
+
+It reads metadata only (``PartialObjectMetadata``): names, labels and versions are all it needs, and
+a fleet's Secrets with their data would cost the operator hundreds of MiB at start-up.
+
+List, then watch from the list's version (label-filtered on the server); resume from the last
+version when the server ends the watch; list again when that version has expired (HTTP 410). An
+index (namespace → Secret → resourceVersion and labels) lets a relist report exactly what changed in
+the gap, so no change is missed and none is reported twice, and tells which names the operator's
+Secrets hold without a request. The first list only fills the index: at start-up every ClusterPKI is
+looked at anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from clusterpki.kube.api import PARTIAL_METADATA, PARTIAL_METADATA_WATCH, Api, ApiError
+
+WATCH_TIMEOUT = 300  # seconds the server keeps one watch open before the next one resumes it
+BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a row
+LOGGER = logging.getLogger("clusterpki.kube.informer")
+
+Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, the Secret)
+
+
+class SecretWatch:
+    """Follows the Secrets matching ``selector`` in ``namespaces`` (all when empty), calling
+    ``on_event`` for each change."""
+
+    def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler) -> None:
+        self.api, self.selector, self.on_event = api, selector, on_event
+        self.namespaces: list[str | None] = list(namespaces) or [None]
+        # namespace -> Secret name -> (resourceVersion, labels)
+        self.index: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
+
+    def names(self, namespace: str) -> dict[str, dict[str, str]]:
+        """The name and labels of every Secret of the namespace this watch has seen."""
+        return {name: labels for name, (_, labels) in self.index.get(namespace, {}).items()}
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
+
+    async def _follow(self, namespace: str | None) -> None:
+        path = f"/api/v1/namespaces/{namespace}/secrets" if namespace else "/api/v1/secrets"
+        what = f"the Secrets of {namespace or 'all namespaces'}"
+        version: str | None = None
+        initial, failures = True, 0
+        while True:
+            try:
+                if version is None:
+                    version = await self._list(path, what, namespace, report=not initial)
+                    initial = False
+                params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
+                          "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
+                async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
+                                                   accept=PARTIAL_METADATA_WATCH):
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:  # expired: list again
+                            version = None
+                            break
+                        raise ApiError("watch", what, obj.get("code", 0), obj.get("reason", ""))
+                    version = obj["metadata"]["resourceVersion"]
+                    if kind != "BOOKMARK":
+                        self._seen(kind, obj)
+                    failures = 0
+            except ApiError as exc:
+                delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+                failures += 1
+                (LOGGER.warning if failures > 1 else LOGGER.info)(f"{exc}; watching again in {delay}s")
+                version = None if exc.status == 410 else version
+                await asyncio.sleep(delay)
+
+    async def _list(self, path: str, what: str, namespace: str | None, report: bool) -> str:
+        """List, bring the index up to date, and report what changed since the index was last
+        right (unless ``report`` is off: the first list). Returns the list's version."""
+        listed = await self.api.request("list", what, "GET", path, params={"labelSelector": self.selector},
+                                        accept=PARTIAL_METADATA)
+        present = set()
+        for item in listed.get("items") or []:
+            meta = item["metadata"]
+            present.add((meta["namespace"], meta["name"]))
+            known = self.index.get(meta["namespace"], {}).get(meta["name"])
+            if known is None or known[0] != meta["resourceVersion"]:
+                self._remember(meta)
+                if report:
+                    self.on_event("ADDED" if known is None else "MODIFIED", item)
+        for space, secrets in self.index.items():
+            if namespace not in (None, space):
+                continue
+            for name in [n for n in secrets if (space, n) not in present]:
+                _, labels = secrets.pop(name)
+                if report:
+                    self.on_event("DELETED", {"metadata": {"namespace": space, "name": name, "labels": labels}})
+        return listed["metadata"]["resourceVersion"]
+
+    def _seen(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        if kind == "DELETED":
+            self.index.get(meta["namespace"], {}).pop(meta["name"], None)
+        else:
+            self._remember(meta)
+        self.on_event(kind, obj)
+
+    def _remember(self, meta: dict[str, Any]) -> None:
+        self.index.setdefault(meta["namespace"], {})[meta["name"]] = (meta["resourceVersion"], meta.get("labels") or {})

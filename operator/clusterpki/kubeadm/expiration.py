@@ -1,0 +1,100 @@
+"""``check-expiration``: one row per certificate, as a table like kubeadm's or as JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography import x509
+
+from clusterpki.errors import UserError
+from clusterpki.kubeadm.layout import kubeadm_name, read_cert
+from clusterpki.pki import catalog, durations, kubeconfig
+
+HEADERS = ("CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY")
+SELF_SIGNED = "(self-signed)"
+
+
+class Row(NamedTuple):
+    name: str
+    authority: str  # the issuing CA's name, or SELF_SIGNED for a root
+    not_after: datetime | None  # None when the certificate is missing
+
+
+def rows_from_dir(directory: Path) -> list[Row]:
+    """Rows for kubeadm's layout in ``directory``: leaves and kubeconfigs first, then the CAs."""
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory")
+    rows = []
+    for profile in sorted(catalog.LEAVES, key=kubeadm_name):
+        rows.append(Row(kubeadm_name(profile), profile.issuer, _leaf_not_after(directory, profile)))
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        rows.append(Row(ca.component, SELF_SIGNED, _not_after(directory / f"{ca.file}.crt")))
+    if all(row.not_after is None for row in rows):
+        raise UserError(f"{directory} holds no certificates in kubeadm's layout (pki/ca.crt, admin.conf, ...)")
+    return rows
+
+
+def rows_from_certificates(stored: dict[str, x509.Certificate]) -> list[Row]:
+    """Rows for a ClusterPKI's certificates (by component, as its Secrets hold them): leaves first,
+    then the CAs."""
+    leaves, cas = [], []
+    for component, cert in sorted(stored.items()):
+        if component in catalog.CA_BY_COMPONENT:
+            cas.append(Row(component, SELF_SIGNED if cert.issuer == cert.subject else "(external)",
+                           cert.not_valid_after_utc))
+        else:
+            leaves.append(Row(component, catalog.issuer_of(component) or "-", cert.not_valid_after_utc))
+    return leaves + sorted(cas, key=lambda r: [c.component for c in catalog.CERTIFICATE_AUTHORITIES].index(r.name))
+
+
+def format_table(rows: list[Row], now: datetime) -> str:
+    cells = [HEADERS] + [(r.name, _expires(r), _residual(r, now), r.authority) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells) + "\n"
+
+
+def format_json(rows: list[Row], now: datetime) -> str:
+    items = [{
+        "name": r.name,
+        "certificateAuthority": r.authority,
+        "missing": r.not_after is None,
+        "expirationDate": r.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if r.not_after else None,
+        "residualSeconds": int((r.not_after - now).total_seconds()) if r.not_after else None,
+        "residualTime": _residual(r, now),
+    } for r in rows]
+    return json.dumps({"certificates": items}, indent=2) + "\n"
+
+
+def _leaf_not_after(directory: Path, profile: catalog.LeafProfile) -> datetime | None:
+    if profile.file:
+        return _not_after(directory / f"{profile.file}.crt")
+    assert profile.kubeconfig is not None
+    path = directory / profile.kubeconfig
+    if not path.exists():
+        return None
+    try:
+        _, pair, _ = kubeconfig.read(path.read_bytes())
+    except ValueError as exc:
+        raise UserError(f"{path} cannot be read: {exc}") from None
+    return pair.cert.not_valid_after_utc
+
+
+def _not_after(path: Path) -> datetime | None:
+    if not path.exists():
+        return None
+    try:
+        cert: x509.Certificate = read_cert(path)
+    except ValueError as exc:
+        raise UserError(f"{path} cannot be read: {exc}") from None
+    return cert.not_valid_after_utc
+
+
+def _expires(row: Row) -> str:
+    return row.not_after.strftime("%b %d, %Y %H:%M UTC") if row.not_after else "<missing>"
+
+
+def _residual(row: Row, now: datetime) -> str:
+    return durations.format_short(row.not_after - now) if row.not_after else "<missing>"

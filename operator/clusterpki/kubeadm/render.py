@@ -1,0 +1,81 @@
+"""``clusterpki render``: a ClusterPKI file in, kubeadm's ``/etc/kubernetes`` layout out, no cluster needed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from clusterpki.errors import UserError
+from clusterpki.kubeadm import layout
+from clusterpki.pki import catalog, engine, spec
+
+
+class Outcome(NamedTuple):
+    """What a render did: each component with what happened to it and why, and the files written."""
+
+    member: str
+    actions: list[tuple[str, str, str]]  # (component, action, detail)
+    written: list[str]
+
+
+def load_spec_file(path: Path) -> spec.Spec:
+    """The ClusterPKI in a YAML file (the same document ``kubectl apply`` takes), validated."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}") from None
+    found = [d for d in documents if isinstance(d, dict) and d.get("kind") == spec.KIND]
+    if len(found) != 1:
+        raise UserError(f"{path} must hold exactly one {spec.KIND} document, it holds {len(found)}")
+    try:
+        return spec.from_resource(found[0])
+    except spec.SpecError as exc:
+        raise UserError(f"{path} is not a valid {spec.KIND}: {exc}") from None
+
+
+def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now: datetime) -> Outcome:
+    """Complete the PKI in ``out``: keep the CAs, the service-account key and every valid leaf already
+    there (all leaves are re-issued with ``force``), issue the rest, and write all at once."""
+    try:
+        chosen = pki_spec.member(member).name
+    except LookupError as exc:
+        raise UserError(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    existing, unreadable = layout.load(out, chosen, now)
+    forced = [leaf.component for leaf in catalog.plan(pki_spec, [chosen])] if force else []
+    pki = engine.build(pki_spec, existing, now, members=[chosen], force=forced)
+
+    keep = {f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component in existing.cas
+            for ext in ("crt", "key")}
+    if existing.service_account is not None:
+        keep.add(catalog.SERVICE_ACCOUNT_FILES[0])
+    written = layout.write(out, layout.files_for(pki, chosen), keep)
+
+    kept = ("kept", "")
+    actions = [(c.component, *(kept if c.component not in pki.issued else ("created", "")))
+               for c in catalog.CERTIFICATE_AUTHORITIES]
+    for component in pki.planned:
+        reason = unreadable.get(component) or pki.issued.get(component)
+        if reason is None:
+            actions.append((component, *kept))
+        elif reason == engine.NEW:
+            actions.append((component, "created", ""))
+        else:
+            actions.append((component, "re-issued", reason))
+    sa = catalog.SERVICE_ACCOUNT
+    actions.append((sa, *(kept if sa not in pki.issued else ("created", ""))))
+    return Outcome(member=chosen, actions=actions, written=written)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The fast C loader when PyYAML has it."""

@@ -1,0 +1,146 @@
+"""The PKI engine: a pure function from a spec, and what already exists, to the whole PKI.
+
+It knows nothing of files or Kubernetes. ``render`` feeds it what is on disk; the operator feeds it
+what is in Secrets. Either way, existing CAs and the service-account key are always kept, and a leaf
+is re-issued only when it has a problem (or when forced), so the engine is idempotent by design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import NamedTuple
+
+from cryptography import x509
+
+from clusterpki.pki import catalog, certificates, keys
+from clusterpki.pki.catalog import PlannedLeaf
+from clusterpki.pki.certificates import KeyPair
+from clusterpki.pki.keys import PrivateKey
+from clusterpki.pki.spec import Spec
+
+NEW = "it did not exist"
+FORCED = "a re-issue was forced"
+DUE = certificates.DUE
+
+
+class Existing(NamedTuple):
+    """What is there already: CA pairs, leaf pairs by component, and the service-account key.
+
+    ``trust`` adds CA certificates to a CA's trust bundle, and ``service_account_trust`` public keys
+    to ``sa.pub``: during a rotation the bundles carry the old and the new together."""
+
+    cas: Mapping[str, KeyPair] = MappingProxyType({})
+    leaves: Mapping[str, KeyPair] = MappingProxyType({})
+    service_account: PrivateKey | None = None
+    trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
+    service_account_trust: tuple[keys.PublicKey, ...] = ()
+
+
+class PKI(NamedTuple):
+    """A complete PKI. ``issued`` names each certificate made in this run, with why."""
+
+    spec: Spec
+    cas: dict[str, KeyPair]
+    leaves: dict[str, KeyPair]
+    planned: dict[str, PlannedLeaf]
+    service_account: PrivateKey
+    issued: dict[str, str]
+    trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
+    service_account_trust: tuple[keys.PublicKey, ...] = ()
+
+    def bundle(self, ca: str) -> list[x509.Certificate]:
+        """The trust bundle for certificates issued by ``ca``: what goes into ``ca.crt``."""
+        return [self.cas[ca].cert, *self.trust.get(ca, [])]
+
+    def service_account_keys(self) -> list[keys.PublicKey]:
+        """The public keys that verify service-account tokens: what goes into ``sa.pub``."""
+        return [self.service_account.public_key(), *self.service_account_trust]
+
+    def issuer_of(self, component: str) -> str | None:
+        """The CA that issued a leaf, or None for a CA itself."""
+        leaf = self.planned.get(component)
+        return leaf.issuer if leaf else None
+
+
+def check_ca(pair: KeyPair, now: datetime) -> str | None:
+    """Why an existing CA pair cannot be used, or None when it can."""
+    if not keys.same_public_key(pair.cert.public_key(), pair.key):
+        return "its private key does not match its certificate"
+    if not certificates.is_ca(pair.cert):
+        return "its certificate is not a CA (basicConstraints CA:TRUE is missing)"
+    if pair.cert.not_valid_after_utc <= now:
+        return "its certificate has expired"
+    return None
+
+
+def problem_with(pair: KeyPair, leaf: PlannedLeaf, spec: Spec, issuer: KeyPair, now: datetime,
+                 renew_due: bool = False) -> str | None:
+    """Why an existing leaf must be re-issued for ``spec``, or None when it is fine.
+
+    With ``renew_due``, a leaf inside its renewal window counts as a problem too.
+    """
+    renewal = certificates.renewal_time(pair.cert, spec.renew_before) if renew_due else None
+    problem = certificates.problem_with_leaf(pair, leaf.identity, [issuer.cert], renewal, now)
+    if problem:
+        return problem
+    algorithm = keys.algorithm_of(pair.key)
+    if algorithm is not spec.key_algorithm:
+        have = algorithm.value if algorithm else "another algorithm"
+        return f"its key is {have}, the spec asks for {spec.key_algorithm.value}"
+    return None
+
+
+def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | None = None,
+          force: Iterable[str] = (), renew_due: bool = False) -> PKI:
+    """Complete the PKI ``spec`` wants on top of ``existing``.
+
+    Existing CAs and the service-account key are kept as they are; the caller has checked them with
+    :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``.
+    ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves inside
+    their renewal window are re-issued too, with new keys.
+    """
+    planned = {leaf.component: leaf for leaf in catalog.plan(spec, members)}
+    forced = set(force)
+    missing_cas = [ca for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in existing.cas]
+
+    cas = dict(existing.cas)
+    to_issue: dict[str, str] = {}
+    for component, leaf in planned.items():
+        if leaf.issuer not in cas:
+            to_issue[component] = NEW if component not in existing.leaves else "its CA is new"
+        elif component in forced:
+            to_issue[component] = FORCED
+        elif component not in existing.leaves:
+            to_issue[component] = NEW
+        else:
+            problem = problem_with(existing.leaves[component], leaf, spec, cas[leaf.issuer], now, renew_due)
+            if problem:
+                to_issue[component] = problem
+
+    need_sa = existing.service_account is None
+    new_keys = iter(keys.generate_many(spec.key_algorithm, len(missing_cas) + len(to_issue) + need_sa))
+
+    issued: dict[str, str] = {}
+    for profile in missing_cas:
+        key = next(new_keys)
+        cas[profile.component] = KeyPair(
+            certificates.create_ca(profile.common_name, key, spec.ca_validity, now), key)
+        issued[profile.component] = NEW
+
+    leaves = {c: pair for c, pair in existing.leaves.items() if c in planned and c not in to_issue}
+    for component, reason in to_issue.items():
+        leaf = planned[component]
+        key = next(new_keys)
+        cert = certificates.sign_leaf(leaf.identity, key.public_key(), cas[leaf.issuer], spec.cert_validity, now)
+        leaves[component] = KeyPair(cert, key)
+        issued[component] = reason
+
+    service_account = existing.service_account
+    if service_account is None:
+        service_account = next(new_keys)
+        issued[catalog.SERVICE_ACCOUNT] = NEW
+
+    return PKI(spec=spec, cas=cas, leaves=leaves, planned=planned, service_account=service_account,
+               issued=issued, trust=existing.trust, service_account_trust=existing.service_account_trust)
