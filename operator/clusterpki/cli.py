@@ -47,6 +47,45 @@ def _run(args: argparse.Namespace) -> int:
                        metrics_port=args.metrics_port)
 
 
+def _agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import socket
+
+    from clusterpki.agent import consumers, restarters
+    from clusterpki.agent.agent import Agent
+    from clusterpki.kube.api import Api
+
+    unknown = sorted(set(args.component) - set(consumers.BY_COMPONENT))
+    if unknown:
+        raise UserError(f"--component {', '.join(unknown)}: not one of {', '.join(consumers.BY_COMPONENT)}")
+    restarter: restarters.Restarter
+    if args.restart == "command":
+        if not args.restart_command:
+            raise UserError("--restart command needs --restart-command CMD")
+        restarter = restarters.Command(args.restart_command)
+    elif args.restart == "systemd":
+        units = dict(pair.partition("=")[::2] for pair in args.systemd_unit)
+        restarter = restarters.Systemd(units)
+    else:
+        restarter = restarters.StaticPods(Path(args.manifests or Path(args.dir) / "manifests"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[%(asctime)s] %(name)s [%(levelname)-7s] %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    name = args.agent_name or socket.gethostname()
+
+    async def main() -> None:
+        api = Api(_configuration())
+        try:
+            await Agent(api, args.namespace, args.name, Path(args.dir), args.member, name,
+                        args.component or list(consumers.BY_COMPONENT), restarter).run()
+        finally:
+            await api.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def _renew(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -148,6 +187,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
+
+    agent = commands.add_parser("agent", help="write a ClusterPKI's files for one control-plane instance, "
+                                "restart what needs it, and report what runs")
+    agent.add_argument("-n", "--namespace", required=True)
+    agent.add_argument("name", metavar="NAME", help="the ClusterPKI")
+    agent.add_argument("--dir", default="/etc/kubernetes", help="kubeadm's directory [/etc/kubernetes]")
+    agent.add_argument("--member", required=True, help="this instance's etcd member (its server and peer pairs)")
+    agent.add_argument("--agent-name", help="the name this agent reports under [the host name]")
+    agent.add_argument("--component", action="append", default=[],
+                       help="a component running here (repeatable) [etcd, kube-apiserver, kube-controller-manager, "
+                            "kube-scheduler]")
+    agent.add_argument("--restart", choices=("static-pod", "systemd", "command"), default="static-pod",
+                       help="how to restart a component [static-pod: annotate DIR/manifests/<component>.yaml]")
+    agent.add_argument("--manifests", help="the static pod manifests [DIR/manifests]")
+    agent.add_argument("--systemd-unit", action="append", default=[], metavar="COMPONENT=UNIT",
+                       help="the systemd unit of a component [the component's name]")
+    agent.add_argument("--restart-command", metavar="CMD",
+                       help="with --restart command: run by sh -c, with CLUSTERPKI_COMPONENT set; exit 0 once healthy")
+    agent.add_argument("-v", "--verbose", action="store_true", help="log more")
+    agent.set_defaults(handler=_agent)
 
     render = commands.add_parser("render", help="render a ClusterPKI's whole PKI into kubeadm's layout")
     render.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")

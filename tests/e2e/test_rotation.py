@@ -148,6 +148,8 @@ async def test_service_account_key_rotation(operator, api, namespace):
     await api.apply_pki(pki("alpha", namespace))
     await api.ready(namespace, "alpha")
     old = public_of((await api.secrets_of(namespace, "alpha"))["sa"])
+    await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
+        "pki.clusterpki.dev/max-token-lifetime": "6s"}}}, namespace)
     await rotate(api, namespace, "sa", "2s")
     await wait_phase(api, namespace, "Preparing")
     found = await snapshot_when(api, namespace, lambda f: "sa-next" in f and len(public_keys(f["sa"])) == 2,
@@ -158,6 +160,10 @@ async def test_service_account_key_rotation(operator, api, namespace):
     found = await snapshot_when(api, namespace, lambda f: public_of(f["sa"]) == new, "sa.key switched")
     assert public_keys(found["sa"]) == [new, old]
     await wait_phase(api, namespace, "Completed")
+    found = await api.secrets_of(namespace, "alpha")
+    assert public_keys(found["sa"]) == [new, old], "tokens the old key signed live on: it stays trusted"
+    rotation = (await api.ready(namespace, "alpha"))["status"]["caRotation"]
+    assert rotation["oldKeyTrustedUntil"] > rotation["completedAt"]
     found = await snapshot_when(api, namespace, lambda f: public_keys(f["sa"]) == [new], "sa.pub with the new key")
     assert public_of(found["sa-previous"]) == old
 

@@ -28,7 +28,7 @@ def test_names_and_scope_follow_the_contract():
 
 def test_printer_columns_include_the_contract_s():
     columns = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 0]
-    assert columns == ["Ready", "Certificates", "Next Renewal", "Age"]
+    assert columns == ["Ready", "Certificates", "Consumers", "Next Renewal", "Age"]
 
 
 def test_status_keeps_unknown_fields():

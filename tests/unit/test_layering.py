@@ -2,7 +2,7 @@
 
 - The PKI engine (``clusterpki.pki``) knows nothing of Kubernetes: importing all of it loads no
   ``kopf``, ``kubernetes`` or ``aiohttp``, and it imports nothing else of clusterpki.
-- Imports point downwards only: errors < pki < kubeadm, kube < controller, csr < runtime < cli.
+- Imports point downwards only: errors < pki < kubeadm, kube < controller, csr, agent < runtime < cli.
   Packages on one floor do not import each other (the controller and the CSR handlers share
   nothing but ``kube``).
 - No module imports, directly or through others, a module that imports it back.
@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 PACKAGE = REPO / "operator" / "clusterpki"
-FLOORS = {"errors": 0, "pki": 1, "kubeadm": 2, "kube": 2, "controller": 3, "csr": 3, "runtime": 4, "cli": 5,
+FLOORS = {"errors": 0, "pki": 1, "kubeadm": 2, "kube": 2, "controller": 3, "csr": 3, "agent": 3, "runtime": 4, "cli": 5,
           "__main__": 6}
 KUBERNETES = ("kopf", "kubernetes", "aiohttp", "prometheus_client")
 

@@ -28,7 +28,7 @@ import kopf
 
 from clusterpki.controller import issuance, metrics, settings
 from clusterpki.controller.status import parse_timestamp
-from clusterpki.kube import resource, secrets
+from clusterpki.kube import reports, resource, secrets
 from clusterpki.kube.api import ApiError, load_configuration
 from clusterpki.kube.informer import SecretWatch
 from clusterpki.kube.scheduling import Scheduler
@@ -65,7 +65,8 @@ class State:
         self.scheduler = Scheduler(lambda key: reconcile_now(self, key), retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None  # the scheduler's
         self.informer: SecretWatch | None = None
-        self.watch: asyncio.Task | None = None  # the Secret watch's
+        self.consumers: SecretWatch | None = None  # of the agents' reports (ConfigMaps)
+        self.watch: asyncio.Future | None = None  # both watches
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -79,7 +80,10 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     state.task = asyncio.create_task(state.scheduler.run())
     state.informer = SecretWatch(state.store, memo.get("namespaces") or [],
                                  f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}", lambda kind, obj: drift(state, kind, obj))
-    state.watch = asyncio.create_task(state.informer.run())
+    state.consumers = SecretWatch(state.store, memo.get("namespaces") or [],
+                                  f"{secrets.LABEL_MANAGED_BY}={reports.AGENT}", lambda kind, obj: reported(state, obj),
+                                  plural="configmaps")
+    state.watch = asyncio.gather(state.informer.run(), state.consumers.run())
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -130,6 +134,14 @@ def drift(state: State, kind: str, obj: Mapping[str, Any]) -> None:
     if kind != "DELETED" and state.own_writes.get(secret) == meta.get("resourceVersion"):
         return
     mark_drift(state, key)
+
+
+def reported(state: State, obj: Mapping[str, Any]) -> None:
+    """An agent reported what it runs: a rotation waiting for it may move on, and the status shows it."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
+    if key in state.bodies:
+        mark_drift(state, key)
 
 
 def mark_drift(state: State, key: Key) -> None:
@@ -229,6 +241,14 @@ class RecordingStore:
 
     async def replace(self, secret: secrets.Secret) -> secrets.Secret:
         return await self._write(self._store.replace, secret)
+
+    async def reports(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
+        """The agents' reports on this ClusterPKI; no request when the watch has seen none."""
+        assert self._state.consumers is not None
+        if not any(labels.get(secrets.LABEL_PKI) == pki_name
+                   for labels in self._state.consumers.names(namespace).values()):
+            return []
+        return await self._store.reports(namespace, pki_name)
 
     async def names(self, namespace: str) -> dict[str, dict[str, str]]:
         """The name and labels of every Secret of the namespace: the operator's own from its watch,

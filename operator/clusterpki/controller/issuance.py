@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from cryptography.hazmat.primitives import hashes
 
 from clusterpki.controller import requests, rotation, settings, status
-from clusterpki.kube import secrets
+from clusterpki.kube import reports, secrets
 from clusterpki.kube.api import ApiError
 from clusterpki.kube.store import SecretStore
 from clusterpki.pki import catalog, certificates, engine, keys, spec
@@ -130,6 +130,14 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime,
         except ApiError as exc:
             return await write_failure(exc)
 
+    record = active or rotation.of(body)
+    trusted_until = _old_key_trusted_until(record, now)
+    if trusted_until is not None:  # tokens the old service-account key signed are still alive
+        previous_key = _usable_spare(current.get(f"{catalog.SERVICE_ACCOUNT}{secrets.PREVIOUS}"), True, now)
+        if previous_key is not None:
+            existing = existing._replace(service_account_trust=(*existing.service_account_trust,
+                                                                previous_key.public_key()))
+
     # Key generation can take a second for RSA: keep it off the event loop.
     build = functools.partial(engine.build, pki_spec, existing, now, force=forced, renew_due=True)
     pki = await asyncio.to_thread(build)
@@ -154,13 +162,26 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime,
     new_status = status.of_pki(pki, generation, previous, now, unscheduled)
     if renew_request is not None:
         new_status["renewRequest"] = renew_request
-    wake_at = None
+    wake_at = trusted_until
+    try:
+        found = await store.reports(namespace, name)
+    except ApiError as exc:
+        return api_failure(exc)
+    consumers = reports.consumers(found, {**current, **wanted})
+    if consumers:
+        new_status["consumers"] = consumers
+        new_status["consumersCurrent"] = f"{sum(e['current'] for e in consumers)}/{len(consumers)}"
     if rotation.is_active(active):
-        before = active["phase"]
-        active, wake_at = rotation.advance(active, body, pki_spec.rotation_grace, now)
+        before, waiting = active["phase"], active.get("waitingFor")
+        active, step_at = rotation.advance(active, body, pki_spec.rotation_grace, now, reports.holding_up(consumers),
+                                           pki_spec.token_lifetime)
+        wake_at = step_at if wake_at is None or (step_at is not None and step_at < wake_at) else wake_at
         if active["phase"] != before:
             events.append((NORMAL, f"Rotation{active['phase']}",
                            f"Rotation of {active['ca']}: {before} -> {active['phase']}"))
+        elif active.get("waitingFor") and active["waitingFor"] != waiting:
+            events.append((NORMAL, "RotationWaiting", f"Rotation of {active['ca']}: {before} waits for consumers "
+                                                      f"that do not run its Secrets yet: {active['waitingFor']}"))
     if active or rotation.of(body):
         new_status["caRotation"] = active or rotation.of(body)
     return Result(new_status, events + _events(name, issued, stored, current, pki), issued=issued, wake_at=wake_at)
@@ -237,6 +258,14 @@ async def _rotation_step(body: Mapping[str, Any], store: SecretStore, current: d
             return active, existing._replace(service_account_trust=(new.public_key(),))
         return active, existing._replace(trust={**existing.trust, target: [new.cert]})
     return active, existing
+
+
+def _old_key_trusted_until(record: Mapping[str, Any] | None, now: datetime) -> datetime | None:
+    """Until when the service-account key an ``sa`` rotation replaced stays in ``sa.pub``, if still."""
+    if not record or record.get("ca") != catalog.SERVICE_ACCOUNT or not record.get("oldKeyTrustedUntil"):
+        return None
+    until = status.parse_timestamp(record["oldKeyTrustedUntil"])
+    return until if until > now else None
 
 
 def _fingerprint(material: Any) -> str:

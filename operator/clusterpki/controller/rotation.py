@@ -27,6 +27,8 @@ from clusterpki.pki.spec import API_GROUP as GROUP
 
 ROTATE = f"{GROUP}/rotate-ca"
 COMPLETE = f"{GROUP}/rotate-ca-complete"
+FORCE = f"{GROUP}/rotate-ca-force"  # a new value moves the current phase on without waiting for consumers
+CONSUMER_RECHECK = timedelta(seconds=30)  # a look while consumers hold a phase (their reports wake it sooner)
 TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
 PREPARING, ROTATING, COMPLETING, COMPLETED = "Preparing", "Rotating", "Completing", "Completed"
 ACTIVE = (PREPARING, ROTATING, COMPLETING)
@@ -61,12 +63,18 @@ def start(target: str, trigger: str, request: str | None, now: datetime) -> dict
             "startedAt": timestamp(now), "phaseStartedAt": None}
 
 
-def advance(rotation: dict[str, Any], body: Mapping[str, Any], grace: timedelta, now: datetime
-            ) -> tuple[dict[str, Any], datetime | None]:
+def advance(rotation: dict[str, Any], body: Mapping[str, Any], grace: timedelta, now: datetime,
+            holding_up: str = "", token_lifetime: timedelta = timedelta(0)) -> tuple[dict[str, Any], datetime | None]:
     """The rotation once the current phase's Secrets are written, and when to look again (None: no
     step pending). A phase whose clock has not started yet starts it now: this reconcile did its work.
     Preparing and Rotating last ``grace``; ``rotate-ca-complete`` (a new value) ends Rotating early;
-    Completing ends at once. A new phase is entered unstarted, for the next reconcile to do its work."""
+    Completing ends at once. A new phase is entered unstarted, for the next reconcile to do its work.
+
+    With consumers registered, Preparing and Rotating also wait until every consumer runs the
+    phase's Secrets: ``holding_up`` names those that do not (``waitingFor`` in the status);
+    ``rotate-ca-force`` (a new value) stops waiting for them. Leaving ``sa``'s Rotating, the old
+    public key is kept trusted for ``token_lifetime`` more (``oldKeyTrustedUntil``), for the tokens
+    it signed."""
     phase = rotation["phase"]
     if phase == COMPLETING:
         return {**rotation, "phase": COMPLETED, "completedAt": timestamp(now)}, None
@@ -75,11 +83,20 @@ def advance(rotation: dict[str, Any], body: Mapping[str, Any], grace: timedelta,
     ends = parse_timestamp(rotation["phaseStartedAt"]) + grace
     completion = _annotations(body).get(COMPLETE)
     asked = phase == ROTATING and completion is not None and completion != rotation.get("completeRequest")
+    force = _annotations(body).get(FORCE)
+    forced = force is not None and force != rotation.get("forceRequest")
     if now >= ends or asked:
+        if holding_up and not forced:
+            return {**rotation, "waitingFor": holding_up}, now + CONSUMER_RECHECK
         following = ROTATING if phase == PREPARING else COMPLETING
         updated = {**rotation, "phase": following, "phaseStartedAt": None}
+        updated.pop("waitingFor", None)
         if asked:
             updated["completeRequest"] = completion
+        if forced:
+            updated["forceRequest"] = force
+        if rotation["ca"] == "sa" and following == COMPLETING:
+            updated["oldKeyTrustedUntil"] = timestamp(now + token_lifetime)
         return updated, now
     return rotation, ends
 

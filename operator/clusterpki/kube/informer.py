@@ -28,11 +28,12 @@ Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, 
 
 
 class SecretWatch:
-    """Follows the Secrets matching ``selector`` in ``namespaces`` (all when empty), calling
-    ``on_event`` for each change."""
+    """Follows the Secrets (or another core resource, by ``plural``) matching ``selector`` in
+    ``namespaces`` (all when empty), calling ``on_event`` for each change."""
 
-    def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler) -> None:
-        self.api, self.selector, self.on_event = api, selector, on_event
+    def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
+                 plural: str = "secrets") -> None:
+        self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
         self.namespaces: list[str | None] = list(namespaces) or [None]
         # namespace -> Secret name -> (resourceVersion, labels)
         self.index: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
@@ -45,8 +46,8 @@ class SecretWatch:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
 
     async def _follow(self, namespace: str | None) -> None:
-        path = f"/api/v1/namespaces/{namespace}/secrets" if namespace else "/api/v1/secrets"
-        what = f"the Secrets of {namespace or 'all namespaces'}"
+        path = f"/api/v1/namespaces/{namespace}/{self.plural}" if namespace else f"/api/v1/{self.plural}"
+        what = f"the {self.plural} of {namespace or 'all namespaces'}"
         version: str | None = None
         initial, failures = True, 0
         while True:

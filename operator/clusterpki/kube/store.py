@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes import client
 
-from clusterpki.kube import resource, secrets
+from clusterpki.kube import reports, resource, secrets
 from clusterpki.kube.api import MERGE_PATCH, PARTIAL_METADATA, Api, ApiError
 
 Secret = dict[str, Any]
@@ -35,6 +35,13 @@ class SecretStore(Api):
         stale read ends in a 409 and a retry, never in a second write."""
         body = await self.request("list", f"Secrets of {namespace}/{pki_name}", "GET", _secrets(namespace),
                                   params={"labelSelector": secrets.selector(pki_name), "resourceVersion": "0"})
+        return body.get("items") or []
+
+    async def reports(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
+        """The consumer reports of one ClusterPKI (:mod:`clusterpki.kube.reports`), from the watch cache."""
+        body = await self.request("list", f"the consumer reports of {namespace}/{pki_name}", "GET",
+                                  f"/api/v1/namespaces/{namespace}/configmaps",
+                                  params={"labelSelector": reports.selector(pki_name), "resourceVersion": "0"})
         return body.get("items") or []
 
     async def names(self, namespace: str, selector: str = "") -> dict[str, dict[str, str]]:

@@ -4,6 +4,7 @@ PKI so that a failure leaves the directory exactly as it was."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -95,6 +96,51 @@ def files_for(pki: engine.PKI, member: str) -> dict[str, FileContent]:
     files[sa_key] = FileContent(keys.private_pem(pki.service_account), PRIVATE)
     files[sa_pub] = FileContent(keys.public_pem(pki.service_account), PUBLIC)
     return files
+
+
+def files_from_stored(stored: Mapping[str, Mapping[str, bytes]], member: str) -> dict[str, FileContent]:
+    """The layout for one etcd member from what a ClusterPKI's Secrets hold (component -> the
+    Secret's data, decoded): the agent's files. Each CA's ``.crt`` is its trust bundle (``ca.crt``
+    of the CA's Secret, its signing certificate first, so that a key pair still loads from it), and
+    ``sa.pub`` every public key that verifies tokens, so that during a rotation consumers trust the
+    old and the new. Components with no Secret yet are left out."""
+    files: dict[str, FileContent] = {}
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        data = stored.get(ca.component)
+        if data is not None:
+            files[f"{ca.file}.crt"] = FileContent(data.get("ca.crt") or data["tls.crt"], PUBLIC)
+            files[f"{ca.file}.key"] = FileContent(data["tls.key"], PRIVATE)
+    for profile in catalog.LEAVES:
+        data = stored.get(leaf_for_file(profile, member))
+        if data is None:
+            continue
+        if profile.file:
+            files[f"{profile.file}.crt"] = FileContent(data["tls.crt"], PUBLIC)
+            files[f"{profile.file}.key"] = FileContent(data["tls.key"], PRIVATE)
+        if profile.kubeconfig:
+            files[profile.kubeconfig] = FileContent(data["kubeconfig"], PRIVATE)
+    data = stored.get(catalog.SERVICE_ACCOUNT)
+    if data is not None:
+        sa_key, sa_pub = catalog.SERVICE_ACCOUNT_FILES
+        files[sa_key] = FileContent(data["sa.key"], PRIVATE)
+        files[sa_pub] = FileContent(data["sa.pub"], PUBLIC)
+    return files
+
+
+def sources(member: str) -> dict[str, str]:
+    """The component (the Secret) each file of one member's layout comes from."""
+    found = {}
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        found[f"{ca.file}.crt"] = found[f"{ca.file}.key"] = ca.component
+    for profile in catalog.LEAVES:
+        component = leaf_for_file(profile, member)
+        if profile.file:
+            found[f"{profile.file}.crt"] = found[f"{profile.file}.key"] = component
+        if profile.kubeconfig:
+            found[profile.kubeconfig] = component
+    for path in catalog.SERVICE_ACCOUNT_FILES:
+        found[path] = catalog.SERVICE_ACCOUNT
+    return found
 
 
 def write(out: Path, files: dict[str, FileContent], keep: set[str]) -> list[str]:

@@ -27,6 +27,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A CA rotation's phases last this long unless the annotation says otherwise.
 GRACE_ANNOTATION = f"{API_GROUP}/rotate-ca-grace"
 DEFAULT_GRACE = timedelta(hours=24)
+# After an ``sa`` rotation the old public key stays in ``sa.pub`` this long, so that tokens it signed
+# before the switch keep working until they expire: the longest lifetime the cluster grants
+# (kube-apiserver's --service-account-max-token-expiration, or what clients request; 1h is
+# TokenRequest's default).
+TOKEN_LIFETIME_ANNOTATION = f"{API_GROUP}/max-token-lifetime"
+DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
 # The longest validity: "now + validity" must stay a date that X.509 and Python can hold, for every
 # renewal to come.
 MAX_VALIDITY = timedelta(hours=876000)  # 100 years
@@ -90,6 +96,7 @@ class Spec(NamedTuple):
     kubelet: KubeletPolicy = KubeletPolicy()
     secret_retention: SecretRetention = SecretRetention.RETAIN
     rotation_grace: timedelta = DEFAULT_GRACE  # from the annotation GRACE_ANNOTATION
+    token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME  # from the annotation TOKEN_LIFETIME_ANNOTATION
 
     @property
     def ca_renew_before(self) -> timedelta:
@@ -171,13 +178,24 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
             if grace < timedelta(seconds=1):
                 errors.append(FieldError(path, f"{annotations[GRACE_ANNOTATION]!r} is shorter than one second"))
                 grace = DEFAULT_GRACE
+    token_lifetime = DEFAULT_TOKEN_LIFETIME
+    if TOKEN_LIFETIME_ANNOTATION in annotations:
+        path = f"metadata.annotations[{TOKEN_LIFETIME_ANNOTATION}]"
+        try:
+            token_lifetime = durations.parse(annotations[TOKEN_LIFETIME_ANNOTATION])
+        except ValueError as exc:
+            errors.append(FieldError(path, str(exc)))
+        else:
+            if token_lifetime > MAX_VALIDITY:
+                errors.append(FieldError(path, f"{annotations[TOKEN_LIFETIME_ANNOTATION]!r} is longer than "
+                                               f"100 years ({durations.format_go(MAX_VALIDITY)})"))
     try:
         spec = from_spec(name, raw_spec, grace)
     except SpecError as exc:
         errors.extend(exc.errors)
     if errors:
         raise SpecError(errors)
-    return spec
+    return spec._replace(token_lifetime=token_lifetime)
 
 
 def from_spec(name: str, raw: Mapping[str, Any], grace: timedelta = DEFAULT_GRACE) -> Spec:

@@ -1,0 +1,151 @@
+"""The agent's loop: watch one ClusterPKI's Secrets, write its member's files, restart what needs
+it, report what runs.
+
+Each round is idempotent: files equal to the Secrets are not rewritten, so a restart of the agent
+restarts nothing. A component is reported at a revision only once its files are written and read
+back and, when it needs one, its restart succeeded; a failed restart is retried the next round and
+holds the component's report back, which holds a rotation's next phase back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from clusterpki.agent import consumers
+from clusterpki.agent.restarters import Restarter, RestartFailed
+from clusterpki.errors import UserError
+from clusterpki.kube import reports, secrets
+from clusterpki.kube.api import Api, ApiError
+from clusterpki.kubeadm import layout
+from clusterpki.pki import keys
+
+LOGGER = logging.getLogger("clusterpki.agent")
+SETTLE = 0.5  # seconds to gather a burst of Secret events (one rotation step writes many) into one round
+RETRY = 5.0  # seconds before a failed round is tried again
+WATCH_TIMEOUT = 300
+
+
+class Agent:
+    def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, name: str,
+                 components: list[str], restarter: Restarter) -> None:
+        self.api, self.namespace, self.pki_name = api, namespace, pki_name
+        self.out, self.member, self.name = out, member, name
+        self.components = [c for c in consumers.BY_COMPONENT if c in components]
+        self.restarter = restarter
+        self.secrets: dict[str, dict[str, Any]] = {}  # component -> Secret
+        self.owed: set[str] = set()  # components whose restart failed and is owed
+        self.loaded: reports.Loaded = {}
+        self.reported: reports.Loaded | None = None
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                await self.changed.wait()
+                await asyncio.sleep(SETTLE)
+                self.changed.clear()
+                try:
+                    await self.round()
+                except (ApiError, UserError, RestartFailed) as exc:
+                    LOGGER.warning(f"{self.namespace}/{self.pki_name}: {exc}; trying again in {RETRY:g}s")
+                    asyncio.get_running_loop().call_later(RETRY, self.changed.set)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def round(self) -> None:
+        """Write the files, restart what needs it, report."""
+        stored = {component: {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+                  for component, secret in self.secrets.items()}
+        files = layout.files_from_stored(stored, self.member)
+        written = await asyncio.to_thread(layout.write, self.out, files, set())
+        await asyncio.to_thread(_read_back, self.out, written)
+        if written:
+            LOGGER.info(f"{self.namespace}/{self.pki_name}: wrote {', '.join(sorted(written))}")
+        self.owed |= set(consumers.to_restart(self.components, set(written)))
+        sources = layout.sources(self.member)
+        failed = None
+        for component in self.components:
+            if component in self.owed and failed is None:
+                LOGGER.info(f"{self.namespace}/{self.pki_name}: restarting {component}")
+                try:
+                    await self.restarter.restart(component)
+                except RestartFailed as exc:
+                    failed = exc  # the others wait: one component at a time, in order
+                else:
+                    self.owed.discard(component)
+            if component not in self.owed:
+                used = {sources[path] for path in consumers.BY_COMPONENT[component].files if path in files}
+                self.loaded[component] = {s: reports.revision(self.secrets[s].get("data") or {}) for s in sorted(used)}
+        await self._report()
+        if failed is not None:
+            raise failed
+
+    async def _report(self) -> None:
+        if self.loaded == self.reported:
+            return
+        body = reports.config_map(self.pki_name, self.namespace, self.name, self.loaded)
+        path = f"/api/v1/namespaces/{self.namespace}/configmaps"
+        what = f"ConfigMap {self.namespace}/{body['metadata']['name']}"
+        try:
+            await self.api.request("report", what, "PUT", f"{path}/{body['metadata']['name']}", body)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            await self.api.request("report", what, "POST", path, body)
+        self.reported = {c: dict(r) for c, r in self.loaded.items()}
+
+    async def _watch(self) -> None:
+        """List the ClusterPKI's Secrets, then follow them; a broken watch lists again."""
+        path = f"/api/v1/namespaces/{self.namespace}/secrets"
+        selector = secrets.selector(self.pki_name)
+        while True:
+            try:
+                listed = await self.api.request("list", f"the Secrets of {self.namespace}/{self.pki_name}", "GET",
+                                                path, params={"labelSelector": selector})
+                self._take(listed.get("items") or [])
+                version = listed["metadata"]["resourceVersion"]
+                while True:
+                    params = {"watch": "1", "labelSelector": selector, "resourceVersion": version,
+                              "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_TIMEOUT)}
+                    async for event in self.api.stream(f"the Secrets of {self.pki_name}", path, params,
+                                                       WATCH_TIMEOUT + 30):
+                        if event.get("type") == "ERROR":
+                            raise ApiError("watch", "Secrets", event["object"].get("code", 0), "expired")
+                        version = event["object"]["metadata"].get("resourceVersion", version)
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            self._apply(event["type"], event["object"])
+            except ApiError as exc:
+                LOGGER.debug(f"watch ended ({exc}); listing again")
+                await asyncio.sleep(1)
+
+    def _take(self, items: list[dict[str, Any]]) -> None:
+        owned, _ = secrets.owned(items, self.pki_name)
+        fresh = {c: s for c, s in owned.items() if not secrets.is_rotation(c)}
+        if fresh != self.secrets:
+            self.secrets = fresh
+            self.changed.set()
+
+    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+        items = [s for c, s in self.secrets.items() if s["metadata"]["name"] != obj["metadata"]["name"]]
+        self._take(items if kind == "DELETED" else [*items, obj])
+
+
+def _read_back(out: Path, written: list[str]) -> None:
+    """Every written certificate and key parses: what a component will read is whole."""
+    for path in written:
+        data = (out / path).read_bytes()
+        try:
+            if path.endswith(".crt"):
+                x509.load_pem_x509_certificates(data)
+            elif path.endswith(".key"):
+                keys.load_private_pem(data)
+        except ValueError as exc:
+            raise UserError(f"{out / path} does not read back: {exc}") from None

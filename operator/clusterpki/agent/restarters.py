@@ -1,0 +1,85 @@
+"""How the agent restarts a component that does not reload a changed file. Each restarter returns
+once the restart is made, and raises :class:`RestartFailed` when it could not be."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from clusterpki.pki.spec import API_GROUP
+
+RESTARTED_AT = f"{API_GROUP}/restarted-at"
+COMMAND_TIMEOUT = 300  # seconds a restart command may take, health check included
+
+
+class RestartFailed(Exception):
+    pass
+
+
+class Restarter(Protocol):
+    async def restart(self, component: str) -> None: ...
+
+
+class StaticPods:
+    """kubeadm's static pods: a new ``restarted-at`` annotation in ``MANIFESTS/<component>.yaml``
+    (written atomically) makes the kubelet recreate the pod."""
+
+    def __init__(self, manifests: Path) -> None:
+        self.manifests = manifests
+
+    async def restart(self, component: str) -> None:
+        path = self.manifests / f"{component}.yaml"
+        try:
+            pod = yaml.safe_load(path.read_text())
+            annotations = pod.setdefault("metadata", {}).setdefault("annotations", None) or {}
+            annotations[RESTARTED_AT] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            pod["metadata"]["annotations"] = annotations
+            staged = path.with_name(f".{path.name}.clusterpki")
+            staged.write_text(yaml.safe_dump(pod, sort_keys=False))
+            os.chmod(staged, path.stat().st_mode & 0o777)
+            os.replace(staged, path)
+        except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
+            raise RestartFailed(f"cannot annotate the static pod manifest {path}: {exc}") from None
+
+
+class Systemd:
+    """``systemctl restart UNIT``; the unit of each component is named ``UNITS[component]`` or the
+    component itself (``etcd``, ``kube-apiserver``, ...)."""
+
+    def __init__(self, units: Mapping[str, str]) -> None:
+        self.units = dict(units)
+
+    async def restart(self, component: str) -> None:
+        await _run(["systemctl", "restart", self.units.get(component, component)], {}, component)
+
+
+class Command:
+    """A command of the user's, run with ``sh -c`` and ``CLUSTERPKI_COMPONENT`` set; exit 0 means the
+    component runs again (the command waits for its health itself)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    async def restart(self, component: str) -> None:
+        await _run(["sh", "-c", self.command], {"CLUSTERPKI_COMPONENT": component}, component)
+
+
+async def _run(argv: list[str], env: Mapping[str, str], component: str) -> None:
+    try:
+        process = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **env},
+                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT)
+    except asyncio.TimeoutError:
+        process.kill()
+        raise RestartFailed(f"restarting {component} took longer than {COMMAND_TIMEOUT}s") from None
+    except OSError as exc:
+        raise RestartFailed(f"cannot restart {component}: {exc}") from None
+    if process.returncode != 0:
+        tail = output.decode(errors="replace").strip().splitlines()[-3:]
+        raise RestartFailed(f"restarting {component} exited {process.returncode}: {' | '.join(tail)}")

@@ -1,0 +1,147 @@
+"""A control plane that consumes the agent's files: etcd, kube-apiserver and kube-controller-manager
+processes started from DIR (kubeadm's layout), and restarted by the agent's command restarter.
+
+``python -m tests.consumers restart COMPONENT STATE`` stops the component's process (SIGTERM),
+starts it again with the command in STATE/commands.json, waits until it is healthy, and appends
+``start``/``end`` lines with times to STATE/restarts.log, so that a client load can tell a failure
+during a restart of a single instance from one that must not happen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HEALTH_TIMEOUT = 60
+
+
+def commands(pki: Path, bin_dir: Path, state: Path, etcd_port: int, peer_port: int, api_port: int) -> dict:
+    """The command line of each component, reading kubeadm's files below ``pki``'s parent."""
+    d, p = pki.parent, pki
+    return {
+        "etcd": ["etcd", "--name", "m0", "--data-dir", str(state / "etcd-data"),
+                 "--listen-client-urls", f"https://127.0.0.1:{etcd_port}",
+                 "--advertise-client-urls", f"https://127.0.0.1:{etcd_port}",
+                 "--listen-peer-urls", f"https://127.0.0.1:{peer_port}",
+                 "--initial-advertise-peer-urls", f"https://127.0.0.1:{peer_port}",
+                 "--initial-cluster", f"m0=https://127.0.0.1:{peer_port}",
+                 "--cert-file", f"{p}/etcd/server.crt", "--key-file", f"{p}/etcd/server.key",
+                 "--trusted-ca-file", f"{p}/etcd/ca.crt", "--client-cert-auth",
+                 "--peer-cert-file", f"{p}/etcd/peer.crt", "--peer-key-file", f"{p}/etcd/peer.key",
+                 "--peer-trusted-ca-file", f"{p}/etcd/ca.crt", "--peer-client-cert-auth"],
+        "kube-apiserver": [
+            str(bin_dir / "kube-apiserver"), f"--etcd-servers=https://127.0.0.1:{etcd_port}",
+            f"--etcd-cafile={p}/etcd/ca.crt", f"--etcd-certfile={p}/apiserver-etcd-client.crt",
+            f"--etcd-keyfile={p}/apiserver-etcd-client.key",
+            "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none", f"--tls-cert-file={p}/apiserver.crt",
+            f"--tls-private-key-file={p}/apiserver.key", f"--client-ca-file={p}/ca.crt",
+            f"--service-account-key-file={p}/sa.pub", f"--service-account-signing-key-file={p}/sa.key",
+            "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12",
+            f"--requestheader-client-ca-file={p}/front-proxy-ca.crt", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p}/front-proxy-client.crt", f"--proxy-client-key-file={p}/front-proxy-client.key",
+            f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={p}/apiserver-kubelet-client.key",
+            "--authorization-mode=RBAC", f"--cert-dir={state / 'certdir'}"],
+        "kube-controller-manager": [
+            str(bin_dir / "kube-controller-manager"), f"--kubeconfig={d}/controller-manager.conf",
+            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
+            "--use-service-account-credentials=false", "--controllers=serviceaccount,serviceaccount-token",
+            f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
+            f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key"],
+    }
+
+
+def start(component: str, state: Path) -> None:
+    argv = json.loads((state / "commands.json").read_text())[component]
+    log = open(state / f"{component}.log", "ab")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (state / f"{component}.pid").write_text(str(process.pid))
+    healthy(component, state, process)
+
+
+def stop(component: str, state: Path) -> None:
+    pid_file = state / f"{component}.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink()
+
+
+def healthy(component: str, state: Path, process: subprocess.Popen) -> None:
+    config = json.loads((state / "config.json").read_text())
+    pki = Path(config["pki"])
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{component} exited {process.returncode}; see {state / (component + '.log')}")
+        try:
+            if component == "etcd":
+                result = subprocess.run(["etcdctl", f"--endpoints=https://127.0.0.1:{config['etcd_port']}",
+                                         f"--cacert={pki}/etcd/ca.crt", f"--cert={pki}/etcd/healthcheck-client.crt",
+                                         f"--key={pki}/etcd/healthcheck-client.key", "endpoint", "health"],
+                                        capture_output=True, timeout=5, env={**os.environ, "ETCDCTL_API": "3"})
+                if result.returncode == 0:
+                    return
+            elif component == "kube-apiserver":
+                context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+                context.load_cert_chain(str(pki / "apiserver-kubelet-client.crt"), str(pki / "apiserver-kubelet-client.key"))
+                with urllib.request.urlopen(f"https://127.0.0.1:{config['api_port']}/readyz", context=context,
+                                            timeout=5) as response:
+                    if response.status == 200:
+                        return
+            else:
+                time.sleep(2)  # no health port (--secure-port=0): running for 2 s it is
+                if process.poll() is None:
+                    return
+        except (OSError, ssl.SSLError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{component} was not healthy within {HEALTH_TIMEOUT}s")
+
+
+def restart(component: str, state: Path) -> None:
+    with open(state / "restarts.log", "a") as log:
+        log.write(f"start {component} {time.time()}\n")
+    try:
+        stop(component, state)
+        start(component, state)
+    finally:
+        with open(state / "restarts.log", "a") as log:
+            log.write(f"end {component} {time.time()}\n")
+
+
+def windows(state: Path) -> list[tuple[str, float, float]]:
+    """The restarts so far: (component, started, ended)."""
+    found, open_at = [], {}
+    path = state / "restarts.log"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        what, component, at = line.split()
+        if what == "start":
+            open_at[component] = float(at)
+        elif component in open_at:
+            found.append((component, open_at.pop(component), float(at)))
+    return found
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "restart":
+        raise SystemExit("usage: python -m tests.consumers restart COMPONENT STATE")
+    restart(sys.argv[2], Path(sys.argv[3]))
