@@ -166,29 +166,11 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     if not isinstance(raw_spec, Mapping):
         errors.append(FieldError("spec", "must be a mapping"))
         raw_spec = {}
-    grace = DEFAULT_GRACE
     annotations = metadata.get("annotations") or {}
-    if GRACE_ANNOTATION in annotations:
-        path = f"metadata.annotations[{GRACE_ANNOTATION}]"
-        try:
-            grace = durations.parse(annotations[GRACE_ANNOTATION])
-        except ValueError as exc:
-            errors.append(FieldError(path, str(exc)))
-        else:
-            if grace < timedelta(seconds=1):
-                errors.append(FieldError(path, f"{annotations[GRACE_ANNOTATION]!r} is shorter than one second"))
-                grace = DEFAULT_GRACE
-    token_lifetime = DEFAULT_TOKEN_LIFETIME
-    if TOKEN_LIFETIME_ANNOTATION in annotations:
-        path = f"metadata.annotations[{TOKEN_LIFETIME_ANNOTATION}]"
-        try:
-            token_lifetime = durations.parse(annotations[TOKEN_LIFETIME_ANNOTATION])
-        except ValueError as exc:
-            errors.append(FieldError(path, str(exc)))
-        else:
-            if token_lifetime > MAX_VALIDITY:
-                errors.append(FieldError(path, f"{annotations[TOKEN_LIFETIME_ANNOTATION]!r} is longer than "
-                                               f"100 years ({durations.format_go(MAX_VALIDITY)})"))
+    grace = _annotated_duration(annotations, GRACE_ANNOTATION, DEFAULT_GRACE, timedelta(seconds=1), MAX_VALIDITY,
+                                errors)
+    token_lifetime = _annotated_duration(annotations, TOKEN_LIFETIME_ANNOTATION, DEFAULT_TOKEN_LIFETIME,
+                                         timedelta(0), MAX_VALIDITY, errors)
     try:
         spec = from_spec(name, raw_spec, grace)
     except SpecError as exc:
@@ -196,6 +178,26 @@ def from_resource(body: Mapping[str, Any]) -> Spec:
     if errors:
         raise SpecError(errors)
     return spec._replace(token_lifetime=token_lifetime)
+
+
+def _annotated_duration(annotations: Mapping[str, str], key: str, default: timedelta, shortest: timedelta,
+                        longest: timedelta, errors: list[FieldError]) -> timedelta:
+    """A duration from an annotation, within bounds; the default (and an error) when it is not."""
+    if key not in annotations:
+        return default
+    path, text = f"metadata.annotations[{key}]", annotations[key]
+    try:
+        value = durations.parse(text)
+    except ValueError as exc:
+        errors.append(FieldError(path, str(exc)))
+        return default
+    if value < shortest:
+        errors.append(FieldError(path, f"{text!r} is shorter than {durations.format_go(shortest)}"))
+        return default
+    if value > longest:
+        errors.append(FieldError(path, f"{text!r} is longer than 100 years ({durations.format_go(longest)})"))
+        return default
+    return value
 
 
 def from_spec(name: str, raw: Mapping[str, Any], grace: timedelta = DEFAULT_GRACE) -> Spec:

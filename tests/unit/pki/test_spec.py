@@ -129,7 +129,7 @@ def test_the_grace_period_annotation_is_part_of_the_spec():
         "metadata.annotations[pki.clusterpki.dev/rotate-ca-grace]: 'soon' is not a duration such as '90s', '30m' "
         "or '8760h'"]
     assert errors_of(with_grace("10ms")) == [
-        "metadata.annotations[pki.clusterpki.dev/rotate-ca-grace]: '10ms' is shorter than one second"]
+        "metadata.annotations[pki.clusterpki.dev/rotate-ca-grace]: '10ms' is shorter than 1s"]
 
 
 def test_validity_ca_must_leave_room_for_the_rotations_of_its_grace_period():
