@@ -149,8 +149,8 @@ async def test_service_account_key_rotation(operator, api, namespace):
     await api.ready(namespace, "alpha")
     old = public_of((await api.secrets_of(namespace, "alpha"))["sa"])
     await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
-        "pki.clusterpki.dev/max-token-lifetime": "6s"}}}, namespace)
-    await rotate(api, namespace, "sa", "2s")
+        "pki.clusterpki.dev/max-token-lifetime": "6s", "pki.clusterpki.dev/rotate-ca-grace": "2s",
+        "pki.clusterpki.dev/rotate-ca": "sa"}}}, namespace)
     await wait_phase(api, namespace, "Preparing")
     found = await snapshot_when(api, namespace, lambda f: "sa-next" in f and len(public_keys(f["sa"])) == 2,
                                 "sa.pub with old + new")
