@@ -61,11 +61,11 @@ def _context(ca: bytes, cert: bytes | None = None, key: bytes | None = None) -> 
     return context
 
 
-def _admin(directory: Path) -> tuple[ssl.SSLContext, dict]:
+def _admin(directory: Path) -> ssl.SSLContext:
     config = yaml.safe_load((directory / "admin.conf").read_text())
     user, cluster = config["users"][0]["user"], config["clusters"][0]["cluster"]
     return _context(base64.b64decode(cluster["certificate-authority-data"]),
-                    base64.b64decode(user["client-certificate-data"]), base64.b64decode(user["client-key-data"])), {}
+                    base64.b64decode(user["client-certificate-data"]), base64.b64decode(user["client-key-data"]))
 
 
 class Load:
@@ -81,7 +81,7 @@ class Load:
         for attempt in range(5):  # a pair read between the renames of its .crt and .key: read again
             try:
                 if client == "admin":
-                    return _admin(self.directory)
+                    return _admin(self.directory), {}
                 if client == "token":
                     return _context((pki / "ca.crt").read_bytes()), {"Authorization": f"Bearer {self.token}"}
                 return _context((pki / "ca.crt").read_bytes(), (pki / "front-proxy-client.crt").read_bytes(),
@@ -91,7 +91,6 @@ class Load:
                 if attempt == 4:
                     raise
                 time.sleep(0.1)
-        raise AssertionError("unreachable")
 
     async def _client(self, client: str) -> None:
         while not self.stopped.is_set():
@@ -156,7 +155,7 @@ async def test_renewals_and_rotations_on_real_components(cluster, operator, api,
     try:
         await _consumers_current(api, namespace, "cp")
         url = f"https://127.0.0.1:{api_port}"
-        context, _ = _admin(directory)
+        context = _admin(directory)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as admin:
             async def minted():
                 async with admin.post(f"{url}/api/v1/namespaces/default/serviceaccounts/default/token",

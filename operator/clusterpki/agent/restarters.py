@@ -37,9 +37,9 @@ class StaticPods:
         path = self.manifests / f"{component}.yaml"
         try:
             pod = yaml.safe_load(path.read_text())
-            annotations = pod.setdefault("metadata", {}).setdefault("annotations", None) or {}
-            annotations[RESTARTED_AT] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            pod["metadata"]["annotations"] = annotations
+            meta = pod.setdefault("metadata", {})
+            meta["annotations"] = {**(meta.get("annotations") or {}),
+                                   RESTARTED_AT: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
             staged = path.with_name(f".{path.name}.clusterpki")
             staged.write_text(yaml.safe_dump(pod, sort_keys=False))
             os.chmod(staged, path.stat().st_mode & 0o777)

@@ -175,7 +175,7 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime,
         before, waiting = active["phase"], active.get("waitingFor")
         active, step_at = rotation.advance(active, body, pki_spec.rotation_grace, now, reports.holding_up(consumers),
                                            pki_spec.token_lifetime)
-        wake_at = step_at if wake_at is None or (step_at is not None and step_at < wake_at) else wake_at
+        wake_at = min((t for t in (wake_at, step_at) if t is not None), default=None)
         if active["phase"] != before:
             events.append((NORMAL, f"Rotation{active['phase']}",
                            f"Rotation of {active['ca']}: {before} -> {active['phase']}"))

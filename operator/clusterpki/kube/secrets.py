@@ -17,7 +17,7 @@ from clusterpki.pki import catalog, engine, keys, kubeconfig
 from clusterpki.pki import spec as spec_model
 from clusterpki.pki.certificates import KeyPair
 
-GROUP = "pki.clusterpki.dev"
+GROUP = spec_model.API_GROUP
 LABEL_PKI = f"{GROUP}/cluster-pki"
 LABEL_COMPONENT = f"{GROUP}/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

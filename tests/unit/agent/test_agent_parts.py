@@ -11,7 +11,7 @@ import yaml
 from clusterpki.agent import consumers, restarters
 from clusterpki.kube import reports, secrets
 from clusterpki.kubeadm import layout
-from clusterpki.pki import catalog, certificates, engine, spec
+from clusterpki.pki import certificates, engine, spec
 from cryptography import x509
 
 
@@ -89,4 +89,3 @@ def test_the_token_lifetime_annotation_is_read_and_bounded():
     body["metadata"]["annotations"][spec.TOKEN_LIFETIME_ANNOTATION] = "1000000h"
     with pytest.raises(spec.SpecError, match="max-token-lifetime"):
         spec.from_resource(body)
-    assert catalog.SERVICE_ACCOUNT == "sa"
