@@ -68,6 +68,15 @@ class Operator:
         await self.start()
 
 
+async def cli(*args: str, kubeconfig: Path) -> tuple[int, str, str]:
+    """Run the ``clusterpki`` command as a user does, with ``kubeconfig``: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterpki", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    out, err = await process.communicate()
+    return process.returncode, out.decode(), err.decode()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -103,6 +103,48 @@ def _renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from clusterpki.kube import secrets, takeover as store_takeover
+    from clusterpki.kubeadm import takeover
+    from clusterpki.pki import certificates
+
+    plan = takeover.derive([Path(d) for d in args.dir], args.name, args.namespace, certificates.utcnow(),
+                           args.service_cidr)
+    wanted = secrets.desired(plan.pki, args.namespace, None, {}, set())
+    stored = [wanted[component] for component in plan.taken]
+    spec_lines = yaml.safe_dump(plan.resource, sort_keys=False).splitlines()
+    width = max(len(d.field) for d in plan.derived)
+    value_width = max(len(d.value) for d in plan.derived)
+    print(f"Derived from {', '.join(args.dir)}:")
+    for derived in plan.derived:
+        print(f"  {derived.field.ljust(width)}  {derived.value.ljust(value_width)}  {derived.source}")
+    print("\nThe ClusterPKI:")
+    print("\n".join(f"  {line}" for line in spec_lines))
+    print(f"\nSecrets in namespace {args.namespace}:")
+    name_width = max(len(secrets.secret_name(args.name, c)) for c in [*plan.taken, *plan.left])
+    for component in [*plan.taken, *plan.left]:
+        secret = secrets.secret_name(args.name, component).ljust(name_width)
+        if component in plan.left:
+            print(f"  {secret}  the operator issues it: {plan.left[component]}")
+            continue
+        pair = plan.pki.cas.get(component) or plan.pki.leaves.get(component)
+        until = f", valid until {pair.cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z" if pair else ""
+        print(f"  {secret}  taken over from {plan.origin[component]}{until}")
+
+    what = f"{len(stored)} Secrets and ClusterPKI {args.namespace}/{args.name}"
+    _with_store(lambda store: store_takeover.check(store, args.namespace, args.name,
+                                                   [s["metadata"]["name"] for s in stored]))
+    if args.dry_run:
+        print(f"\nDry run: nothing was written. Without --dry-run, import creates {what}.")
+        return 0
+    _with_store(lambda store: store_takeover.create(store, stored, plan.resource))
+    print(f"\nImported: created {what}. The operator issues the {len(plan.left)} missing or invalid "
+          "certificates, and renews the others when they fall due.")
+    return 0
+
+
 def _configuration() -> Any:
     from clusterpki.kube.api import load_configuration
 
@@ -222,6 +264,18 @@ def _parser() -> argparse.ArgumentParser:
     renew.add_argument("--component", action="append", default=[],
                        help="renew only this component (repeatable) [all leaves]")
     renew.set_defaults(handler=_renew)
+
+    imports = commands.add_parser("import", help="take over an existing kubeadm cluster's PKI (/etc/kubernetes)")
+    imports.add_argument("-n", "--namespace", required=True)
+    imports.add_argument("name", metavar="NAME", help="the ClusterPKI to create")
+    imports.add_argument("--dir", action="append", required=True,
+                         help="a control-plane node's kubeadm directory, e.g. /etc/kubernetes; repeat it for "
+                              "each node, to take over each node's etcd member")
+    imports.add_argument("--service-cidr", metavar="CIDR",
+                         help="the cluster's service CIDR, when it is not kubeadm's default 10.96.0.0/12")
+    imports.add_argument("--dry-run", action="store_true", help="print the ClusterPKI and what would be created; "
+                         "write nothing")
+    imports.set_defaults(handler=_import)
 
     check = commands.add_parser("check-expiration", help="print when each certificate expires")
     source = check.add_mutually_exclusive_group(required=True)

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
-from pathlib import Path
 
 import yaml
 
 from tests.e2e.conftest import pki
 from tests.helpers import CAS, ISSUER, LEAVES
-
-
-async def cli(*args: str, kubeconfig: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clusterpki", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig)})
-    out, err = await process.communicate()
-    return process.returncode, out.decode(), err.decode()
+from tests.runners import cli
 
 
 async def test_check_expiration_reads_a_clusterpki_s_secrets(operator, api, namespace, cluster):

@@ -6,4 +6,10 @@ from clusterpki.pki.spec import KIND, VERSION
 
 PLURAL = "clusterpkis"
 
-__all__ = ["GROUP", "KIND", "PLURAL", "VERSION"]
+
+def path(namespace: str, name: str | None = None) -> str:
+    """The API path of a namespace's ClusterPKIs, or of one of them."""
+    collection = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{collection}/{name}" if name else collection
+
+__all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "path"]

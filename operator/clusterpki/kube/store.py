@@ -73,11 +73,11 @@ class SecretStore(Api):
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a ClusterPKI's status subresource."""
         await self.request("patch", f"the status of ClusterPKI {namespace}/{name}", "PATCH",
-                           f"{_clusterpki(namespace, name)}/status", {"status": status}, content_type=MERGE_PATCH)
+                           f"{resource.path(namespace, name)}/status", {"status": status}, content_type=MERGE_PATCH)
 
     async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Merge-patch annotations onto a ClusterPKI (``clusterpki renew`` and ``rotate-ca``)."""
-        await self.request("annotate", f"ClusterPKI {namespace}/{name}", "PATCH", _clusterpki(namespace, name),
+        await self.request("annotate", f"ClusterPKI {namespace}/{name}", "PATCH", resource.path(namespace, name),
                            {"metadata": {"annotations": annotations}}, content_type=MERGE_PATCH)
 
     async def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
@@ -119,7 +119,3 @@ class SecretStore(Api):
 def _secrets(namespace: str, name: str | None = None) -> str:
     path = f"/api/v1/namespaces/{namespace}/secrets"
     return f"{path}/{name}" if name else path
-
-
-def _clusterpki(namespace: str, name: str) -> str:
-    return f"/apis/{resource.GROUP}/{resource.VERSION}/namespaces/{namespace}/{resource.PLURAL}/{name}"

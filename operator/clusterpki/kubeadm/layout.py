@@ -67,7 +67,7 @@ def load(out: Path, member: str, now: datetime) -> tuple[engine.Existing, dict[s
     for profile in catalog.LEAVES:
         component = leaf_for_file(profile, member)
         try:
-            pair = _read_leaf(out, profile)
+            pair = read_leaf(out, profile)
         except ValueError as exc:
             unreadable[component] = f"it cannot be read ({exc})"
             continue
@@ -186,7 +186,8 @@ def write(out: Path, files: dict[str, FileContent], keep: set[str]) -> list[str]
     return list(changed)
 
 
-def _read_leaf(out: Path, profile: catalog.LeafProfile) -> KeyPair | None:
+def read_leaf(out: Path, profile: catalog.LeafProfile) -> KeyPair | None:
+    """The pair of a leaf's kubeadm file(s), None when absent; ValueError when unreadable or half there."""
     if profile.file:
         crt, key = out / f"{profile.file}.crt", out / f"{profile.file}.key"
         if not crt.exists() and not key.exists():

@@ -59,3 +59,12 @@ def format_short(value: timedelta) -> str:
     if days < 365 * 2:
         return f"{days}d"
     return f"{days // 365}y"
+
+
+def format_spec(value: timedelta) -> str:
+    """The short form a user writes in a spec, for whole seconds: ``8760h``, ``90m``, ``1h30m``, ``45s``."""
+    seconds = int(value.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = "".join(f"{amount}{unit}" for amount, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if amount)
+    return text or "0s"

@@ -1,0 +1,293 @@
+"""``clusterpki import``: read an existing kubeadm PKI (``/etc/kubernetes``) and derive the ClusterPKI that
+takes it over. The spec comes from what the certificates hold; the CAs and the service-account key are
+taken as they are, and so is every leaf that is valid for that spec. The rest is left to the operator.
+
+Pure: files in, a plan out. The CLI stores the plan (:mod:`clusterpki.kube.takeover`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from clusterpki.errors import UserError
+from clusterpki.kubeadm import layout
+from clusterpki.pki import catalog, certificates, durations, engine, keys, kubeconfig
+from clusterpki.pki import spec as spec_model
+from clusterpki.pki.certificates import KeyPair
+
+ADMIN_CONF = "admin.conf"
+APISERVER = "pki/apiserver"
+ETCD_SERVER, ETCD_PEER = "pki/etcd/server", "pki/etcd/peer"
+# What a directory must hold to be taken over: without these, the spec cannot be derived, or a CA or the
+# service-account key would have to be made anew, which would break the running cluster.
+REQUIRED = (
+    *(f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES for ext in ("crt", "key")),
+    catalog.SERVICE_ACCOUNT_FILES[0], f"{APISERVER}.crt", f"{APISERVER}.key", f"{ETCD_SERVER}.crt", ADMIN_CONF,
+)
+IN_CLUSTER_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+SERVICE_DOMAIN = "kubernetes.default.svc."
+LOOPBACK_NAMES, LOOPBACK_IPS = {"localhost"}, {ipaddress.ip_address("127.0.0.1")}
+KUBEADM_CERT_VALIDITY = timedelta(hours=8760)  # kubeadm's CertificateValidity
+HOUR, MINUTE = timedelta(hours=1), timedelta(minutes=1)
+
+
+class Derived(NamedTuple):
+    """One spec field, its value, and where it was read."""
+
+    field: str
+    value: str
+    source: str
+
+
+class Takeover(NamedTuple):
+    """What ``clusterpki import`` would store: the ClusterPKI, and the PKI read from the directories."""
+
+    resource: dict[str, Any]
+    derived: list[Derived]
+    pki: engine.PKI
+    origin: dict[str, str]  # component taken over -> the file it was read from
+    left: dict[str, str]  # leaf component the operator will issue -> why
+
+    @property
+    def taken(self) -> list[str]:
+        """The components stored as read: the CAs, the service-account key and the valid leaves."""
+        return list(self.origin)
+
+
+class _Member(NamedTuple):
+    name: str
+    dns_names: list[str]
+    ips: list[str]
+
+
+def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_cidr: str | None = None) -> Takeover:
+    """Read kubeadm directories (one per control-plane node; they share the CAs and ``sa.key``, and each
+    adds its etcd member) into the ClusterPKI ``namespace/name`` that takes them over.
+
+    Raises UserError, before anything is written, for a directory that is missing files, holds an
+    unusable CA, or disagrees with the others.
+    """
+    for directory in dirs:
+        _check_complete(directory)
+    first = dirs[0]
+    cas = {ca.component: _read_ca(first, ca, now) for ca in catalog.CERTIFICATE_AUTHORITIES}
+    sa_key = _read_key(first, catalog.SERVICE_ACCOUNT_FILES[0])
+    for directory in dirs[1:]:
+        _check_same_authorities(first, directory, cas, sa_key)
+    _check_sa_pub(dirs, sa_key)
+
+    members = [_member(directory) for directory in dirs]
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise UserError(f"the directories {', '.join(map(str, dirs))} hold the etcd members {', '.join(names)}: "
+                        "each directory must be a different member")
+    server = _admin_server(first)
+    apiserver_certs = [layout.read_cert(d / f"{APISERVER}.crt") for d in dirs]
+    apiserver = _read_pair(first, APISERVER)
+    raw, derived = _spec(server, apiserver_certs, apiserver, cas["ca"].cert, members, service_cidr)
+    resource = {"apiVersion": spec_model.API_VERSION, "kind": spec_model.KIND,
+                "metadata": {"name": name, "namespace": namespace}, "spec": raw}
+    try:
+        pki_spec = spec_model.from_resource(resource)
+    except spec_model.SpecError as exc:
+        raise UserError(f"the ClusterPKI derived from {first} is not valid: {exc}") from None
+
+    leaves, unreadable, origin = _leaves(dirs, names)
+    pki = engine.build(pki_spec, engine.Existing(cas=cas, leaves=leaves, service_account=sa_key), now)
+    taken = {ca.component: f"{ca.file}.crt" for ca in catalog.CERTIFICATE_AUTHORITIES}
+    taken[catalog.SERVICE_ACCOUNT] = catalog.SERVICE_ACCOUNT_FILES[0]
+    left: dict[str, str] = {}
+    for component in pki.planned:
+        reason = unreadable.get(component) or pki.issued.get(component)
+        if reason is None:
+            taken[component] = origin[component]
+        else:
+            left[component] = reason
+    return Takeover(resource, derived, pki, taken, left)
+
+
+def _check_complete(directory: Path) -> None:
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory")
+    missing = [path for path in REQUIRED if not (directory / path).is_file()]
+    if missing:
+        raise UserError(f"{directory} is not a complete kubeadm PKI: {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing; nothing was imported")
+
+
+def _read_ca(directory: Path, ca: catalog.CAProfile, now: datetime) -> KeyPair:
+    pair = _read_pair(directory, ca.file)
+    problem = engine.check_ca(pair, now)
+    if problem:
+        raise UserError(f"the {ca.component} CA in {directory / ca.file}.crt cannot be taken over: {problem}")
+    return pair
+
+
+def _read_pair(directory: Path, file: str) -> KeyPair:
+    try:
+        cert = layout.read_cert(directory / f"{file}.crt")
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{directory / file}.crt cannot be read: {exc}") from None
+    return KeyPair(cert, _read_key(directory, f"{file}.key"))
+
+
+def _read_key(directory: Path, file: str) -> keys.PrivateKey:
+    try:
+        return keys.load_private_pem((directory / file).read_bytes())
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{directory / file} cannot be read: {exc}") from None
+
+
+def _check_same_authorities(first: Path, other: Path, cas: dict[str, KeyPair], sa_key: keys.PrivateKey) -> None:
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        pair = _read_pair(other, ca.file)
+        if pair.cert != cas[ca.component].cert or not keys.same_public_key(pair.key, cas[ca.component].key):
+            raise UserError(f"{other / ca.file}.crt is not the {ca.component} CA of {first}: the directories "
+                            "must come from one cluster")
+    if not keys.same_public_key(_read_key(other, catalog.SERVICE_ACCOUNT_FILES[0]), sa_key):
+        raise UserError(f"{other}/pki/sa.key is not the service-account key of {first}: the directories must "
+                        "come from one cluster")
+
+
+def _check_sa_pub(dirs: list[Path], sa_key: keys.PrivateKey) -> None:
+    """``sa.pub`` is derived from ``sa.key``; one that holds another key is a sign of a mixed-up directory."""
+    for directory in dirs:
+        path = directory / catalog.SERVICE_ACCOUNT_FILES[1]
+        if path.is_file() and path.read_bytes().strip() != keys.public_pem(sa_key).strip():
+            raise UserError(f"{path} is not the public key of {directory}/pki/sa.key")
+
+
+def _member(directory: Path) -> _Member:
+    """The etcd member a directory belongs to: the CN of its etcd server certificate, and the names the
+    server and peer certificates hold beyond ``localhost`` and ``127.0.0.1``."""
+    server = layout.read_cert(directory / f"{ETCD_SERVER}.crt")
+    identities = [certificates.identity_of(server)]
+    peer = directory / f"{ETCD_PEER}.crt"
+    if peer.is_file():
+        identities.append(certificates.identity_of(layout.read_cert(peer)))
+    name = identities[0].common_name
+    dns = [d for i in identities for d in i.dns_names if d not in LOOPBACK_NAMES]
+    ips = [str(ip) for i in identities for ip in i.ips if ip not in LOOPBACK_IPS]
+    return _Member(name, list(dict.fromkeys(dns)), list(dict.fromkeys(ips)))
+
+
+def _admin_server(directory: Path) -> str:
+    try:
+        server, _, _ = kubeconfig.read((directory / ADMIN_CONF).read_bytes())
+    except ValueError as exc:
+        raise UserError(f"{directory / ADMIN_CONF} cannot be read: {exc}") from None
+    return server
+
+
+def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPair, ca: x509.Certificate,
+          members: list[_Member], service_cidr: str | None) -> tuple[dict[str, Any], list[Derived]]:
+    """The spec the certificates were issued for, and a note of where each field comes from."""
+    url = urlsplit(server)
+    if url.scheme != "https" or not url.hostname:
+        raise UserError(f"the server of {ADMIN_CONF}, {server!r}, is not an https:// URL")
+    host, port = url.hostname, url.port or 443
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    dns: list[str] = []
+    ips: list[str] = []
+    for cert in apiserver_certs:
+        identity = certificates.identity_of(cert)
+        dns += [d for d in identity.dns_names if d not in dns]
+        ips += [str(ip) for ip in identity.ips if str(ip) not in ips]
+    domains = [d.removeprefix(SERVICE_DOMAIN) for d in dns if d.startswith(SERVICE_DOMAIN)]
+    if not domains:
+        raise UserError(f"{APISERVER}.crt holds no {SERVICE_DOMAIN}<cluster domain> name, so the cluster domain "
+                        "cannot be derived")
+    network = _service_network(service_cidr, ips)
+    first_ip = str(network.network_address + 1)
+    cert_sans = [d for d in dns if d not in IN_CLUSTER_NAMES and d != f"{SERVICE_DOMAIN}{domains[0]}" and d != host]
+    cert_sans += [ip for ip in ips if ip not in (first_ip, host)]
+
+    algorithm = keys.algorithm_of(apiserver.key)
+    if algorithm is None:
+        raise UserError(f"{APISERVER}.key is a key a ClusterPKI cannot ask for; spec.keyAlgorithm takes "
+                        f"{', '.join(a.value for a in spec_model.KeyAlgorithm)}")
+    ca_validity = _span(ca)
+    cert_validity, cert_source = _span(apiserver.cert), f"{APISERVER}.crt, its notAfter - notBefore"
+    if apiserver.cert.not_valid_before_utc == ca.not_valid_before_utc and cert_validity % HOUR:
+        cert_validity = KUBEADM_CERT_VALIDITY
+        cert_source = f"kubeadm's default: {APISERVER}.crt starts when its CA does, so its span says nothing"
+
+    raw = {
+        "controlPlaneEndpoint": endpoint,
+        "clusterDomain": domains[0],
+        "serviceCIDR": str(network),
+        "apiServer": {"certSANs": cert_sans},
+        "etcd": {"members": [{"name": m.name, "dnsNames": m.dns_names, "ips": m.ips} for m in members]},
+        "keyAlgorithm": algorithm.value,
+        "validity": {"ca": durations.format_spec(ca_validity), "certificate": durations.format_spec(cert_validity)},
+    }
+    derived = [
+        Derived("controlPlaneEndpoint", endpoint, f"the server of {ADMIN_CONF}"),
+        Derived("clusterDomain", domains[0], f"{APISERVER}.crt ({SERVICE_DOMAIN}{domains[0]})"),
+        Derived("serviceCIDR", str(network), f"{APISERVER}.crt holds {first_ip}, its first address"
+                + ("" if service_cidr else " (kubeadm's default)")),
+        Derived("apiServer.certSANs", ", ".join(cert_sans) or "(none)",
+                f"{APISERVER}.crt, beyond the in-cluster names, the first service IP and the endpoint"),
+        Derived("etcd.members", ", ".join(m.name for m in members), f"{ETCD_SERVER}.crt and {ETCD_PEER}.crt"),
+        Derived("keyAlgorithm", algorithm.value, f"{APISERVER}.key"),
+        Derived("validity.ca", raw["validity"]["ca"], "pki/ca.crt, its notAfter - notBefore"),
+        Derived("validity.certificate", raw["validity"]["certificate"], cert_source),
+    ]
+    return raw, derived
+
+
+def _service_network(given: str | None, ips: list[str]) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The service CIDR: ``given``, or kubeadm's default; either way its first address must be a SAN of the
+    apiserver, or Pods would no longer reach ``kubernetes.default``."""
+    text = given or str(spec_model.Spec(name="default").service_cidr)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise UserError(f"--service-cidr {text!r} is not a CIDR") from None
+    first = str(network.network_address + 1)
+    if first not in ips:
+        hint = "" if given else "; pass the cluster's service CIDR with --service-cidr"
+        raise UserError(f"{APISERVER}.crt does not hold {first}, the first address of {text}{hint}")
+    return network
+
+
+def _span(cert: x509.Certificate) -> timedelta:
+    """The validity a certificate was issued for: its span, less the usual 5-minute backdate when that
+    gives whole hours (or whole minutes, for short test validities)."""
+    span = cert.not_valid_after_utc - cert.not_valid_before_utc
+    candidates = [span - certificates.BACKDATE, span] if span > certificates.BACKDATE else [span]
+    for unit in (HOUR, MINUTE):
+        for candidate in candidates:
+            if not candidate % unit:
+                return candidate
+    return span
+
+
+def _leaves(dirs: list[Path], members: list[str]) -> tuple[dict[str, KeyPair], dict[str, str], dict[str, str]]:
+    """The leaves found: shared ones from the first directory, per-member ones from each member's. Also
+    why unreadable ones cannot be used, and the file each came from."""
+    leaves: dict[str, KeyPair] = {}
+    unreadable: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for index, (directory, member) in enumerate(zip(dirs, members)):
+        for profile in catalog.LEAVES:
+            if index and not profile.per_member:
+                continue
+            component = layout.leaf_for_file(profile, member)
+            file = profile.kubeconfig or f"{profile.file}.crt"
+            origin[component] = str(directory / file) if len(dirs) > 1 else file
+            try:
+                pair = layout.read_leaf(directory, profile)
+            except ValueError as exc:
+                unreadable[component] = f"{file} cannot be read ({exc})"
+                continue
+            if pair is not None:
+                leaves[component] = pair
+    return leaves, unreadable, origin
