@@ -28,6 +28,7 @@ _BASES = {
     "clusterpkis": GROUP_PATH,
     "certificatesigningrequests": "/apis/certificates.k8s.io/v1",
     "leases": "/apis/coordination.k8s.io/v1",
+    **dict.fromkeys(("roles", "rolebindings", "clusterroles", "clusterrolebindings"), "/apis/rbac.authorization.k8s.io/v1"),
 }
 
 

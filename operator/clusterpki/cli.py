@@ -106,7 +106,8 @@ def _renew(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import yaml
 
-    from clusterpki.kube import secrets, takeover as store_takeover
+    from clusterpki.kube import secrets
+    from clusterpki.kube import takeover as store_takeover
     from clusterpki.kubeadm import takeover
     from clusterpki.pki import certificates
 

@@ -276,7 +276,7 @@ def _leaves(dirs: list[Path], members: list[str]) -> tuple[dict[str, KeyPair], d
     leaves: dict[str, KeyPair] = {}
     unreadable: dict[str, str] = {}
     origin: dict[str, str] = {}
-    for index, (directory, member) in enumerate(zip(dirs, members)):
+    for index, (directory, member) in enumerate(zip(dirs, members, strict=True)):
         for profile in catalog.LEAVES:
             if index and not profile.per_member:
                 continue

@@ -8,13 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from clusterpki.errors import UserError
+from clusterpki.kubeadm import takeover
+from clusterpki.pki import certificates, spec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from clusterpki.errors import UserError
-from clusterpki.kubeadm import takeover
-from clusterpki.pki import certificates, spec
 from tests import kubeadm_openssl
 from tests.helpers import document, render
 
