@@ -141,8 +141,8 @@ def _import(args: argparse.Namespace) -> int:
         print(f"\nDry run: nothing was written. Without --dry-run, import creates {what}.")
         return 0
     _with_store(lambda store: store_takeover.create(store, stored, plan.resource))
-    print(f"\nImported: created {what}. The operator issues the {len(plan.left)} missing or invalid "
-          "certificates, and renews the others when they fall due.")
+    issues = f"issues {', '.join(plan.left)} (missing or invalid), and " if plan.left else ""
+    print(f"\nImported: created {what}. The operator {issues}renews the certificates when they fall due.")
     return 0
 
 
