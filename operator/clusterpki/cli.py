@@ -12,6 +12,7 @@ from typing import Any
 from clusterpki.errors import UserError
 
 PROG = "clusterpki"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +45,16 @@ def _run(args: argparse.Namespace) -> int:
 
     return runtime.run(namespaces=[] if args.all_namespaces else args.namespace, standalone=args.standalone,
                        liveness=args.liveness, verbose=args.verbose, csr_policy=args.csr_policy,
-                       metrics_port=args.metrics_port)
+                       metrics_port=args.metrics_port,
+                       lease_namespace=(args.leader_election_namespace or _own_namespace()) if args.leader_elect else None)
+
+
+def _own_namespace() -> str:
+    """The pod's namespace in a cluster, else the manifests' ``clusterpki-system``."""
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip()
+    except OSError:
+        return "clusterpki-system"
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -228,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="the ClusterPKI whose spec.kubelet governs this cluster's kubelet CSRs [none: no CSR "
                           "is touched]")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
+    run.add_argument("--leader-elect", action="store_true",
+                     help="run only while holding the Lease 'clusterpki' (coordination.k8s.io/v1); for 2+ replicas")
+    run.add_argument("--leader-election-namespace", metavar="NS",
+                     help="the Lease's namespace [the pod's own, else clusterpki-system]")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
 

@@ -7,23 +7,31 @@ so without one the operator never even reads a CSR.
 
 from __future__ import annotations
 
+import http.server
 import logging
+import os
+import threading
+from urllib.parse import urlsplit
 
 import kopf
 
 from clusterpki.errors import UserError
 from clusterpki.kube.api import connection_info, load_configuration
 
+logger = logging.getLogger(__name__)
+
 
 def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: bool,
-        csr_policy: str | None = None, metrics_port: int | None = None) -> int:
+        csr_policy: str | None = None, metrics_port: int | None = None, lease_namespace: str | None = None) -> int:
+    """Run the operator. With ``lease_namespace``, only once this replica holds the Lease there."""
     policy = parse_policy(csr_policy, namespaces)
     try:
-        load_configuration()
+        configuration = load_configuration()
     except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
         raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("leaderelection").setLevel(logging.WARNING)  # a line per retry period; ours say what matters
     if not verbose:  # Kopf's line per watch event ("Handler 'drift' succeeded."): thousands a minute in a fleet
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if metrics_port is not None:
@@ -32,10 +40,61 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         from clusterpki.csr import metrics  # noqa: F401  (its family is served, at 0, without a CSR policy too)
 
         prometheus_client.start_http_server(metrics_port)
+    if lease_namespace is not None:
+        _wait_to_lead(configuration, lease_namespace, liveness)
     kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy, namespaces=namespaces),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
     return 0
+
+
+def _wait_to_lead(configuration: object, namespace: str, liveness: str | None) -> None:
+    """Campaign for the Lease and block until this replica leads. Meanwhile the liveness endpoint answers,
+    so that the kubelet does not restart a healthy standby; Kopf serves it once this replica leads."""
+    from clusterpki.kube.leadership import Elector
+
+    elector = Elector(configuration, namespace, on_lost=_exit_now)
+    health = _StandbyHealth(liveness) if liveness else None
+    elector.start()
+    try:
+        elector.wait()
+    finally:
+        if health is not None:
+            health.close()
+
+
+def _exit_now(message: str) -> None:
+    """Stop at once, without a graceful shutdown that would still write: another replica may lead now."""
+    logger.error("%s Exiting, to restart as a standby.", message)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
+
+
+class _StandbyHealth:
+    """A standby's liveness endpoint: 200 on the liveness URL's path."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        path = parts.path or "/"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                self.send_response(200 if self.path == path else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *_: object) -> None:  # probes every few seconds are no news
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer((parts.hostname or "0.0.0.0", parts.port or 80), Handler)
+        threading.Thread(target=self._server.serve_forever, name="standby-health", daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def parse_policy(value: str | None, namespaces: list[str]) -> tuple[str, str] | None:

@@ -39,3 +39,16 @@ def test_it_is_bound_to_the_manifests_service_account():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "clusterpki", "namespace": "clusterpki-system"}]
     account = yaml.safe_load((REPO / "manifests/10-serviceaccount.yaml").read_text())
     assert (account["metadata"]["name"], account["metadata"]["namespace"]) == ("clusterpki", "clusterpki-system")
+
+
+def test_leader_election_may_touch_only_its_own_lease():
+    role = next(d for d in documents() if d["kind"] == "Role")
+    assert (role["metadata"]["name"], role["metadata"]["namespace"]) == ("clusterpki-leader-election",
+                                                                         "clusterpki-system")
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["clusterpki"],
+         "verbs": ["get", "update"]}]
+    binding = next(d for d in documents() if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == "clusterpki-leader-election"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "clusterpki", "namespace": "clusterpki-system"}]

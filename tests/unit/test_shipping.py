@@ -27,7 +27,8 @@ def test_kustomize_renders_every_object():
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered())
     assert kinds == [("ClusterRole", "clusterpki"), ("ClusterRoleBinding", "clusterpki"),
                      ("Deployment", "clusterpki"), ("Namespace", "clusterpki-system"),
-                     ("ServiceAccount", "clusterpki")]
+                     ("PodDisruptionBudget", "clusterpki"), ("Role", "clusterpki-leader-election"),
+                     ("RoleBinding", "clusterpki-leader-election"), ("ServiceAccount", "clusterpki")]
 
 
 def test_kubectl_apply_f_manifests_sees_no_kustomization():
@@ -43,7 +44,8 @@ def deployment() -> dict:
 
 def test_the_deployment_is_hardened():
     spec = deployment()["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-elect" in spec["template"]["spec"]["containers"][0]["args"], "two replicas need a leader"
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "clusterpki"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
@@ -53,6 +55,14 @@ def test_the_deployment_is_hardened():
                                              "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     assert set(container["resources"]) == {"requests", "limits"}
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_a_disruption_leaves_one_replica_to_lead():
+    budget = yaml.safe_load((REPO / "manifests/40-poddisruptionbudget.yaml").read_text())
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["metadata"]["namespace"] == deployment()["metadata"]["namespace"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= deployment()["spec"]["template"]["metadata"][
+        "labels"].items()
 
 
 def test_probes_and_flags_agree():
