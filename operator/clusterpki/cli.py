@@ -66,7 +66,8 @@ def _agent(args: argparse.Namespace) -> int:
     from clusterpki.agent.agent import Agent
     from clusterpki.kube.api import Api
 
-    unknown = sorted(set(args.component) - set(consumers.BY_COMPONENT))
+    health_urls = dict(pair.partition("=")[::2] for pair in args.health)
+    unknown = sorted((set(args.component) | set(health_urls)) - set(consumers.BY_COMPONENT))
     if unknown:
         raise UserError(f"--component {', '.join(unknown)}: not one of {', '.join(consumers.BY_COMPONENT)}")
     restarter: restarters.Restarter
@@ -88,7 +89,7 @@ def _agent(args: argparse.Namespace) -> int:
         api = Api(_configuration())
         try:
             await Agent(api, args.namespace, args.name, Path(args.dir), args.member, name,
-                        args.component or list(consumers.BY_COMPONENT), restarter).run()
+                        args.component or list(consumers.BY_COMPONENT), restarter, health_urls).run()
         finally:
             await api.close()
 
@@ -262,6 +263,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="the systemd unit of a component [the component's name]")
     agent.add_argument("--restart-command", metavar="CMD",
                        help="with --restart command: run by sh -c, with CLUSTERPKI_COMPONENT set; exit 0 once healthy")
+    agent.add_argument("--health", action="append", default=[], metavar="COMPONENT=URL",
+                       help="where this member's component answers health checks (repeatable), e.g. "
+                            "kube-apiserver=https://10.0.0.1:6443/readyz, etcd=https://10.0.0.1:2379/health; "
+                            "other members check it before they restart theirs, and this agent after its restart")
     agent.add_argument("-v", "--verbose", action="store_true", help="log more")
     agent.set_defaults(handler=_agent)
 

@@ -5,23 +5,31 @@ Each round is idempotent: files equal to the Secrets are not rewritten, so a res
 restarts nothing. A component is reported at a revision only once its files are written and read
 back and, when it needs one, its restart succeeded; a failed restart is retried the next round and
 holds the component's report back, which holds a rotation's next phase back.
+
+Restarts roll across members: an agent restarts a component only while it holds the component's
+restart Lease (:mod:`clusterpki.kube.turns`), only when every other member's instance of it is
+healthy, and gives the Lease back only once its own instance is healthy again. A failed restart keeps
+the Lease, so the roll stops there, and is reported, so the ClusterPKI's ``RestartsHealthy``
+condition says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from clusterpki.agent import consumers
+from clusterpki.agent import consumers, health
 from clusterpki.agent.restarters import Restarter, RestartFailed
 from clusterpki.errors import UserError
 from clusterpki.kube import reports, secrets
 from clusterpki.kube.api import Api, ApiError
+from clusterpki.kube.turns import POLL, Turns
 from clusterpki.kubeadm import layout
 from clusterpki.pki import keys
 
@@ -29,19 +37,27 @@ LOGGER = logging.getLogger("clusterpki.agent")
 SETTLE = 0.5  # seconds to gather a burst of Secret events (one rotation step writes many) into one round
 RETRY = 5.0  # seconds before a failed round is tried again
 WATCH_TIMEOUT = 300
+HEALTHY_WITHIN = 120.0  # seconds a restarted instance has to answer its health check
+
+
+class NotYourTurn(Exception):
+    """Another member restarts the component now, or one of its instances is not healthy: wait."""
 
 
 class Agent:
     def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, name: str,
-                 components: list[str], restarter: Restarter) -> None:
+                 components: list[str], restarter: Restarter, health_urls: dict[str, str] | None = None) -> None:
         self.api, self.namespace, self.pki_name = api, namespace, pki_name
         self.out, self.member, self.name = out, member, name
         self.components = [c for c in consumers.BY_COMPONENT if c in components]
         self.restarter = restarter
+        self.health_urls = {c: url for c, url in (health_urls or {}).items() if c in self.components}
+        self.turns = Turns(api, namespace, pki_name, name)
         self.secrets: dict[str, dict[str, Any]] = {}  # component -> Secret
-        self.owed: set[str] = set()  # components whose restart failed and is owed
+        self.owed: set[str] = set()  # components whose restart is owed (not made, or failed)
         self.loaded: reports.Loaded = {}
-        self.reported: reports.Loaded | None = None
+        self.restarts: dict[str, dict[str, str]] = {}  # component -> {state, message}: restarts not done
+        self.reported: dict[str, Any] | None = None
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
@@ -53,12 +69,16 @@ class Agent:
                 self.changed.clear()
                 try:
                     await self.round()
+                except NotYourTurn as exc:
+                    LOGGER.info(f"{self.namespace}/{self.pki_name}: {exc}; looking again in {POLL:g}s")
+                    asyncio.get_running_loop().call_later(POLL, self.changed.set)
                 except (ApiError, UserError, RestartFailed) as exc:
                     LOGGER.warning(f"{self.namespace}/{self.pki_name}: {exc}; trying again in {RETRY:g}s")
                     asyncio.get_running_loop().call_later(RETRY, self.changed.set)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+            await self.turns.close()
 
     async def round(self) -> None:
         """Write the files, restart what needs it, report."""
@@ -71,13 +91,12 @@ class Agent:
             LOGGER.info(f"{self.namespace}/{self.pki_name}: wrote {', '.join(sorted(written))}")
         self.owed |= set(consumers.to_restart(self.components, set(written)))
         sources = layout.sources(self.member)
-        failed = None
+        failed: Exception | None = None
         for component in self.components:
             if component in self.owed and failed is None:
-                LOGGER.info(f"{self.namespace}/{self.pki_name}: restarting {component}")
                 try:
-                    await self.restarter.restart(component)
-                except RestartFailed as exc:
+                    await self._restart_in_turn(component)
+                except (NotYourTurn, RestartFailed) as exc:
                     failed = exc  # the others wait: one component at a time, in order
                 else:
                     self.owed.discard(component)
@@ -88,10 +107,62 @@ class Agent:
         if failed is not None:
             raise failed
 
-    async def _report(self) -> None:
-        if self.loaded == self.reported:
+    async def _restart_in_turn(self, component: str) -> None:
+        """Restart ``component`` once it is this member's turn and the other members' instances are
+        healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
+        holder = await self.turns.take(component)
+        if holder is not None:
+            await self._wait(component, f"{holder} is restarting its {component}")
+        unhealthy = await self._unhealthy_peers(component)
+        if unhealthy:
+            await self.turns.give_back(component)
+            await self._wait(component, f"the {component} of {unhealthy}")
+        LOGGER.info(f"{self.namespace}/{self.pki_name}: restarting {component}")
+        self.restarts.pop(component, None)
+        try:
+            await self.restarter.restart(component)
+            await self._healthy_again(component)
+        except RestartFailed as exc:
+            self.restarts[component] = {"state": reports.FAILED, "message": str(exc)}
+            raise
+        self.restarts.pop(component, None)
+        await self.turns.give_back(component)
+
+    async def _wait(self, component: str, why: str) -> None:
+        self.restarts[component] = {"state": reports.WAITING, "message": why}
+        await self._report()
+        raise NotYourTurn(f"the restart of {component} waits: {why}")
+
+    async def _unhealthy_peers(self, component: str) -> str | None:
+        """The first other member whose instance of ``component`` fails its health check, with why."""
+        found = await self.api.request("list", f"the consumer reports of {self.namespace}/{self.pki_name}", "GET",
+                                       f"/api/v1/namespaces/{self.namespace}/configmaps",
+                                       params={"labelSelector": reports.selector(self.pki_name)})
+        for report in sorted(found.get("items") or [], key=reports.agent_of):
+            url = reports.health(report).get(component)
+            if reports.agent_of(report) == self.name or url is None:
+                continue
+            problem = await health.problem(component, url, self.out)
+            if problem:
+                return f"{reports.agent_of(report)} is not healthy: {problem}"
+        return None
+
+    async def _healthy_again(self, component: str) -> None:
+        url = self.health_urls.get(component)
+        if url is None:
             return
-        body = reports.config_map(self.pki_name, self.namespace, self.name, self.loaded)
+        deadline = asyncio.get_running_loop().time() + HEALTHY_WITHIN
+        while (problem := await health.problem(component, url, self.out)) is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
+            await asyncio.sleep(0.5)
+
+    async def _report(self) -> None:
+        state = {"loaded": self.loaded, "health": self.health_urls, "restarts": self.restarts}
+        if state == self.reported:
+            return
+        body = reports.config_map(self.pki_name, self.namespace, self.name, self.loaded, self.health_urls,
+                                  self.restarts)
         path = f"/api/v1/namespaces/{self.namespace}/configmaps"
         what = f"ConfigMap {self.namespace}/{body['metadata']['name']}"
         try:
@@ -100,7 +171,7 @@ class Agent:
             if exc.status != 404:
                 raise
             await self.api.request("report", what, "POST", path, body)
-        self.reported = {c: dict(r) for c, r in self.loaded.items()}
+        self.reported = json.loads(json.dumps(state))  # a copy: the next round changes the originals
 
     async def _watch(self) -> None:
         """List the ClusterPKI's Secrets, then follow them; a broken watch lists again."""

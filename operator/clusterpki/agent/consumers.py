@@ -24,6 +24,8 @@ RELOAD, RESTART = "reload", "restart"
 class Consumer(NamedTuple):
     component: str
     files: dict[str, str]  # path below DIR -> RELOAD or RESTART
+    health_ca: str | None = None  # the bundle that verifies its health endpoint; None: a self-signed one
+    health_client: str | None = None  # the client pair (path without .crt/.key) its health endpoint asks for
 
 
 CONSUMERS: tuple[Consumer, ...] = (  # in the order they are restarted: what others depend on first
@@ -33,7 +35,7 @@ CONSUMERS: tuple[Consumer, ...] = (  # in the order they are restarted: what oth
         "pki/etcd/server.key":                RELOAD,   # --key-file
         "pki/etcd/peer.crt":                  RELOAD,   # --peer-cert-file
         "pki/etcd/peer.key":                  RELOAD,   # --peer-key-file
-    }),
+    }, health_ca="pki/etcd/ca.crt", health_client="pki/etcd/healthcheck-client"),
     Consumer("kube-apiserver", {
         "pki/ca.crt":                         RELOAD,   # --client-ca-file
         "pki/apiserver.crt":                  RELOAD,   # --tls-cert-file
@@ -48,7 +50,7 @@ CONSUMERS: tuple[Consumer, ...] = (  # in the order they are restarted: what oth
         "pki/apiserver-etcd-client.key":      RESTART,  # --etcd-keyfile
         "pki/sa.pub":                         RESTART,  # --service-account-key-file
         "pki/sa.key":                         RESTART,  # --service-account-signing-key-file
-    }),
+    }, health_ca="pki/ca.crt"),  # /readyz is public
     Consumer("kube-controller-manager", {
         "controller-manager.conf":            RESTART,  # --kubeconfig
         "pki/ca.crt":                         RESTART,  # --root-ca-file, --cluster-signing-cert-file

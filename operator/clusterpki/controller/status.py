@@ -10,6 +10,7 @@ from clusterpki.kube import secrets
 from clusterpki.pki import catalog, certificates, engine
 
 READY = "Ready"
+RESTARTS_HEALTHY = "RestartsHealthy"  # with agents: no component's restart has failed on any member
 
 
 def timestamp(moment: datetime) -> str:
@@ -23,11 +24,17 @@ def parse_timestamp(text: str) -> datetime:
 
 def ready_condition(ok: bool, reason: str, message: str, generation: int | None,
                     previous: list[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
-    """The Ready condition; ``lastTransitionTime`` moves only when the status flips."""
+    """The Ready condition."""
+    return condition(READY, ok, reason, message, generation, previous, now)
+
+
+def condition(kind: str, ok: bool, reason: str, message: str, generation: int | None,
+              previous: list[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """A condition of type ``kind``; ``lastTransitionTime`` moves only when its status flips."""
     value = "True" if ok else "False"
-    before = next((c for c in previous if c.get("type") == READY), None)
+    before = next((c for c in previous if c.get("type") == kind), None)
     since = before["lastTransitionTime"] if before and before.get("status") == value else timestamp(now)
-    return {"type": READY, "status": value, "reason": reason, "message": message,
+    return {"type": kind, "status": value, "reason": reason, "message": message,
             "lastTransitionTime": since, "observedGeneration": generation}
 
 

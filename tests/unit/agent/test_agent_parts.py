@@ -74,12 +74,26 @@ def test_reports_name_who_runs_an_older_revision():
     _, wanted = _stored()
     loaded = {"etcd": {"etcd-ca": reports.revision(wanted["etcd-ca"]["data"]), "etcd-server-m0": "old"},
               "kube-apiserver": {"ca": reports.revision(wanted["ca"]["data"])}}
-    report = reports.config_map("x", "ns", "node-0", loaded)
+    report = reports.config_map("x", "ns", "node-0", loaded, {"etcd": "https://10.0.0.1:2379/health"}, {})
     entries = reports.consumers([report], wanted)
     assert entries == [{"name": "node-0/etcd", "current": False, "behind": ["etcd-server-m0"]},
                        {"name": "node-0/kube-apiserver", "current": True}]
     assert reports.holding_up(entries) == "node-0/etcd (etcd-server-m0)"
+    assert reports.health(report) == {"etcd": "https://10.0.0.1:2379/health"}
+    assert reports.failed_restarts(entries) == ""
     assert reports.consumers([{"metadata": {"name": "broken"}, "data": {"loaded": "{"}}], wanted) == []
+
+
+def test_reports_carry_restarts_that_are_not_done():
+    _, wanted = _stored()
+    loaded = {"etcd": {"etcd-ca": "old"}, "kube-apiserver": {"ca": "old"}}
+    restarts = {"etcd": {"state": reports.FAILED, "message": "restarting etcd exited 1: boom"},
+                "kube-apiserver": {"state": reports.WAITING, "message": "node-1 is restarting its kube-apiserver"}}
+    report = reports.config_map("x", "ns", "node-0", loaded, {}, restarts)
+    entries = reports.consumers([report], wanted)
+    assert [e["restart"] for e in entries] == ["Failed: restarting etcd exited 1: boom",
+                                               "Waiting: node-1 is restarting its kube-apiserver"]
+    assert reports.failed_restarts(entries) == "node-0/etcd (Failed: restarting etcd exited 1: boom)"
 
 
 def test_the_token_lifetime_annotation_is_read_and_bounded():

@@ -1,0 +1,43 @@
+"""Whether a component's instance is healthy, from its health URL (``/readyz`` for kube-apiserver, ``/health``
+for etcd, ``/healthz`` for the others): HTTP 200 within a few seconds. TLS is verified with the CA bundle
+the consumer table names for the component, from the agent's own files, and a client pair is presented
+where the component asks for one (etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import aiohttp
+
+from clusterpki.agent import consumers
+
+TIMEOUT = 3.0  # seconds for one probe
+
+
+async def problem(component: str, url: str, out: Path) -> str | None:
+    """Why the instance at ``url`` is not healthy, or None when it is."""
+    try:
+        context = _context(component, out) if url.startswith("https:") else None
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context if context else False)) as session:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as response:
+                if response.status == 200:
+                    return None
+                return f"{url} answers HTTP {response.status}"
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        return f"{url} does not answer ({type(exc).__name__})"
+
+
+def _context(component: str, out: Path) -> ssl.SSLContext:
+    consumer = consumers.BY_COMPONENT[component]
+    if consumer.health_ca is None:  # serves a self-signed certificate of its own
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=str(out / consumer.health_ca))
+        context.check_hostname = False  # members are probed by address; the chain is what matters
+    if consumer.health_client is not None:
+        context.load_cert_chain(str(out / f"{consumer.health_client}.crt"), str(out / f"{consumer.health_client}.key"))
+    return context

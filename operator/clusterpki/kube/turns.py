@@ -1,0 +1,122 @@
+"""Whose turn it is to restart a component: one ``coordination.k8s.io/v1`` Lease per ClusterPKI and
+component, ``<clusterpki>-restart-<component>``, held by the agent that restarts it.
+
+Agents on different members never restart the same component at once: an agent restarts only while it
+holds the component's Lease. It renews the Lease while it holds it, also after a failed restart, so a
+failure stops the roll until that agent's restart succeeds. Only an agent that dies lets its Lease
+lapse, after :data:`DURATION`; the next agent's health check of the other members still guards the roll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from clusterpki.kube.api import Api, ApiError
+
+LOGGER = logging.getLogger("clusterpki.agent")
+DURATION = 90  # seconds a Lease outlives its holder's last renewal
+RENEW = 10.0  # seconds between renewals while held
+POLL = 2.0  # seconds between looks at a Lease that another agent holds
+
+
+def lease_name(pki_name: str, component: str) -> str:
+    return f"{pki_name}-restart-{component}"
+
+
+class Turns:
+    """The restart Leases of one ClusterPKI, as one agent (``holder``) takes and gives them back."""
+
+    def __init__(self, api: Api, namespace: str, pki_name: str, holder: str) -> None:
+        self.api, self.namespace, self.pki_name, self.holder = api, namespace, pki_name, holder
+        self._renewers: dict[str, asyncio.Task] = {}
+
+    def holds(self, component: str) -> bool:
+        return component in self._renewers
+
+    async def take(self, component: str) -> str | None:
+        """Take the component's Lease, or say who holds it: None once it is ours."""
+        if self.holds(component):
+            return None
+        name = lease_name(self.pki_name, component)
+        now = _now()
+        lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+        spec = {"holderIdentity": self.holder, "leaseDurationSeconds": DURATION,
+                "acquireTime": _micro(now), "renewTime": _micro(now)}
+        try:
+            if lease is None:
+                await self.api.request("take", f"Lease {self.namespace}/{name}", "POST", self._path(),
+                                       {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                        "metadata": {"name": name, "namespace": self.namespace}, "spec": spec})
+            else:
+                holder = _holder(lease, now)
+                if holder not in (None, self.holder):
+                    return holder
+                await self.api.request("take", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                                       {**lease, "spec": {**lease.get("spec", {}), **spec}})
+        except ApiError as exc:
+            if exc.status == 409:  # another agent took it between our read and our write
+                return "another agent"
+            raise
+        self._renewers[component] = asyncio.create_task(self._renew(name))
+        return None
+
+    async def give_back(self, component: str) -> None:
+        """Release the component's Lease, so that the next member may restart it."""
+        renewer = self._renewers.pop(component, None)
+        if renewer is None:
+            return
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+        name = lease_name(self.pki_name, component)
+        lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
+            spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
+            await self.api.request("release", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                                   {**lease, "spec": spec})
+
+    async def close(self) -> None:
+        for component in list(self._renewers):
+            try:
+                await self.give_back(component)
+            except ApiError as exc:
+                LOGGER.warning(f"cannot give the restart Lease of {component} back: {exc}")
+
+    async def _renew(self, name: str) -> None:
+        while True:
+            await asyncio.sleep(RENEW)
+            try:
+                lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
+                    LOGGER.warning(f"the restart Lease {self.namespace}/{name} was taken from {self.holder}")
+                    return
+                await self.api.request("renew", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                                       {**lease, "spec": {**lease["spec"], "renewTime": _micro(_now())}})
+            except ApiError as exc:
+                LOGGER.warning(f"cannot renew the restart Lease {self.namespace}/{name}: {exc}")
+
+    def _path(self, name: str | None = None) -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+        return f"{path}/{name}" if name else path
+
+
+def _holder(lease: dict[str, Any], now: datetime) -> str | None:
+    """Who holds a Lease now: nobody once it is released, or lapsed past its duration."""
+    spec = lease.get("spec") or {}
+    holder, renewed = spec.get("holderIdentity"), spec.get("renewTime")
+    if not holder or not renewed:
+        return None
+    lapsed = datetime.fromisoformat(renewed.replace("Z", "+00:00")) + timedelta(
+        seconds=spec.get("leaseDurationSeconds") or DURATION)
+    return holder if lapsed > now else None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _micro(moment: datetime) -> str:
+    """A Lease's MicroTime."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
