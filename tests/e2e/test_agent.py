@@ -40,10 +40,11 @@ def _bin_dir() -> Path:
     return next(p.parent for p in Path.home().glob(".cache/clusterpki-k8s/*/kube-apiserver"))
 
 
-def _agent_kubeconfig(cluster, namespace: str, path: Path) -> Path:
-    """The agent's own ServiceAccount and namespaced, read-only Role, from manifests/agent/."""
-    documents = [d for d in yaml.safe_load_all((REPO / "manifests/agent/agent.yaml").read_text())
-                 if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+def _agent_kubeconfig(cluster, namespace: str, path: Path, pki_name: str = "cp") -> Path:
+    """The agent's own ServiceAccount and namespaced Role, from manifests/agent/, edited for the
+    ClusterPKI ``namespace/pki_name`` as its comment tells users to."""
+    text = (REPO / "manifests/agent/agent.yaml").read_text().replace("example-restart-", f"{pki_name}-restart-")
+    documents = [d for d in yaml.safe_load_all(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     for document in documents:
         if document["kind"] != "ServiceAccount":
             document["metadata"]["namespace"] = namespace
