@@ -1,5 +1,6 @@
 """A control plane that consumes the agent's files: etcd, kube-apiserver and kube-controller-manager
-processes started from DIR (kubeadm's layout), and restarted by the agent's command restarter.
+processes of one member, started from DIR (kubeadm's layout), and restarted by the agent's command
+restarter.
 
 ``python -m tests.consumers restart COMPONENT STATE`` stops the component's process (SIGTERM),
 starts it again with the command in STATE/commands.json, waits until it is healthy, and appends
@@ -22,26 +23,42 @@ from pathlib import Path
 HEALTH_TIMEOUT = 60
 
 
-def commands(pki: Path, bin_dir: Path, state: Path, etcd_port: int, peer_port: int, api_port: int) -> dict:
-    """The command line of each component, reading kubeadm's files below ``pki``'s parent."""
+def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[str, tuple[int, int]],
+             api_port: int | None) -> dict:
+    """The command line of each component of ``member``, reading kubeadm's files below ``pki``'s parent.
+
+    ``members`` gives every etcd member's client and peer port; ``api_port``, when this member runs a
+    kube-apiserver, its port. The apiserver talks to every etcd member, and on SIGTERM it fails
+    ``/readyz`` for 3 s before it stops listening, so a load balancer takes it out of rotation first."""
     d, p = pki.parent, pki
-    return {
-        "etcd": ["etcd", "--name", "m0", "--data-dir", str(state / "etcd-data"),
+    etcd_port, peer_port = members[member]
+    found = {
+        "etcd": ["etcd", "--name", member, "--data-dir", str(state / "etcd-data"),
                  "--listen-client-urls", f"https://127.0.0.1:{etcd_port}",
                  "--advertise-client-urls", f"https://127.0.0.1:{etcd_port}",
                  "--listen-peer-urls", f"https://127.0.0.1:{peer_port}",
                  "--initial-advertise-peer-urls", f"https://127.0.0.1:{peer_port}",
-                 "--initial-cluster", f"m0=https://127.0.0.1:{peer_port}",
+                 "--initial-cluster", ",".join(f"{m}=https://127.0.0.1:{peer}" for m, (_, peer) in members.items()),
+                 "--initial-cluster-state", "new", "--initial-cluster-token", f"proof-{os.getpid()}",
                  "--cert-file", f"{p}/etcd/server.crt", "--key-file", f"{p}/etcd/server.key",
                  "--trusted-ca-file", f"{p}/etcd/ca.crt", "--client-cert-auth",
                  "--peer-cert-file", f"{p}/etcd/peer.crt", "--peer-key-file", f"{p}/etcd/peer.key",
                  "--peer-trusted-ca-file", f"{p}/etcd/ca.crt", "--peer-client-cert-auth"],
-        "kube-apiserver": [
-            str(bin_dir / "kube-apiserver"), f"--etcd-servers=https://127.0.0.1:{etcd_port}",
+        "kube-controller-manager": [
+            str(bin_dir / "kube-controller-manager"), f"--kubeconfig={d}/controller-manager.conf",
+            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
+            "--use-service-account-credentials=false", "--controllers=serviceaccount,serviceaccount-token",
+            f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
+            f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key"],
+    }
+    if api_port is not None:
+        found["kube-apiserver"] = [
+            str(bin_dir / "kube-apiserver"),
+            "--etcd-servers=" + ",".join(f"https://127.0.0.1:{client}" for client, _ in members.values()),
             f"--etcd-cafile={p}/etcd/ca.crt", f"--etcd-certfile={p}/apiserver-etcd-client.crt",
             f"--etcd-keyfile={p}/apiserver-etcd-client.key",
             "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none", f"--tls-cert-file={p}/apiserver.crt",
+            "--endpoint-reconciler-type=none", "--shutdown-delay-duration=3s", f"--tls-cert-file={p}/apiserver.crt",
             f"--tls-private-key-file={p}/apiserver.key", f"--client-ca-file={p}/ca.crt",
             f"--service-account-key-file={p}/sa.pub", f"--service-account-signing-key-file={p}/sa.key",
             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12",
@@ -51,22 +68,22 @@ def commands(pki: Path, bin_dir: Path, state: Path, etcd_port: int, peer_port: i
             f"--proxy-client-cert-file={p}/front-proxy-client.crt", f"--proxy-client-key-file={p}/front-proxy-client.key",
             f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",
             f"--kubelet-client-key={p}/apiserver-kubelet-client.key",
-            "--authorization-mode=RBAC", f"--cert-dir={state / 'certdir'}"],
-        "kube-controller-manager": [
-            str(bin_dir / "kube-controller-manager"), f"--kubeconfig={d}/controller-manager.conf",
-            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-            "--use-service-account-credentials=false", "--controllers=serviceaccount,serviceaccount-token",
-            f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
-            f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key"],
-    }
+            "--authorization-mode=RBAC", f"--cert-dir={state / 'certdir'}"]
+    return found
 
 
 def start(component: str, state: Path) -> None:
+    healthy(component, state, launch(component, state))
+
+
+def launch(component: str, state: Path) -> subprocess.Popen:
+    """Start the component without waiting for its health: the members of a new etcd cluster must all
+    be started before any of them is healthy."""
     argv = json.loads((state / "commands.json").read_text())[component]
     log = open(state / f"{component}.log", "ab")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (state / f"{component}.pid").write_text(str(process.pid))
-    healthy(component, state, process)
+    return process
 
 
 def stop(component: str, state: Path) -> None:

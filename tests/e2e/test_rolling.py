@@ -12,14 +12,14 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import pki
-from tests.e2e.test_agent import _agent_kubeconfig
+from tests.proof import agent_kubeconfig
 from tests.helpers import REPO
 
 RESTART = ('echo "start $(date +%s.%N)" >> {log}; sleep 1; '
@@ -79,7 +79,7 @@ class Member:
 
 @pytest.fixture
 def kubeconfig(cluster, namespace, tmp_path) -> Path:
-    return _agent_kubeconfig(cluster, namespace, tmp_path / "agent.kubeconfig")
+    return agent_kubeconfig(cluster, namespace, tmp_path / "agent.kubeconfig")
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ restarts nothing. A component is reported at a revision only once its files are 
 back and, when it needs one, its restart succeeded; a failed restart is retried the next round and
 holds the component's report back, which holds a rotation's next phase back.
 
-Restarts roll across members: an agent restarts a component only while it holds the component's
+Restarts roll across members: an agent restarts a component only while it holds the ClusterPKI's
 restart Lease (:mod:`clusterpki.kube.turns`), only when every other member's instance of it is
-healthy, and gives the Lease back only once its own instance is healthy again. A failed restart keeps
+healthy, and gives the Lease back only once its own instance has been healthy for a while. A failed restart keeps
 the Lease, so the roll stops there, and is reported, so the ClusterPKI's ``RestartsHealthy``
 condition says so.
 """
@@ -38,6 +38,9 @@ SETTLE = 0.5  # seconds to gather a burst of Secret events (one rotation step wr
 RETRY = 5.0  # seconds before a failed round is tried again
 WATCH_TIMEOUT = 300
 HEALTHY_WITHIN = 120.0  # seconds a restarted instance has to answer its health check
+# Seconds a restarted instance must stay healthy before the next member may restart: a load balancer
+# takes a moment (HAProxy: "rise" checks) to send traffic to it again.
+HEALTHY_FOR = 5.0
 
 
 class NotYourTurn(Exception):
@@ -110,12 +113,12 @@ class Agent:
     async def _restart_in_turn(self, component: str) -> None:
         """Restart ``component`` once it is this member's turn and the other members' instances are
         healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
-        holder = await self.turns.take(component)
+        holder = await self.turns.take()
         if holder is not None:
-            await self._wait(component, f"{holder} is restarting its {component}")
+            await self._wait(component, f"it is the turn of {holder} to restart")
         unhealthy = await self._unhealthy_peers(component)
         if unhealthy:
-            await self.turns.give_back(component)
+            await self.turns.give_back()
             await self._wait(component, f"the {component} of {unhealthy}")
         LOGGER.info(f"{self.namespace}/{self.pki_name}: restarting {component}")
         self.restarts.pop(component, None)
@@ -126,7 +129,7 @@ class Agent:
             self.restarts[component] = {"state": reports.FAILED, "message": str(exc)}
             raise
         self.restarts.pop(component, None)
-        await self.turns.give_back(component)
+        await self.turns.give_back()
 
     async def _wait(self, component: str, why: str) -> None:
         self.restarts[component] = {"state": reports.WAITING, "message": why}
@@ -151,10 +154,16 @@ class Agent:
         url = self.health_urls.get(component)
         if url is None:
             return
-        deadline = asyncio.get_running_loop().time() + HEALTHY_WITHIN
-        while (problem := await health.problem(component, url, self.out)) is not None:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
+        clock = asyncio.get_running_loop().time
+        deadline, healthy_since = clock() + HEALTHY_WITHIN, None
+        while healthy_since is None or clock() - healthy_since < HEALTHY_FOR:
+            problem = await health.problem(component, url, self.out)
+            if problem is None:
+                healthy_since = healthy_since or clock()
+            else:
+                healthy_since = None
+                if clock() > deadline:
+                    raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
             await asyncio.sleep(0.5)
 
     async def _report(self) -> None:

@@ -1,10 +1,14 @@
-"""Whose turn it is to restart a component: one ``coordination.k8s.io/v1`` Lease per ClusterPKI and
-component, ``<clusterpki>-restart-<component>``, held by the agent that restarts it.
+"""Whose turn it is to restart: one ``coordination.k8s.io/v1`` Lease per ClusterPKI,
+``<clusterpki>-restart``, held by the agent that restarts one of its components.
 
-Agents on different members never restart the same component at once: an agent restarts only while it
-holds the component's Lease. It renews the Lease while it holds it, also after a failed restart, so a
-failure stops the roll until that agent's restart succeeds. Only an agent that dies lets its Lease
-lapse, after :data:`DURATION`; the next agent's health check of the other members still guards the roll.
+One Lease for every component, not one per component: a kube-apiserver is ready only while etcd
+answers it, so an etcd member restarting on one node while an apiserver restarts on another can leave a
+load balancer with no ready apiserver (the HA proof saw it). So agents on different members never
+restart anything at the same time, let alone the same component.
+
+An agent renews the Lease while it holds it, also after a failed restart, so a failure stops the roll
+until that agent's restart succeeds. Only an agent that dies lets its Lease lapse, after
+:data:`DURATION`; the next agent's health check of the other members still guards the roll.
 """
 
 from __future__ import annotations
@@ -22,25 +26,26 @@ RENEW = 10.0  # seconds between renewals while held
 POLL = 2.0  # seconds between looks at a Lease that another agent holds
 
 
-def lease_name(pki_name: str, component: str) -> str:
-    return f"{pki_name}-restart-{component}"
+def lease_name(pki_name: str) -> str:
+    return f"{pki_name}-restart"
 
 
 class Turns:
-    """The restart Leases of one ClusterPKI, as one agent (``holder``) takes and gives them back."""
+    """The restart Lease of one ClusterPKI, as one agent (``holder``) takes it and gives it back."""
 
     def __init__(self, api: Api, namespace: str, pki_name: str, holder: str) -> None:
         self.api, self.namespace, self.pki_name, self.holder = api, namespace, pki_name, holder
-        self._renewers: dict[str, asyncio.Task] = {}
+        self._renewer: asyncio.Task | None = None
 
-    def holds(self, component: str) -> bool:
-        return component in self._renewers
+    @property
+    def held(self) -> bool:
+        return self._renewer is not None
 
-    async def take(self, component: str) -> str | None:
-        """Take the component's Lease, or say who holds it: None once it is ours."""
-        if self.holds(component):
+    async def take(self) -> str | None:
+        """Take the Lease, or say who holds it: None once it is ours."""
+        if self.held:
             return None
-        name = lease_name(self.pki_name, component)
+        name = lease_name(self.pki_name)
         now = _now()
         lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
         spec = {"holderIdentity": self.holder, "leaseDurationSeconds": DURATION,
@@ -60,17 +65,17 @@ class Turns:
             if exc.status == 409:  # another agent took it between our read and our write
                 return "another agent"
             raise
-        self._renewers[component] = asyncio.create_task(self._renew(name))
+        self._renewer = asyncio.create_task(self._renew(name))
         return None
 
-    async def give_back(self, component: str) -> None:
-        """Release the component's Lease, so that the next member may restart it."""
-        renewer = self._renewers.pop(component, None)
+    async def give_back(self) -> None:
+        """Release the Lease, so that the next member may restart."""
+        renewer, self._renewer = self._renewer, None
         if renewer is None:
             return
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
-        name = lease_name(self.pki_name, component)
+        name = lease_name(self.pki_name)
         lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
         if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
             spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
@@ -78,11 +83,10 @@ class Turns:
                                    {**lease, "spec": spec})
 
     async def close(self) -> None:
-        for component in list(self._renewers):
-            try:
-                await self.give_back(component)
-            except ApiError as exc:
-                LOGGER.warning(f"cannot give the restart Lease of {component} back: {exc}")
+        try:
+            await self.give_back()
+        except ApiError as exc:
+            LOGGER.warning(f"cannot give the restart Lease back: {exc}")
 
     async def _renew(self, name: str) -> None:
         while True:

@@ -1,0 +1,106 @@
+"""What the proofs on real components share: the agent's credentials as the manifests give them, TLS
+contexts from kubeadm's files, and a client load that records every request's outcome.
+
+The clients:
+- ``admin`` re-reads admin.conf before each request (a client that follows its kubeconfig) and reads
+  the default Namespace, a quorum read through etcd;
+- ``token`` presents a ServiceAccount token minted before any rotation, and trusts pki/ca.crt;
+- ``front-proxy`` authenticates as the front proxy (requestheader), with the front-proxy-client pair on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.helpers import REPO
+
+def bin_dir() -> Path:
+    return next(p.parent for p in Path.home().glob(".cache/clusterpki-k8s/*/kube-apiserver"))
+
+
+def agent_kubeconfig(cluster, namespace: str, path: Path, pki_name: str = "cp") -> Path:
+    """The agent's own ServiceAccount and namespaced Role, from manifests/agent/, edited for the
+    ClusterPKI ``namespace/pki_name`` as its comment tells users to."""
+    text = (REPO / "manifests/agent/agent.yaml").read_text().replace("example-restart", f"{pki_name}-restart")
+    documents = [d for d in yaml.safe_load_all(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    for document in documents:
+        if document["kind"] != "ServiceAccount":
+            document["metadata"]["namespace"] = namespace
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+    return cluster.token_kubeconfig(path, namespace="clusterpki-system", account="clusterpki-agent")
+
+
+def context(ca: bytes, cert: bytes | None = None, key: bytes | None = None) -> ssl.SSLContext:
+    made = ssl.create_default_context(cadata=ca.decode())
+    if cert is not None:
+        with tempfile.NamedTemporaryFile("wb") as c, tempfile.NamedTemporaryFile("wb") as k:
+            c.write(cert), k.write(key)
+            c.flush(), k.flush()
+            made.load_cert_chain(c.name, k.name)
+    return made
+
+
+def admin_context(directory: Path) -> ssl.SSLContext:
+    config = yaml.safe_load((directory / "admin.conf").read_text())
+    user, cluster = config["users"][0]["user"], config["clusters"][0]["cluster"]
+    return context(base64.b64decode(cluster["certificate-authority-data"]),
+                   base64.b64decode(user["client-certificate-data"]), base64.b64decode(user["client-key-data"]))
+
+
+class Load:
+    """Clients calling the apiserver until stopped; every outcome recorded with its time."""
+
+    def __init__(self, directory: Path, url: str, token: str) -> None:
+        self.directory, self.url, self.token = directory, url, token
+        self.outcomes: dict[str, list[tuple[float, str | None]]] = {"admin": [], "token": [], "front-proxy": []}
+        self.stopped = asyncio.Event()
+
+    def _setup(self, client: str) -> tuple[ssl.SSLContext, dict]:
+        pki = self.directory / "pki"
+        for attempt in range(5):  # a pair read between the renames of its .crt and .key: read again
+            try:
+                if client == "admin":
+                    return admin_context(self.directory), {}
+                if client == "token":
+                    return context((pki / "ca.crt").read_bytes()), {"Authorization": f"Bearer {self.token}"}
+                return context((pki / "ca.crt").read_bytes(), (pki / "front-proxy-client.crt").read_bytes(),
+                               (pki / "front-proxy-client.key").read_bytes()), \
+                    {"X-Remote-User": "alice", "X-Remote-Group": "system:authenticated"}
+            except (ssl.SSLError, ValueError, OSError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
+
+    async def _client(self, client: str) -> None:
+        while not self.stopped.is_set():
+            error = None
+            try:
+                tls, headers = await asyncio.to_thread(self._setup, client)
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
+                    path = "/api/v1/namespaces/default" if client == "admin" else "/api"
+                    async with session.get(f"{self.url}{path}", headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=5)) as response:
+                        if response.status != 200:
+                            error = f"HTTP {response.status}: {(await response.text())[:200]}"
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            self.outcomes[client].append((time.time(), error))
+            await asyncio.sleep(0.1)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._client(c) for c in self.outcomes))
+
+    def failures(self) -> list[tuple[str, float, str]]:
+        return [(client, at, error) for client, outcomes in self.outcomes.items() for at, error in outcomes if error]
+
+    def served_since(self, moment: float) -> bool:
+        """Whether every client has been served since ``moment``."""
+        return all(any(at > moment and error is None for at, error in outcomes) for outcomes in self.outcomes.values())
