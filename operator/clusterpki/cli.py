@@ -89,7 +89,8 @@ def _agent(args: argparse.Namespace) -> int:
         api = Api(_configuration())
         try:
             await Agent(api, args.namespace, args.name, Path(args.dir), args.member, name,
-                        args.component or list(consumers.BY_COMPONENT), restarter, health_urls).run()
+                        args.component or list(consumers.BY_COMPONENT), restarter, health_urls,
+                        args.healthy_for).run()
         finally:
             await api.close()
 
@@ -267,6 +268,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="where this member's component answers health checks (repeatable), e.g. "
                             "kube-apiserver=https://10.0.0.1:6443/readyz, etcd=https://10.0.0.1:2379/health; "
                             "other members check it before they restart theirs, and this agent after its restart")
+    agent.add_argument("--healthy-for", type=float, default=10.0, metavar="SECONDS",
+                       help="how long a restarted instance must stay healthy before the next member's turn: at "
+                            "least the load balancer's health-check interval times its rise count [10]")
     agent.add_argument("-v", "--verbose", action="store_true", help="log more")
     agent.set_defaults(handler=_agent)
 

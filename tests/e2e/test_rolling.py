@@ -59,7 +59,7 @@ class Member:
         self.process = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
             "--member", self.name, "--agent-name", self.name, "--component", "kube-scheduler",
-            "--health", f"kube-scheduler={self.health.url}", "--restart", "command",
+            "--health", f"kube-scheduler={self.health.url}", "--healthy-for", "0.5", "--restart", "command",
             "--restart-command", RESTART.format(log=self.log, fail=self.fail), cwd=REPO, stdout=output,
             stderr=output, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 

@@ -39,8 +39,8 @@ RETRY = 5.0  # seconds before a failed round is tried again
 WATCH_TIMEOUT = 300
 HEALTHY_WITHIN = 120.0  # seconds a restarted instance has to answer its health check
 # Seconds a restarted instance must stay healthy before the next member may restart: a load balancer
-# takes a moment (HAProxy: "rise" checks) to send traffic to it again.
-HEALTHY_FOR = 5.0
+# takes its health-check interval times its "rise" count to send traffic to it again.
+HEALTHY_FOR = 10.0
 
 
 class NotYourTurn(Exception):
@@ -49,12 +49,14 @@ class NotYourTurn(Exception):
 
 class Agent:
     def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, name: str,
-                 components: list[str], restarter: Restarter, health_urls: dict[str, str] | None = None) -> None:
+                 components: list[str], restarter: Restarter, health_urls: dict[str, str] | None = None,
+                 healthy_for: float = HEALTHY_FOR) -> None:
         self.api, self.namespace, self.pki_name = api, namespace, pki_name
         self.out, self.member, self.name = out, member, name
         self.components = [c for c in consumers.BY_COMPONENT if c in components]
         self.restarter = restarter
         self.health_urls = {c: url for c, url in (health_urls or {}).items() if c in self.components}
+        self.healthy_for = healthy_for
         self.turns = Turns(api, namespace, pki_name, name)
         self.secrets: dict[str, dict[str, Any]] = {}  # component -> Secret
         self.owed: set[str] = set()  # components whose restart is owed (not made, or failed)
@@ -156,7 +158,7 @@ class Agent:
             return
         clock = asyncio.get_running_loop().time
         deadline, healthy_since = clock() + HEALTHY_WITHIN, None
-        while healthy_since is None or clock() - healthy_since < HEALTHY_FOR:
+        while healthy_since is None or clock() - healthy_since < self.healthy_for:
             problem = await health.problem(component, url, self.out)
             if problem is None:
                 healthy_since = healthy_since or clock()
