@@ -2,7 +2,7 @@
 version up by itself (RELOAD) or must be restarted (RESTART).
 
 Measured on etcd 3.4 and kube-apiserver v1.24 with the files replaced atomically (rename), and held
-by ``tests/e2e/test_agent.py`` through renewals and rotations on those processes:
+by ``tests/e2e/test_ha.py`` through renewals and rotations on those processes:
 - kube-apiserver reloads its serving pair (``--tls-cert-file``) and its client CA bundles
   (``--client-ca-file``, ``--requestheader-client-ca-file``); it reads the etcd CA and client pair,
   the service-account keys, the front-proxy and kubelet client pairs once, at start.
