@@ -39,7 +39,8 @@ CAS = ("ca", "etcd-ca", "front-proxy-ca")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 LEASE_NAMESPACE = "clusterpki-system"
 
-pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy (.ci/run installs it)")
+pytestmark = [pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy (.ci/run installs it)"),
+              pytest.mark.xdist_group("ha-proof")]
 
 
 class Member:
@@ -139,7 +140,7 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
         await asyncio.to_thread(operator.start)
     body = pki("cp", namespace, controlPlaneEndpoint=f"127.0.0.1:{lb}",
                etcd={"members": [{"name": name} for name in MEMBERS]},
-               validity={"certificate": "4m"}, renewBefore="2m")
+               validity={"certificate": "3m"}, renewBefore="105s")
     body["metadata"]["annotations"] = {"pki.clusterpki.dev/rotate-ca-grace": "2s",
                                        "pki.clusterpki.dev/max-token-lifetime": "1h"}
     haproxy = load = load_task = None
@@ -147,7 +148,7 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
         try:
             await api.apply_pki(body)
             await api.ready(namespace, "cp", timeout=40)
-            # The leaves issued now fall due in 2 minutes, once: those renewed then, or re-issued by a
+            # The leaves issued now fall due in 75 s, once: those renewed then, or re-issued by a
             # rotation, are valid for 2 hours, so no other renewal comes in the middle of the rotations.
             await api.patch("clusterpkis", "cp", {"spec": {"validity": {"certificate": "2h"}}}, namespace)
             write_files(members, await api.secrets_of(namespace, "cp"))
