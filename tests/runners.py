@@ -113,7 +113,8 @@ class OperatorProcess:
         except OSError:
             return False
 
-    def stop(self, sig: int = signal.SIGINT) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it as the kubelet stops a pod: SIGTERM (SIGINT may be ignored in a pytest-xdist worker's child)."""
         if self.process is None:
             return
         self.process.send_signal(sig)
