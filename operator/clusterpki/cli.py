@@ -60,6 +60,7 @@ def _own_namespace() -> str:
 def _agent(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import signal
     import socket
 
     from clusterpki.agent import consumers, restarters
@@ -86,6 +87,10 @@ def _agent(args: argparse.Namespace) -> int:
     name = args.agent_name or socket.gethostname()
 
     async def main() -> None:
+        # SIGTERM (the kubelet stopping the pod) ends the agent cleanly: it gives its restart Lease back.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         api = Api(_configuration())
         try:
             await Agent(api, args.namespace, args.name, Path(args.dir), args.member, name,
@@ -94,7 +99,10 @@ def _agent(args: argparse.Namespace) -> int:
         finally:
             await api.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
     return 0
 
 

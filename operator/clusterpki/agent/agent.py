@@ -63,6 +63,7 @@ class Agent:
         self.loaded: reports.Loaded = {}
         self.restarts: dict[str, dict[str, str]] = {}  # component -> {state, message}: restarts not done
         self.reported: dict[str, Any] | None = None
+        self.resumed = False  # whether the report of a previous run of this agent has been read
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
@@ -96,6 +97,8 @@ class Agent:
             LOGGER.info(f"{self.namespace}/{self.pki_name}: wrote {', '.join(sorted(written))}")
         self.owed |= set(consumers.to_restart(self.components, set(written)))
         sources = layout.sources(self.member)
+        if not self.resumed:
+            await self._resume(files, sources)
         failed: Exception | None = None
         for component in self.components:
             if component in self.owed and failed is None:
@@ -106,19 +109,42 @@ class Agent:
                 else:
                     self.owed.discard(component)
             if component not in self.owed:
-                used = {sources[path] for path in consumers.BY_COMPONENT[component].files if path in files}
-                self.loaded[component] = {s: reports.revision(self.secrets[s].get("data") or {}) for s in sorted(used)}
+                self.loaded[component] = self._revisions(component, files, sources)
         await self._report()
         if failed is not None:
             raise failed
 
+    def _revisions(self, component: str, files: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:
+        """The revision of each Secret whose files ``component`` reads, as they are written now."""
+        used = {sources[path] for path in consumers.BY_COMPONENT[component].files if path in files}
+        return {s: reports.revision(self.secrets[s].get("data") or {}) for s in sorted(used)}
+
+    async def _resume(self, files: dict[str, Any], sources: dict[str, str]) -> None:
+        """After a restart of the agent itself: a component whose last report is behind the files now on
+        disk, or whose restart was not done, is still owed one (the files may have been written by the
+        previous run, which stopped before it restarted the component)."""
+        name = reports.name(self.pki_name, self.name)
+        previous = await self.api.get_or_none(f"ConfigMap {self.namespace}/{name}",
+                                              f"/api/v1/namespaces/{self.namespace}/configmaps/{name}")
+        self.resumed = True
+        if previous is None:
+            return
+        _, loaded = reports.read(previous)
+        pending = reports.restarts(previous)
+        for component in self.components:
+            if component in pending or loaded.get(component, {}) != self._revisions(component, files, sources):
+                self.owed.add(component)
+
     async def _restart_in_turn(self, component: str) -> None:
         """Restart ``component`` once it is this member's turn and the other members' instances are
         healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
+        unhealthy = await self._unhealthy_peers(component)
+        if unhealthy:  # not even a look at the Lease: a member that is down holds every roll up
+            await self._wait(component, f"the {component} of {unhealthy}")
         holder = await self.turns.take()
         if holder is not None:
             await self._wait(component, f"it is the turn of {holder} to restart")
-        unhealthy = await self._unhealthy_peers(component)
+        unhealthy = await self._unhealthy_peers(component)  # again, now that nobody else may restart
         if unhealthy:
             await self.turns.give_back()
             await self._wait(component, f"the {component} of {unhealthy}")
@@ -131,6 +157,7 @@ class Agent:
             self.restarts[component] = {"state": reports.FAILED, "message": str(exc)}
             raise
         self.restarts.pop(component, None)
+        self.owed.discard(component)
         await self.turns.give_back()
 
     async def _wait(self, component: str, why: str) -> None:
@@ -158,6 +185,11 @@ class Agent:
             return
         clock = asyncio.get_running_loop().time
         deadline, healthy_since = clock() + HEALTHY_WITHIN, None
+        if getattr(self.restarter, "detached", False):  # it returns before the restart happens: see it go
+            while await health.problem(component, url, self.out) is None:
+                if clock() > deadline:
+                    raise RestartFailed(f"{component} did not go down within {HEALTHY_WITHIN:g}s of its restart")
+                await asyncio.sleep(0.5)
         while healthy_since is None or clock() - healthy_since < self.healthy_for:
             problem = await health.problem(component, url, self.out)
             if problem is None:

@@ -28,7 +28,10 @@ class Restarter(Protocol):
 
 class StaticPods:
     """kubeadm's static pods: a new ``restarted-at`` annotation in ``MANIFESTS/<component>.yaml``
-    (written atomically) makes the kubelet recreate the pod."""
+    (written atomically) makes the kubelet recreate the pod. ``detached``: it returns before the kubelet
+    has acted, so the agent waits to see the instance go down before it waits for it to be healthy."""
+
+    detached = True
 
     def __init__(self, manifests: Path) -> None:
         self.manifests = manifests

@@ -10,6 +10,7 @@ hangs (the client sets no timeout), which would otherwise hold the leader past i
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
@@ -43,16 +45,32 @@ def identity() -> str:
     return f"{socket.gethostname()}_{uuid.uuid4()}"
 
 
-class _TimedLeaseLock(LeaseLock):
-    """The official LeaseLock through our client configuration, noting when a write last succeeded."""
+class _WithTimeout:
+    """An API object whose calls time out: the official client sets no timeout, and a hung request
+    would hold a replica in the election loop."""
 
-    def __init__(self, name: str, namespace: str, holder: str, api_client: client.ApiClient) -> None:
+    def __init__(self, api: Any, timeout: float) -> None:
+        self._api, self._timeout = api, timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(self._api, name), _request_timeout=self._timeout)
+
+
+class _TimedLeaseLock(LeaseLock):
+    """The official LeaseLock through our client configuration, with a timeout per request, noting
+    when a write last succeeded. A network error (the library only catches ``ApiException``) counts
+    as a failed attempt, retried the next period, not as the end of the election."""
+
+    def __init__(self, name: str, namespace: str, holder: str, api_client: client.ApiClient, timeout: float) -> None:
         super().__init__(name, namespace, holder)
-        self.api_instance = client.CoordinationV1Api(api_client)
+        self.api_instance = _WithTimeout(client.CoordinationV1Api(api_client), timeout)
         self.last_write = 0.0
 
     def get(self, name: str, namespace: str) -> tuple[bool, Any]:
-        found, record = super().get(name, namespace)
+        try:
+            found, record = super().get(name, namespace)
+        except Exception as exc:  # urllib3's errors for a refused, reset or timed-out connection
+            found, record = False, ApiException(status=0, reason=type(exc).__name__)
         status = getattr(record, "status", None)
         if not found and status != 404:  # the library retries quietly; say why, e.g. a 403
             logger.warning("Cannot read the Lease %s/%s: HTTP %s %s", namespace, name, status,
@@ -60,12 +78,17 @@ class _TimedLeaseLock(LeaseLock):
         return found, record
 
     def create(self, name: str, namespace: str, election_record: Any) -> bool:
-        return self._noted(super().create(name, namespace, election_record))
+        return self._noted(lambda: super(_TimedLeaseLock, self).create(name, namespace, election_record))
 
     def update(self, name: str, namespace: str, updated_record: Any) -> bool:
-        return self._noted(super().update(name, namespace, updated_record))
+        return self._noted(lambda: super(_TimedLeaseLock, self).update(name, namespace, updated_record))
 
-    def _noted(self, succeeded: bool) -> bool:
+    def _noted(self, write: Callable[[], bool]) -> bool:
+        try:
+            succeeded = write()
+        except Exception as exc:  # as in get(): a network error is a failed attempt
+            logger.warning("Cannot write the Lease %s/%s: %s", self.namespace, self.name, type(exc).__name__)
+            return False
         if succeeded:
             self.last_write = time.monotonic()
         return succeeded
@@ -80,7 +103,8 @@ class Elector:
         self.holder = holder or identity()
         self.on_lost = on_lost
         self.leading = threading.Event()
-        self._lock = _TimedLeaseLock(name, namespace, self.holder, client.ApiClient(configuration))
+        self._lock = _TimedLeaseLock(name, namespace, self.holder, client.ApiClient(configuration),
+                                     timeout=timing.retry_period)
         self._config = electionconfig.Config(self._lock, timing.lease_duration, timing.renew_deadline,
                                              timing.retry_period, self.leading.set, self._stopped)
 
@@ -98,7 +122,7 @@ class Elector:
     def _campaign(self) -> None:
         try:
             leaderelection.LeaderElection(self._config).run()
-        except Exception as exc:  # the library raises whatever the client does; any of it ends the campaign
+        except Exception as exc:  # the lock turns API and network errors into failed attempts: this is a bug
             self._lost(f"the election failed: {type(exc).__name__}")
 
     def _stopped(self) -> None:

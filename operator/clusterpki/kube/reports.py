@@ -92,10 +92,11 @@ def consumers(reports: list[Mapping[str, Any]], current: Mapping[str, Mapping[st
     for report in reports:
         agent, loaded = read(report)
         pending = restarts(report)
-        for component, revisions in sorted(loaded.items()):
+        for component in sorted(set(loaded) | set(pending)):  # a first restart that failed has loaded nothing
+            revisions = loaded.get(component, {})
             behind = sorted(secret for secret, rev in revisions.items()
                             if secret in current and revision(current[secret].get("data") or {}) != rev)
-            entry: dict[str, Any] = {"name": f"{agent}/{component}", "current": not behind}
+            entry: dict[str, Any] = {"name": f"{agent}/{component}", "current": component in loaded and not behind}
             if behind:
                 entry["behind"] = behind
             if component in pending:

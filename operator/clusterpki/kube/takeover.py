@@ -43,6 +43,11 @@ async def create(store: SecretStore, secrets: list[dict[str, Any]], body: dict[s
             created.append(secret["metadata"]["name"])
         await store.request("create", f"ClusterPKI {namespace}/{name}", "POST", resource.path(namespace), body)
     except ApiError as exc:
+        if len(created) == len(secrets) and not 400 <= exc.status < 500 and await _maybe_created(store, namespace, name):
+            # The create may have been stored before the answer was lost: deleting the CAs now would
+            # leave the operator to make new ones for a running cluster.
+            raise UserError(f"cannot tell whether ClusterPKI {namespace}/{name} was created ({exc}); its Secrets "
+                            f"are left in place: check with kubectl -n {namespace} get clusterpki {name}") from None
         left = []
         for secret_name in reversed(created):
             try:
@@ -52,3 +57,11 @@ async def create(store: SecretStore, secrets: list[dict[str, Any]], body: dict[s
         undone = (f"the Secrets {', '.join(sorted(left))} could not be deleted again; delete them" if left
                   else "nothing was left behind")
         raise UserError(f"cannot import into {namespace}/{name}: {exc}; {undone}") from None
+
+
+async def _maybe_created(store: SecretStore, namespace: str, name: str) -> bool:
+    """Whether the ClusterPKI exists, or cannot be told not to."""
+    try:
+        return await store.get_or_none(f"ClusterPKI {namespace}/{name}", resource.path(namespace, name)) is not None
+    except ApiError:
+        return True

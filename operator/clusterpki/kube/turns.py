@@ -39,12 +39,14 @@ class Turns:
 
     @property
     def held(self) -> bool:
-        return self._renewer is not None
+        """Whether the Lease is ours: taken, and renewed in time (the renewer stops once it is not)."""
+        return self._renewer is not None and not self._renewer.done()
 
     async def take(self) -> str | None:
         """Take the Lease, or say who holds it: None once it is ours."""
         if self.held:
             return None
+        self._renewer = None  # a renewer that stopped: the Lease is to be taken again, if it is free
         name = lease_name(self.pki_name)
         now = _now()
         lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
@@ -76,19 +78,23 @@ class Turns:
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
         name = lease_name(self.pki_name)
-        lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
-        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
-            spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
-            await self.api.request("release", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
-                                   {**lease, "spec": spec})
+        try:
+            lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
+                spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
+                await self.api.request("release", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                                       {**lease, "spec": spec})
+        except ApiError as exc:  # it lapses by itself, DURATION after the last renewal
+            LOGGER.warning(f"cannot give the restart Lease {self.namespace}/{name} back: {exc}")
 
     async def close(self) -> None:
-        try:
-            await self.give_back()
-        except ApiError as exc:
-            LOGGER.warning(f"cannot give the restart Lease back: {exc}")
+        await self.give_back()
 
     async def _renew(self, name: str) -> None:
+        """Renew until cancelled; stop (the Lease is no longer ours) once another agent holds it, or
+        once renewals have failed for so long that another agent may take it soon."""
+        clock = asyncio.get_running_loop().time
+        renewed = clock()
         while True:
             await asyncio.sleep(RENEW)
             try:
@@ -98,8 +104,12 @@ class Turns:
                     return
                 await self.api.request("renew", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
                                        {**lease, "spec": {**lease["spec"], "renewTime": _micro(_now())}})
+                renewed = clock()
             except ApiError as exc:
                 LOGGER.warning(f"cannot renew the restart Lease {self.namespace}/{name}: {exc}")
+                if clock() - renewed > DURATION - 3 * RENEW:
+                    LOGGER.warning(f"the restart Lease {self.namespace}/{name} is about to lapse: no longer ours")
+                    return
 
     def _path(self, name: str | None = None) -> str:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"

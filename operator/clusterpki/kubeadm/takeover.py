@@ -88,7 +88,7 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
         raise UserError(f"the directories {', '.join(map(str, dirs))} hold the etcd members {', '.join(names)}: "
                         "each directory must be a different member")
     server = _admin_server(first)
-    apiserver_certs = [layout.read_cert(d / f"{APISERVER}.crt") for d in dirs]
+    apiserver_certs = [_read_cert(d / f"{APISERVER}.crt") for d in dirs]
     apiserver = _read_pair(first, APISERVER)
     raw, derived = _spec(server, apiserver_certs, apiserver, cas["ca"].cert, members, service_cidr)
     resource = {"apiVersion": spec_model.API_VERSION, "kind": spec_model.KIND,
@@ -130,11 +130,14 @@ def _read_ca(directory: Path, ca: catalog.CAProfile, now: datetime) -> KeyPair:
 
 
 def _read_pair(directory: Path, file: str) -> KeyPair:
+    return KeyPair(_read_cert(directory / f"{file}.crt"), _read_key(directory, f"{file}.key"))
+
+
+def _read_cert(path: Path) -> x509.Certificate:
     try:
-        cert = layout.read_cert(directory / f"{file}.crt")
+        return layout.read_cert(path)
     except (ValueError, OSError) as exc:
-        raise UserError(f"{directory / file}.crt cannot be read: {exc}") from None
-    return KeyPair(cert, _read_key(directory, f"{file}.key"))
+        raise UserError(f"{path} cannot be read: {exc}") from None
 
 
 def _read_key(directory: Path, file: str) -> keys.PrivateKey:
@@ -166,11 +169,11 @@ def _check_sa_pub(dirs: list[Path], sa_key: keys.PrivateKey) -> None:
 def _member(directory: Path) -> _Member:
     """The etcd member a directory belongs to: the CN of its etcd server certificate, and the names the
     server and peer certificates hold beyond ``localhost`` and ``127.0.0.1``."""
-    server = layout.read_cert(directory / f"{ETCD_SERVER}.crt")
+    server = _read_cert(directory / f"{ETCD_SERVER}.crt")
     identities = [certificates.identity_of(server)]
     peer = directory / f"{ETCD_PEER}.crt"
     if peer.is_file():
-        identities.append(certificates.identity_of(layout.read_cert(peer)))
+        identities.append(certificates.identity_of(_read_cert(peer)))
     name = identities[0].common_name
     dns = [d for i in identities for d in i.dns_names if d not in LOOPBACK_NAMES]
     ips = [str(ip) for i in identities for ip in i.ips if ip not in LOOPBACK_IPS]
