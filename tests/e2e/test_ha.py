@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
@@ -69,7 +70,7 @@ class Member:
         self.agent = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
             "--member", self.name, "--agent-name", self.name, *[a for c in self.components for a in ("--component", c)],
-            *self.health(), "--healthy-for", "1.5", "--restart", "command", "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
+            *self.health(), "--healthy-for", "1", "--restart", "command", "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
     async def stop(self) -> None:
@@ -81,9 +82,10 @@ class Member:
 
 
 def haproxy_config(port: int, backends: list[int], path: Path) -> Path:
-    """TCP passthrough (client certificates reach the apiservers), /readyz checked every 500 ms (up after
-    2 checks, so the agents' --healthy-for 1.5), and a connection that fails retried on the other apiserver."""
-    servers = "\n".join(f"  server api{i} 127.0.0.1:{p} check check-ssl verify none inter 500ms fall 1 rise 2"
+    """TCP passthrough (client certificates reach the apiservers), /readyz checked every 300 ms (down after
+    1 failure, within the apiservers' 1 s shutdown delay; up after 2, within the agents' --healthy-for 1),
+    and a connection that fails retried on the other apiserver."""
+    servers = "\n".join(f"  server api{i} 127.0.0.1:{p} check check-ssl verify none inter 300ms fall 1 rise 2"
                         for i, p in enumerate(backends))
     path.write_text(f"""global
   maxconn 2000
@@ -178,12 +180,15 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
                 token = await api.wait_for(minted, timeout=60, what="a token of default/default")
             load = proof.Load(members[0].dir, url, token)
             load_task = asyncio.create_task(load.run())
+            load_started = datetime.now(timezone.utc).replace(microsecond=0)
             await asyncio.sleep(2)
 
             async def renewed_when_due():
-                return any(reason == "Renewed" and "due for renewal" in message
-                           for _, reason, message in await api.events(namespace))
-            await api.wait_for(renewed_when_due, 180, "an automatic renewal")
+                return [e for e in await api.list("events", namespace)
+                        if e["reason"] == "Renewed" and "due for renewal" in e["message"]]
+            renewals = await api.wait_for(renewed_when_due, 180, "an automatic renewal")
+            assert all(datetime.fromisoformat(e["firstTimestamp"].replace("Z", "+00:00")) >= load_started
+                       for e in renewals), "the automatic renewal came before the clients started"
             await consumers_current(api, namespace)
 
             for index, target in enumerate(TARGETS):
