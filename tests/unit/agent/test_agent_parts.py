@@ -103,3 +103,36 @@ def test_the_token_lifetime_annotation_is_read_and_bounded():
     body["metadata"]["annotations"][spec.TOKEN_LIFETIME_ANNOTATION] = "1000000h"
     with pytest.raises(spec.SpecError, match="max-token-lifetime"):
         spec.from_resource(body)
+
+
+async def test_an_agent_started_again_owes_what_its_previous_run_did_not_restart(tmp_path):
+    """Its previous run wrote the files and stopped before the restart: the files on disk are current,
+    so only its own last report tells that kube-apiserver still runs the old ones."""
+    from clusterpki.agent.agent import Agent
+
+    _, wanted = _stored()
+    components = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    stored = {c: {k: base64.b64decode(v) for k, v in s["data"].items()} for c, s in wanted.items()}
+    files, sources = layout.files_from_stored(stored, "m0"), layout.sources("m0")
+
+    class Api:
+        report = None
+
+        async def get_or_none(self, what, path):
+            return self.report
+
+    api = Api()
+    agent = Agent(api, "ns", "x", tmp_path, "m0", "node-0", components, restarters.Command("true"))
+    agent.secrets = wanted
+    current = {c: agent._revisions(c, files, sources) for c in components}
+    api.report = reports.config_map("x", "ns", "node-0", {
+        "etcd": current["etcd"], "kube-apiserver": {**current["kube-apiserver"], "sa": "old"},
+        "kube-controller-manager": current["kube-controller-manager"], "kube-scheduler": current["kube-scheduler"]},
+        {}, {"kube-controller-manager": {"state": reports.WAITING, "message": "m1 restarts"}})
+    await agent._resume(files, sources)
+    assert agent.owed == {"kube-apiserver", "kube-controller-manager"}
+
+    fresh = Agent(Api(), "ns", "x", tmp_path, "m0", "node-0", components, restarters.Command("true"))
+    fresh.secrets = wanted
+    await fresh._resume(files, sources)
+    assert fresh.owed == set(), "a first run owes nothing for files that are already there"
