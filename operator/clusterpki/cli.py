@@ -144,8 +144,9 @@ def _import(args: argparse.Namespace) -> int:
     print("\nThe ClusterPKI:")
     print("\n".join(f"  {line}" for line in spec_lines))
     print(f"\nSecrets in namespace {args.namespace}:")
-    name_width = max(len(secrets.secret_name(args.name, c)) for c in [*plan.taken, *plan.left])
-    for component in [*plan.taken, *plan.left]:
+    listed = [*plan.taken, *plan.left]
+    name_width = max(len(secrets.secret_name(args.name, c)) for c in listed)
+    for component in listed:
         secret = secrets.secret_name(args.name, component).ljust(name_width)
         if component in plan.left:
             print(f"  {secret}  the operator issues it: {plan.left[component]}")
@@ -154,13 +155,16 @@ def _import(args: argparse.Namespace) -> int:
         until = f", valid until {pair.cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z" if pair else ""
         print(f"  {secret}  taken over from {plan.origin[component]}{until}")
 
+    async def write(store: Any) -> None:
+        await store_takeover.check(store, args.namespace, args.name, [s["metadata"]["name"] for s in stored])
+        if not args.dry_run:
+            await store_takeover.create(store, stored, plan.resource)
+
+    _with_store(write)
     what = f"{len(stored)} Secrets and ClusterPKI {args.namespace}/{args.name}"
-    _with_store(lambda store: store_takeover.check(store, args.namespace, args.name,
-                                                   [s["metadata"]["name"] for s in stored]))
     if args.dry_run:
         print(f"\nDry run: nothing was written. Without --dry-run, import creates {what}.")
         return 0
-    _with_store(lambda store: store_takeover.create(store, stored, plan.resource))
     issues = f"issues {', '.join(plan.left)} (missing or invalid), and " if plan.left else ""
     print(f"\nImported: created {what}. The operator {issues}renews the certificates when they fall due.")
     return 0

@@ -84,7 +84,7 @@ class Agent:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            await self.turns.close()
+            await self.turns.give_back()
 
     async def round(self) -> None:
         """Write the files, restart what needs it, report."""
@@ -103,11 +103,9 @@ class Agent:
         for component in self.components:
             if component in self.owed and failed is None:
                 try:
-                    await self._restart_in_turn(component)
+                    await self._restart_in_turn(component)  # discards it from owed once done
                 except (NotYourTurn, RestartFailed) as exc:
                     failed = exc  # the others wait: one component at a time, in order
-                else:
-                    self.owed.discard(component)
             if component not in self.owed:
                 self.loaded[component] = self._revisions(component, files, sources)
         await self._report()
@@ -124,8 +122,7 @@ class Agent:
         disk, or whose restart was not done, is still owed one (the files may have been written by the
         previous run, which stopped before it restarted the component)."""
         name = reports.name(self.pki_name, self.name)
-        previous = await self.api.get_or_none(f"ConfigMap {self.namespace}/{name}",
-                                              f"/api/v1/namespaces/{self.namespace}/configmaps/{name}")
+        previous = await self.api.get_or_none(f"ConfigMap {self.namespace}/{name}", reports.path(self.namespace, name))
         self.resumed = True
         if previous is None:
             return
@@ -168,7 +165,7 @@ class Agent:
     async def _unhealthy_peers(self, component: str) -> str | None:
         """The first other member whose instance of ``component`` fails its health check, with why."""
         found = await self.api.request("list", f"the consumer reports of {self.namespace}/{self.pki_name}", "GET",
-                                       f"/api/v1/namespaces/{self.namespace}/configmaps",
+                                       reports.path(self.namespace),
                                        params={"labelSelector": reports.selector(self.pki_name)})
         for report in sorted(found.get("items") or [], key=reports.agent_of):
             url = reports.health(report).get(component)
@@ -206,14 +203,14 @@ class Agent:
             return
         body = reports.config_map(self.pki_name, self.namespace, self.name, self.loaded, self.health_urls,
                                   self.restarts)
-        path = f"/api/v1/namespaces/{self.namespace}/configmaps"
-        what = f"ConfigMap {self.namespace}/{body['metadata']['name']}"
+        name = body["metadata"]["name"]
+        what = f"ConfigMap {self.namespace}/{name}"
         try:
-            await self.api.request("report", what, "PUT", f"{path}/{body['metadata']['name']}", body)
+            await self.api.request("report", what, "PUT", reports.path(self.namespace, name), body)
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            await self.api.request("report", what, "POST", path, body)
+            await self.api.request("report", what, "POST", reports.path(self.namespace), body)
         self.reported = json.loads(json.dumps(state))  # a copy: the next round changes the originals
 
     async def _watch(self) -> None:

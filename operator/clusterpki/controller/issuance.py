@@ -172,12 +172,12 @@ async def reconcile(body: Mapping[str, Any], store: SecretStore, now: datetime,
         new_status["consumers"] = consumers
         new_status["consumersCurrent"] = f"{sum(e['current'] for e in consumers)}/{len(consumers)}"
         failed = reports.failed_restarts(consumers)
+        message = f"The roll stops until these succeed: {failed}" if failed else "No restart has failed"
         new_status["conditions"].append(status.condition(
-            status.RESTARTS_HEALTHY, not failed, "RestartFailed" if failed else "NoFailedRestart",
-            f"The roll stops until these succeed: {failed}" if failed else "No restart has failed",
+            status.RESTARTS_HEALTHY, not failed, "RestartFailed" if failed else "NoFailedRestart", message,
             generation, previous, now))
         if failed:
-            events.append((WARNING, "RestartFailed", f"The roll stops until these succeed: {failed}"))
+            events.append((WARNING, "RestartFailed", message))
     if rotation.is_active(active):
         before, waiting = active["phase"], active.get("waitingFor")
         active, step_at = rotation.advance(active, body, pki_spec.rotation_grace, now, reports.holding_up(consumers),

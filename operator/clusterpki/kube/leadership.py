@@ -97,16 +97,15 @@ class _TimedLeaseLock(LeaseLock):
 class Elector:
     """Campaigns for the Lease ``namespace/name`` in a thread of its own."""
 
-    def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None],
-                 name: str = LEASE_NAME, timing: Timing = TIMING, holder: str | None = None) -> None:
-        self.namespace, self.name, self.timing = namespace, name, timing
-        self.holder = holder or identity()
+    def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None]) -> None:
+        self.namespace, self.name = namespace, LEASE_NAME
+        self.holder = identity()
         self.on_lost = on_lost
         self.leading = threading.Event()
-        self._lock = _TimedLeaseLock(name, namespace, self.holder, client.ApiClient(configuration),
-                                     timeout=timing.retry_period)
-        self._config = electionconfig.Config(self._lock, timing.lease_duration, timing.renew_deadline,
-                                             timing.retry_period, self.leading.set, self._stopped)
+        self._lock = _TimedLeaseLock(self.name, namespace, self.holder, client.ApiClient(configuration),
+                                     timeout=TIMING.retry_period)
+        self._config = electionconfig.Config(self._lock, TIMING.lease_duration, TIMING.renew_deadline,
+                                             TIMING.retry_period, self.leading.set, self._stopped)
 
     def start(self) -> None:
         logger.info("Campaigning for the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
@@ -126,13 +125,13 @@ class Elector:
             self._lost(f"the election failed: {type(exc).__name__}")
 
     def _stopped(self) -> None:
-        self._lost(f"the Lease was not renewed within {self.timing.renew_deadline}s")
+        self._lost(f"the Lease was not renewed within {TIMING.renew_deadline}s")
 
     def _watchdog(self) -> None:
         while True:
             time.sleep(1)
-            if self.leading.is_set() and time.monotonic() - self._lock.last_write > self.timing.renew_deadline:
-                self._lost(f"no renewal of the Lease succeeded in {self.timing.renew_deadline}s")
+            if self.leading.is_set() and time.monotonic() - self._lock.last_write > TIMING.renew_deadline:
+                self._lost(f"no renewal of the Lease succeeded in {TIMING.renew_deadline}s")
 
     def _lost(self, why: str) -> None:
         self.on_lost(f"Lost the Lease {self.namespace}/{self.name}: {why}.")

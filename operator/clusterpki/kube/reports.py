@@ -40,6 +40,12 @@ def name(pki_name: str, agent: str) -> str:
     return f"{pki_name}-consumer-{agent}"
 
 
+def path(namespace: str, config_map: str | None = None) -> str:
+    """The API path of a namespace's ConfigMaps, or of one of them."""
+    collection = f"/api/v1/namespaces/{namespace}/configmaps"
+    return f"{collection}/{config_map}" if config_map else collection
+
+
 def selector(pki_name: str) -> str:
     return f"{secrets.LABEL_PKI}={pki_name},{secrets.LABEL_MANAGED_BY}={AGENT}"
 

@@ -40,7 +40,7 @@ class SecretStore(Api):
     async def reports(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
         """The consumer reports of one ClusterPKI (:mod:`clusterpki.kube.reports`), from the watch cache."""
         body = await self.request("list", f"the consumer reports of {namespace}/{pki_name}", "GET",
-                                  f"/api/v1/namespaces/{namespace}/configmaps",
+                                  reports.path(namespace),
                                   params={"labelSelector": reports.selector(pki_name), "resourceVersion": "0"})
         return body.get("items") or []
 

@@ -22,7 +22,7 @@ async def check(store: SecretStore, namespace: str, name: str, secret_names: lis
             raise UserError(f"namespace {namespace} does not exist; create it first")
         taken = [f"ClusterPKI {namespace}/{name}"] if await store.get_or_none(
             f"ClusterPKI {namespace}/{name}", resource.path(namespace, name)) is not None else []
-        for secret in secret_names:
+        for secret in secret_names:  # GETs, not a LIST: an importer needs no right to read every Secret
             if await store.get(namespace, secret) is not None:
                 taken.append(f"Secret {namespace}/{secret}")
     except ApiError as exc:

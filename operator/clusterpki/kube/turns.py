@@ -34,7 +34,10 @@ class Turns:
     """The restart Lease of one ClusterPKI, as one agent (``holder``) takes it and gives it back."""
 
     def __init__(self, api: Api, namespace: str, pki_name: str, holder: str) -> None:
-        self.api, self.namespace, self.pki_name, self.holder = api, namespace, pki_name, holder
+        self.api, self.namespace, self.holder = api, namespace, holder
+        self.name = lease_name(pki_name)
+        self.what = f"Lease {namespace}/{self.name}"
+        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{self.name}"
         self._renewer: asyncio.Task | None = None
 
     @property
@@ -47,27 +50,26 @@ class Turns:
         if self.held:
             return None
         self._renewer = None  # a renewer that stopped: the Lease is to be taken again, if it is free
-        name = lease_name(self.pki_name)
         now = _now()
-        lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+        lease = await self.api.get_or_none(self.what, self.path)
         spec = {"holderIdentity": self.holder, "leaseDurationSeconds": DURATION,
                 "acquireTime": _micro(now), "renewTime": _micro(now)}
         try:
             if lease is None:
-                await self.api.request("take", f"Lease {self.namespace}/{name}", "POST", self._path(),
+                await self.api.request("take", self.what, "POST", self.path.rpartition("/")[0],
                                        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                        "metadata": {"name": name, "namespace": self.namespace}, "spec": spec})
+                                        "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec})
             else:
                 holder = _holder(lease, now)
                 if holder not in (None, self.holder):
                     return holder
-                await self.api.request("take", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                await self.api.request("take", self.what, "PUT", self.path,
                                        {**lease, "spec": {**lease.get("spec", {}), **spec}})
         except ApiError as exc:
             if exc.status == 409:  # another agent took it between our read and our write
                 return "another agent"
             raise
-        self._renewer = asyncio.create_task(self._renew(name))
+        self._renewer = asyncio.create_task(self._renew())
         return None
 
     async def give_back(self) -> None:
@@ -77,20 +79,15 @@ class Turns:
             return
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
-        name = lease_name(self.pki_name)
         try:
-            lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+            lease = await self.api.get_or_none(self.what, self.path)
             if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
                 spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
-                await self.api.request("release", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
-                                       {**lease, "spec": spec})
+                await self.api.request("release", self.what, "PUT", self.path, {**lease, "spec": spec})
         except ApiError as exc:  # it lapses by itself, DURATION after the last renewal
-            LOGGER.warning(f"cannot give the restart Lease {self.namespace}/{name} back: {exc}")
+            LOGGER.warning(f"cannot give the restart {self.what} back: {exc}")
 
-    async def close(self) -> None:
-        await self.give_back()
-
-    async def _renew(self, name: str) -> None:
+    async def _renew(self) -> None:
         """Renew until cancelled; stop (the Lease is no longer ours) once another agent holds it, or
         once renewals have failed for so long that another agent may take it soon."""
         clock = asyncio.get_running_loop().time
@@ -98,22 +95,18 @@ class Turns:
         while True:
             await asyncio.sleep(RENEW)
             try:
-                lease = await self.api.get_or_none(f"Lease {self.namespace}/{name}", self._path(name))
+                lease = await self.api.get_or_none(self.what, self.path)
                 if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
-                    LOGGER.warning(f"the restart Lease {self.namespace}/{name} was taken from {self.holder}")
+                    LOGGER.warning(f"the restart {self.what} was taken from {self.holder}")
                     return
-                await self.api.request("renew", f"Lease {self.namespace}/{name}", "PUT", self._path(name),
+                await self.api.request("renew", self.what, "PUT", self.path,
                                        {**lease, "spec": {**lease["spec"], "renewTime": _micro(_now())}})
                 renewed = clock()
             except ApiError as exc:
-                LOGGER.warning(f"cannot renew the restart Lease {self.namespace}/{name}: {exc}")
+                LOGGER.warning(f"cannot renew the restart {self.what}: {exc}")
                 if clock() - renewed > DURATION - 3 * RENEW:
-                    LOGGER.warning(f"the restart Lease {self.namespace}/{name} is about to lapse: no longer ours")
+                    LOGGER.warning(f"the restart {self.what} is about to lapse: no longer ours")
                     return
-
-    def _path(self, name: str | None = None) -> str:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-        return f"{path}/{name}" if name else path
 
 
 def _holder(lease: dict[str, Any], now: datetime) -> str | None:

@@ -110,7 +110,7 @@ def test_the_same_member_twice_is_refused(rendered):
         derive(rendered, rendered)
 
 
-def test_a_custom_service_cidr_needs_the_flag(kubeadm_dir, tmp_path):
+def test_a_custom_service_cidr_needs_the_flag(tmp_path):
     custom = kubeadm_openssl.make(tmp_path / "custom", "cp-1", "192.0.2.10", "192.0.2.10:6443",
                                   service_ip="10.43.0.1", domain="corp.local")
     with pytest.raises(UserError, match=r"does not hold 10.96.0.1, the first address of 10.96.0.0/12; pass the "
@@ -157,7 +157,7 @@ def test_a_broken_ca_key_is_one_sentence_without_key_material(rendered, copy):
     assert str(error.value).endswith("pki/etcd/ca.key cannot be read: not an unencrypted PEM private key")
 
 
-def test_an_invalid_member_name_is_a_spec_error(kubeadm_dir, tmp_path):
+def test_an_invalid_member_name_is_a_spec_error(tmp_path):
     made = kubeadm_openssl.make(tmp_path / "dotted", "cp-1.example.com", "192.0.2.10", "api.example.com:6443")
     with pytest.raises(UserError, match=r"the ClusterPKI derived from .* is not valid: spec.etcd.members\[0\].name"):
         derive(made)
