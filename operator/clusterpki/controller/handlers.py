@@ -1,16 +1,16 @@
-"""The Kopf handlers: thin triggers over :mod:`clusterpki.controller.issuance`, as controller-runtime has them.
+"""The Kopf handlers: triggers only, as controller-runtime has them, and the loop that runs
+observe → decide → apply for one ClusterPKI at a time.
 
 Kopf's event handlers only watch; each trigger puts the ClusterPKI's key into one fleet-wide
-:class:`~clusterpki.kube.scheduling.Scheduler`, which runs :func:`reconcile_now`, one reconcile per
-ClusterPKI at a time. The triggers:
+:class:`~clusterpki.kube.scheduling.Scheduler`, which runs :func:`reconcile_now`. The triggers:
 - a ClusterPKI seen for the first time (created, or listed at start-up), a new generation (spec), or a
   change of its annotations (the renew and rotate requests, the grace period);
-- its next renewal time, or the next step of a CA rotation;
-- a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered
-  :class:`~clusterpki.kube.informer.SecretWatch` (Kopf would deep-copy every Secret of every event);
+- its next wake: a renewal, a rotation's next step, a consumer report that turns stale;
+- a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered,
+  metadata-only watch (Kopf would deep-copy every Secret of every event);
+- a change to an agent's report (a Lease);
 - a retry after a transient failure.
-Kopf keeps no state on the objects (no progress annotations, no finalizer): a reconcile is a pure
-function of the ClusterPKI and its Secrets, so nothing needs remembering between runs.
+Kopf keeps no state on the objects (no progress annotations, no finalizer): the status is all there is.
 
 :func:`register` puts them on an operator's registry (:mod:`clusterpki.runtime` composes it).
 """
@@ -26,14 +26,21 @@ from typing import Any
 
 import kopf
 
-from clusterpki.controller import issuance, metrics, settings
-from clusterpki.controller.status import parse_timestamp
+from clusterpki.controller import metrics, settings
+from clusterpki.controller.apply import apply, post_events
+from clusterpki.controller.decide import decide, failed
+from clusterpki.controller.observe import Observed, observe, view
+from clusterpki.controller.plan import Plan, Retry
+from clusterpki.controller.reasons import Kind, Reason
 from clusterpki.kube import reports, resource, secrets
-from clusterpki.kube.api import ApiError, load_configuration
-from clusterpki.kube.informer import SecretWatch
+from clusterpki.kube.api import Api, ApiError, load_configuration
+from clusterpki.kube.events import EventRecorder
+from clusterpki.kube.informer import Watch
+from clusterpki.kube.leadership import identity
+from clusterpki.kube.resource import ClusterPKIClient
 from clusterpki.kube.scheduling import Scheduler
-from clusterpki.kube.store import SecretStore
-from clusterpki.pki import certificates
+from clusterpki.kube.secret_client import SecretClient, SecretMeta, meta_of
+from clusterpki.pki import times
 
 CLUSTERPKI = {"group": resource.GROUP, "version": resource.VERSION, "plural": resource.PLURAL}
 Key = tuple[str, str]  # (namespace, name)
@@ -49,11 +56,12 @@ class ObjectLogger(logging.LoggerAdapter):
 
 class State:
     """What the controller keeps in memory: the latest ClusterPKIs (from the watch), a lock per
-    ClusterPKI and a bound on reconciles at once, the scheduler, and the resourceVersions of its own
-    Secret writes."""
+    ClusterPKI and a bound on reconciles at once, the scheduler, the two watches, and the
+    resourceVersions of its own Secret writes (to tell them from drift)."""
 
-    def __init__(self, store: SecretStore) -> None:
-        self.store = store
+    def __init__(self, api: Api, namespaces: list[str]) -> None:
+        self.api, self.holder = api, identity()
+        self.secrets, self.clusterpkis, self.events = SecretClient(api), ClusterPKIClient(api), EventRecorder(api)
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.locks: dict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.slots = asyncio.Semaphore(settings.CONCURRENT_RECONCILES)  # see settings
@@ -64,8 +72,10 @@ class State:
         self.terminating: dict[str, datetime] = {}  # namespace -> when the apiserver said it is being deleted
         self.scheduler = Scheduler(lambda key: reconcile_now(self, key), retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None  # the scheduler's
-        self.informer: SecretWatch | None = None
-        self.consumers: SecretWatch | None = None  # of the agents' reports (ConfigMaps)
+        self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
+                              lambda kind, obj: drift(self, kind, obj))
+        self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj: reported(self, obj),
+                             plural="leases", group=reports.LEASES, metadata_only=False)
         self.watch: asyncio.Future | None = None  # both watches
 
 
@@ -76,22 +86,18 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
-    state = memo.state = State(SecretStore(load_configuration()))
+    state = memo.state = State(Api(load_configuration()), memo.get("namespaces") or [])
     state.task = asyncio.create_task(state.scheduler.run())
-    state.informer = SecretWatch(state.store, memo.get("namespaces") or [],
-                                 f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}", lambda kind, obj: drift(state, kind, obj))
-    state.consumers = SecretWatch(state.store, memo.get("namespaces") or [],
-                                  f"{secrets.LABEL_MANAGED_BY}={reports.AGENT}", lambda kind, obj: reported(state, obj),
-                                  plural="configmaps")
-    state.watch = asyncio.gather(state.informer.run(), state.consumers.run())
+    state.watch = asyncio.gather(state.informer.run(), state.reports.run())
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     state: State = memo.state
+    assert state.watch is not None and state.task is not None
     state.watch.cancel()
     await asyncio.gather(state.watch, return_exceptions=True)
     await state.scheduler.stop(state.task)
-    await state.store.close()
+    await state.api.close()
 
 
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -106,9 +112,24 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         metrics.forget(*key)
         return
     previous = state.bodies.get(key)
-    state.bodies[key] = obj
+    remember(state, key, obj)
     if asks_for_a_look(previous, obj):
         state.scheduler.after(key, 0)
+
+
+def remember(state: State, key: Key, obj: dict[str, Any]) -> None:
+    """Keep ``obj`` as the latest version of the ClusterPKI, unless a later one is kept already: the
+    operator's own status patch returns a version its watch may bring an older one after. (etcd's
+    resourceVersions grow; versions that are not numbers are not compared.)"""
+    kept = state.bodies.get(key)
+    new, old = _version(obj), _version(kept) if kept is not None else None
+    if new is None or old is None or new >= old:
+        state.bodies[key] = obj
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    version = str(obj["metadata"].get("resourceVersion", ""))
+    return int(version) if version.isdigit() else None
 
 
 def asks_for_a_look(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
@@ -137,7 +158,7 @@ def drift(state: State, kind: str, obj: Mapping[str, Any]) -> None:
 
 
 def reported(state: State, obj: Mapping[str, Any]) -> None:
-    """An agent reported what it runs: a rotation waiting for it may move on, and the status shows it."""
+    """An agent reported: a rotation waiting for it may move on, and the status shows it."""
     meta = obj["metadata"]
     key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
     if key in state.bodies:
@@ -150,8 +171,7 @@ def mark_drift(state: State, key: Key) -> None:
 
 
 async def reconcile_now(state: State, key: Key) -> None:
-    """Reconcile one ClusterPKI: issue, patch its status if it changed, report, and schedule the next
-    look: at its next renewal, at the next step of a rotation, or after a transient failure."""
+    """Observe, decide and apply for one ClusterPKI, report what happened, and schedule its next look."""
     logger = ObjectLogger(LOGGER, {"object": f"{key[0]}/{key[1]}"})
     async with state.locks[key], state.slots:
         state.dirty.discard(key)  # what drifted until now, this reconcile sees
@@ -160,59 +180,89 @@ async def reconcile_now(state: State, key: Key) -> None:
             state.scheduler.forget(key)
             return
         try:
-            neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
-            result = await issuance.reconcile(body, RecordingStore(state, state.store), certificates.utcnow(),
-                                              neighbours)
+            plan = await _reconcile(state, key, body, logger)
         except ApiError as exc:
             if not exc.namespace_terminating:
                 raise
             _namespace_terminating(state, key, logger)
             return
-        if result.stopped:  # going away: nothing to report, nothing to look at again
-            logger.info(result.stopped)
-            metrics.RECONCILES.labels("stopped").inc()
+        if plan is None:  # going away: nothing to report, nothing to look at again
             state.scheduler.forget(key)
             return
-        metrics.observe(key[0], key[1], result.status, result.issued)
-        current = body.get("status") or {}
-        if any(current.get(field) != value for field, value in result.status.items()):
-            try:
-                await state.store.patch_status(key[0], key[1], result.status)
-            except ApiError as exc:
-                if exc.status != 404:  # (404: deleted meanwhile, and its DELETED event follows)
-                    logger.warning(f"Could not record the status, retrying: {exc}")
-                    state.scheduler.after(key, settings.RETRY_DELAY)
-                return
-            state.bodies[key] = {**body, "status": {**current, **result.status}}
-        before = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), {})
-        for kind, reason, message in result.events:
-            repeat = (before.get("reason"), before.get("message")) == (reason, message)  # counted on its Event
-            level = logging.DEBUG if repeat else logging.WARNING if kind == issuance.WARNING else logging.INFO
-            logger.log(level, f"{reason}: {message}")
-            try:
-                await state.store.post_event(body, kind, reason, message)
-            except ApiError as exc:  # an Event is not worth a retry of the whole reconcile
-                if exc.namespace_terminating:
-                    _namespace_terminating(state, key, logger)
-                    return
-                logger.warning(f"Could not post the {reason} Event: {exc}")
-        next_renewal = result.status.get("nextRenewal")
-        when = parse_timestamp(next_renewal).timestamp() if next_renewal else None
-        if when is not None and when <= certificates.utcnow().timestamp():  # due, yet not done: no busy loop
-            when = certificates.utcnow().timestamp() + settings.RETRY_DELAY
-        state.scheduler.replace(key, when)
-        if key in state.dirty:  # drifted while this reconcile ran: replace() must not swallow that
-            state.scheduler.after(key, settings.DRIFT_DELAY)
-        if result.wake_at is not None:  # the next step of a CA rotation
-            state.scheduler.at(key, result.wake_at.timestamp())
-        if result.retry:
-            state.scheduler.after(key, result.retry_delay)
+        _schedule(state, key, plan)
+
+
+async def _reconcile(state: State, key: Key, body: dict[str, Any], logger: logging.LoggerAdapter) -> Plan | None:
+    """The plan carried out (or, when carrying it out failed, the failure reported instead); None when the
+    ClusterPKI is going away."""
+    clients = Clients(state)
+    seen, plan = await _decided(state, key, body, clients)
+    if plan.stop:
+        logger.info(plan.stop)
+        metrics.RECONCILES.labels("stopped").inc()
+        return None
+    applied = await apply(plan, seen.meta, clients, seen.status)
+    if applied.failure is not None:
+        plan = failed(seen, times.now(), *applied.failure)
+        applied = await apply(plan, seen.meta, clients, seen.status)
+    if applied.stored is not None and key in state.bodies:
+        remember(state, key, dict(applied.stored))
+    await _report(seen, plan, logger, clients)
+    return plan
+
+
+async def _decided(state: State, key: Key, body: dict[str, Any], clients: Clients) -> tuple[Observed, Plan]:
+    """What was observed, and the plan for it; a read that failed is the plan to report it."""
+    neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
+    try:
+        seen = await observe(clients, body, neighbours, _reports(state, key), state.holder, _none_stored(state, key))
+    except ApiError as exc:
+        if exc.namespace_terminating:
+            raise
+        seen = view(body, ())
+        return seen, failed(seen, times.now(), Reason.API_ERROR, str(exc), Retry(settings.RETRY_DELAY, str(exc)))
+    return seen, await asyncio.to_thread(decide, seen, times.now())  # new keys: off the event loop
+
+
+async def _report(seen: Observed, plan: Plan, logger: logging.LoggerAdapter, clients: Clients) -> None:
+    """Metrics, a log line per Event (a repeat of the Ready condition at debug level), and the Events."""
+    metrics.observe(seen.meta.namespace, seen.meta.name, plan.status or {}, plan.issued)
+    before = next((c for c in seen.conditions if c.get("type") == "Ready"), {})
+    for event in plan.events:
+        repeat = (before.get("reason"), before.get("message")) == (event.reason.value, event.message)
+        level = logging.DEBUG if repeat else logging.WARNING if event.kind is Kind.WARNING else logging.INFO
+        logger.log(level, f"{event.reason.value}: {event.message}")
+    for event, exc in await post_events(plan.events, seen.meta, clients):
+        logger.warning(f"Could not post the {event.reason.value} Event: {exc}")
+
+
+def _schedule(state: State, key: Key, plan: Plan) -> None:
+    """The next look: the plan's wake, a retry, and drift seen while it ran."""
+    state.scheduler.replace(key, plan.wake_at.timestamp() if plan.wake_at else None)
+    if plan.retry is not None:
+        state.scheduler.after(key, plan.retry.delay)
+    if key in state.dirty:  # drifted while this reconcile ran: replace() must not swallow that
+        state.scheduler.after(key, settings.DRIFT_DELAY)
+
+
+def _reports(state: State, key: Key) -> list[reports.Report]:
+    leases = state.reports.objects(key[0]).values()
+    return [reports.Report.from_lease(lease) for lease in leases
+            if (lease["metadata"].get("labels") or {}).get(secrets.LABEL_PKI) == key[1]]
+
+
+def _none_stored(state: State, key: Key) -> bool:
+    """Whether the watch, synced, has seen no Secret of this ClusterPKI."""
+    if not state.informer.is_synced(key[0]):
+        return False
+    return not any((meta.get("labels") or {}).get(secrets.LABEL_PKI) == key[1]
+                   for meta in state.informer.objects(key[0]).values())
 
 
 def _namespace_terminating(state: State, key: Key, logger: logging.LoggerAdapter) -> None:
     """The apiserver refused a write because the namespace is being deleted: every ClusterPKI made in
     it so far is going too, so none of them is reconciled again."""
-    state.terminating[key[0]] = certificates.utcnow()
+    state.terminating[key[0]] = times.now()
     state.scheduler.forget(key)
     logger.info(f"Namespace {key[0]} is being deleted: nothing more is written for its ClusterPKIs")
     metrics.RECONCILES.labels("stopped").inc()
@@ -223,41 +273,47 @@ def _in_terminating_namespace(state: State, body: Mapping[str, Any]) -> bool:
     lives in a new namespace of the same name)."""
     seen = state.terminating.get(body["metadata"]["namespace"])
     created = body["metadata"].get("creationTimestamp")
-    return seen is not None and created is not None and parse_timestamp(created) <= seen
+    return seen is not None and created is not None and times.parse_time(created) <= seen
 
 
-class RecordingStore:
-    """The store, remembering the resourceVersion of each Secret it writes, so that the drift watch
-    can tell the operator's own writes from someone else's."""
+class Clients:
+    """The reads and writes of one reconcile: the Secrets (remembering the resourceVersion of each one
+    it writes, so that the drift watch can tell the operator's own writes from someone else's), the
+    ClusterPKI's status, and Events."""
 
-    def __init__(self, state: State, store: SecretStore) -> None:
-        self._state, self._store = state, store
+    def __init__(self, state: State) -> None:
+        self._state = state
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+    async def list(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
+        return await self._state.secrets.list(namespace, pki_name)
 
-    async def create(self, secret: secrets.Secret) -> secrets.Secret:
-        return await self._write(self._store.create, secret)
+    async def names(self, namespace: str) -> dict[str, SecretMeta]:
+        """The names of every Secret of the namespace: the operator's own from its watch, anyone else's
+        from a metadata-only LIST of the Secrets clusterpki does not manage."""
+        strangers = await self._state.secrets.names(namespace, f"{secrets.LABEL_MANAGED_BY}!={secrets.MANAGER}")
+        own = {name: meta_of(meta) for name, meta in self._state.informer.objects(namespace).items()}
+        return {**own, **strangers}
 
-    async def replace(self, secret: secrets.Secret) -> secrets.Secret:
-        return await self._write(self._store.replace, secret)
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._state.secrets.get(namespace, name)
 
-    async def reports(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
-        """The agents' reports on this ClusterPKI; no request when the watch has seen none."""
-        assert self._state.consumers is not None
-        if not any(labels.get(secrets.LABEL_PKI) == pki_name
-                   for labels in self._state.consumers.names(namespace).values()):
-            return []
-        return await self._store.reports(namespace, pki_name)
+    async def create(self, secret: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(self._state.secrets.create, secret)
 
-    async def names(self, namespace: str) -> dict[str, dict[str, str]]:
-        """The name and labels of every Secret of the namespace: the operator's own from its watch,
-        anyone else's from a metadata-only LIST of the Secrets clusterpki does not manage."""
-        assert self._state.informer is not None
-        strangers = await self._store.names(namespace, f"{secrets.LABEL_MANAGED_BY}!={secrets.MANAGER}")
-        return {**self._state.informer.names(namespace), **strangers}
+    async def replace(self, secret: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(self._state.secrets.replace, secret)
 
-    async def _write(self, method: Any, secret: secrets.Secret) -> secrets.Secret:
+    async def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
+        await self._state.secrets.delete(namespace, name, resource_version)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                           resource_version: str | None = None) -> dict[str, Any]:
+        return await self._state.clusterpkis.patch_status(namespace, name, status, resource_version)
+
+    async def post(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        await self._state.events.post(involved, kind, reason, message)
+
+    async def _write(self, method: Any, secret: dict[str, Any]) -> dict[str, Any]:
         name = (secret["metadata"]["namespace"], secret["metadata"]["name"])
         self._state.in_flight.add(name)
         written = None

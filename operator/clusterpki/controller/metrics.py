@@ -10,14 +10,17 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from clusterpki.pki import times
+from clusterpki.pki.certificates import Issue
+
 CERT_LABELS = ["namespace", "cluster_pki", "component", "issuer"]
 NOT_AFTER = Gauge("clusterpki_certificate_not_after_timestamp_seconds",
                   "When each certificate expires (Unix time).", CERT_LABELS)
 RENEWAL = Gauge("clusterpki_certificate_renewal_timestamp_seconds",
                 "When each certificate falls due for renewal (Unix time).", CERT_LABELS)
 READY = Gauge("clusterpki_ready", "1 when the ClusterPKI is Ready, else 0.", ["namespace", "cluster_pki"])
-ISSUANCE = Counter("clusterpki_issuance_total", "Certificates and keys issued, by why: new, renewal, on-demand, "
-                   "spec-change or repair.", ["namespace", "cluster_pki", "reason"])
+ISSUANCE = Counter("clusterpki_issuance_total", "Certificates and keys issued, by why: new, missing, renewal, "
+                   "on-demand, spec-change, rotation or repair.", ["namespace", "cluster_pki", "reason"])
 RECONCILE_ERRORS = Counter("clusterpki_reconcile_errors_total", "Reconciles that ended not Ready, by reason.",
                            ["namespace", "cluster_pki", "reason"])
 RECONCILES = Counter("clusterpki_reconcile_total", "Reconciles of ClusterPKIs, by outcome: ready, not_ready, or "
@@ -26,7 +29,7 @@ RECONCILES = Counter("clusterpki_reconcile_total", "Reconciles of ClusterPKIs, b
 _series: dict[tuple[str, str], set[tuple[str, str]]] = {}  # the certificate series of each ClusterPKI
 
 
-def observe(namespace: str, name: str, status: Mapping[str, Any], issued: Mapping[str, str]) -> None:
+def observe(namespace: str, name: str, status: Mapping[str, Any], issued: Mapping[str, Issue]) -> None:
     """Record one reconcile's outcome."""
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is not None:
@@ -34,8 +37,8 @@ def observe(namespace: str, name: str, status: Mapping[str, Any], issued: Mappin
         RECONCILES.labels("ready" if ready["status"] == "True" else "not_ready").inc()
         if ready["status"] != "True":
             RECONCILE_ERRORS.labels(namespace, name, ready.get("reason", "")).inc()
-    for reason in issued.values():
-        ISSUANCE.labels(namespace, name, _category(reason)).inc()
+    for issue in issued.values():
+        ISSUANCE.labels(namespace, name, issue.why.value).inc()
     if "certificates" not in status:
         return
     series = set()
@@ -59,21 +62,6 @@ def forget(namespace: str, name: str) -> None:
         pass
 
 
-def _category(reason: str) -> str:
-    """A bounded label value for the free-text reason the engine gives."""
-    from clusterpki.pki import engine
-
-    if reason == engine.NEW:
-        return "new"
-    if reason == engine.DUE:
-        return "renewal"
-    if reason == engine.FORCED:
-        return "on-demand"
-    if "spec" in reason:
-        return "spec-change"
-    return "repair"
-
-
 def _remove(labels: tuple[str, ...]) -> None:
     for gauge in (NOT_AFTER, RENEWAL):
         try:
@@ -83,6 +71,4 @@ def _remove(labels: tuple[str, ...]) -> None:
 
 
 def _unix(text: str) -> float:
-    from clusterpki.controller.status import parse_timestamp
-
-    return parse_timestamp(text).timestamp()
+    return times.parse_time(text).timestamp()

@@ -1,8 +1,8 @@
-"""Zero-downtime rotation of a CA (or of the service-account key), in phases kept in the status.
+"""Zero-downtime rotation of a CA (or of the service-account key), in phases, as typed state.
 
-``status.caRotation`` = ``{ca, phase, trigger, request, startedAt, phaseStartedAt, completedAt}``.
-A phase's clock (``phaseStartedAt``) starts when its Secrets are written, not when it is decided: a
-step that comes late (the operator was down, or busy) still gives consumers the whole grace period.
+``status.caRotation`` holds a :class:`Rotation`. A phase's clock (``phaseStartedAt``) starts when its
+Secrets are written, not when it is decided: a step that comes late (the operator was down, or a
+Secret was in the way) still gives consumers the whole grace period.
 
 - **Preparing**: a new CA is made and kept in ``<name>-<ca>-next``; the old CA still signs, and every
   trust bundle of that CA (``ca.crt``, kubeconfigs) carries old + new.
@@ -11,97 +11,141 @@ step that comes late (the operator was down, or busy) still gives consumers the 
 - **Completing** (after ``rotate-ca-complete`` or the grace period): the old CA leaves the bundles.
 - **Completed**: stays in the status until the next rotation.
 
-At every step each leaf verifies against every bundle of its CA. For ``sa`` the same phases apply to
-``sa.key`` and ``sa.pub`` (which carries old + new public keys during the rotation).
-A step is a pure function of the phase and the Secrets, so a restart resumes where it stopped.
+``old`` and ``new`` are the fingerprints of the authority replaced and of its replacement, so that a
+move cut short anywhere is finished with exactly those two. What each phase puts in place is
+:mod:`clusterpki.controller.phases`; this module is the state and when it moves on.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from clusterpki.controller.status import parse_timestamp, timestamp
-from clusterpki.pki.spec import API_GROUP as GROUP
+from clusterpki.pki import catalog, times
 
-ROTATE = f"{GROUP}/rotate-ca"
-COMPLETE = f"{GROUP}/rotate-ca-complete"
-FORCE = f"{GROUP}/rotate-ca-force"  # a new value moves the current phase on without waiting for consumers
 CONSUMER_RECHECK = timedelta(seconds=30)  # a look while consumers hold a phase (their reports wake it sooner)
-TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
-PREPARING, ROTATING, COMPLETING, COMPLETED = "Preparing", "Rotating", "Completing", "Completed"
-ACTIVE = (PREPARING, ROTATING, COMPLETING)
 
 
-def of(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    rotation = (body.get("status") or {}).get("caRotation")
-    return dict(rotation) if rotation else None
+class Phase(str, enum.Enum):
+    PREPARING = "Preparing"
+    ROTATING = "Rotating"
+    COMPLETING = "Completing"
+    COMPLETED = "Completed"
+
+    @property
+    def following(self) -> Phase:
+        order = list(Phase)
+        return order[min(order.index(self) + 1, len(order) - 1)]
 
 
-def is_active(rotation: Mapping[str, Any] | None) -> bool:
-    return bool(rotation) and rotation.get("phase") in ACTIVE
+ACTIVE = (Phase.PREPARING, Phase.ROTATING, Phase.COMPLETING)
 
 
-def pending_request(body: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(target, value, problem) of a ``rotate-ca`` annotation not handled yet; all None when none.
-
-    The value is ``TARGET`` or ``TARGET@NONCE`` (to rotate the same target again later)."""
-    value = _annotations(body).get(ROTATE)
-    handled = (of(body) or {}).get("request")
-    if value is None or value == handled:
-        return None, None, None
-    target = value.partition("@")[0]
-    if target not in TARGETS:
-        return None, value, f"{target!r} is not one of {', '.join(TARGETS)}"
-    return target, value, None
+class Trigger(str, enum.Enum):
+    ANNOTATION = "annotation"
+    RENEWAL_WINDOW = "renewal window"
+    RECOVERY = "recovery"
 
 
-def start(target: str, trigger: str, request: str | None, now: datetime) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Rotation:
+    target: str  # a CA component, or "sa"
+    phase: Phase
+    trigger: Trigger
+    request: str | None
+    started_at: datetime
+    phase_started_at: datetime | None = None  # None: the phase's Secrets are not written yet
+    completed_at: datetime | None = None
+    old: str | None = None  # fingerprint of the CA (or public key) being replaced
+    new: str | None = None  # fingerprint of its replacement, once made
+    waiting_for: str | None = None  # consumers that hold the phase up
+    old_key_trusted_until: datetime | None = None  # sa: until when sa.pub keeps the old key
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE
+
+    @property
+    def of_service_account(self) -> bool:
+        return self.target == catalog.SERVICE_ACCOUNT
+
+    def enter(self, phase: Phase) -> Rotation:
+        """The rotation in ``phase``, its clock not started: the next reconcile does the phase's work."""
+        return replace(self, phase=phase, phase_started_at=None, waiting_for=None)
+
+    def to_status(self) -> dict[str, Any]:
+        found = {"ca": self.target, "phase": self.phase.value, "trigger": self.trigger.value, "request": self.request,
+                 "startedAt": times.format_time(self.started_at), "phaseStartedAt": _time(self.phase_started_at),
+                 "completedAt": _time(self.completed_at), "old": self.old, "new": self.new,
+                 "waitingFor": self.waiting_for, "oldKeyTrustedUntil": _time(self.old_key_trusted_until)}
+        return {k: v for k, v in found.items() if v is not None or k in ("request", "phaseStartedAt")}
+
+    @classmethod
+    def from_status(cls, found: Mapping[str, Any] | None) -> Rotation | None:
+        """The rotation in a status; None when there is none, or it cannot be read (a rotation the
+        operator cannot read is not one it continues)."""
+        if not isinstance(found, Mapping) or not found.get("ca") or not found.get("phase"):
+            return None
+        try:
+            return cls(target=str(found["ca"]), phase=Phase(found["phase"]),
+                       trigger=Trigger(found.get("trigger", Trigger.ANNOTATION.value)), request=found.get("request"),
+                       started_at=times.parse_time(found["startedAt"]),
+                       phase_started_at=_parse(found.get("phaseStartedAt")),
+                       completed_at=_parse(found.get("completedAt")), old=found.get("old"), new=found.get("new"),
+                       waiting_for=found.get("waitingFor"),
+                       old_key_trusted_until=_parse(found.get("oldKeyTrustedUntil")))
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+def start(target: str, trigger: Trigger, request: str | None, old: str, now: datetime) -> Rotation:
     """A new rotation in Preparing; its clock starts once Preparing's Secrets are written."""
-    return {"ca": target, "phase": PREPARING, "trigger": trigger, "request": request,
-            "startedAt": timestamp(now), "phaseStartedAt": None}
+    return Rotation(target=target, phase=Phase.PREPARING, trigger=trigger, request=request, started_at=now, old=old)
 
 
-def advance(rotation: dict[str, Any], body: Mapping[str, Any], grace: timedelta, now: datetime,
-            holding_up: str = "", token_lifetime: timedelta = timedelta(0)) -> tuple[dict[str, Any], datetime | None]:
-    """The rotation once the current phase's Secrets are written, and when to look again (None: no
-    step pending). A phase whose clock has not started yet starts it now: this reconcile did its work.
-    Preparing and Rotating last ``grace``; ``rotate-ca-complete`` (a new value) ends Rotating early;
-    Completing ends at once. A new phase is entered unstarted, for the next reconcile to do its work.
+@dataclass(frozen=True)
+class Push:
+    """What may move a phase on besides its grace period: a new ``rotate-ca-complete`` value (ends
+    Rotating early), a new ``rotate-ca-force`` value (stops waiting for consumers)."""
 
-    With consumers registered, Preparing and Rotating also wait until every consumer runs the
-    phase's Secrets: ``holding_up`` names those that do not (``waitingFor`` in the status);
-    ``rotate-ca-force`` (a new value) stops waiting for them. Leaving ``sa``'s Rotating, the old
-    public key is kept trusted for ``token_lifetime`` more (``oldKeyTrustedUntil``), for the tokens
-    it signed."""
-    phase = rotation["phase"]
-    if phase == COMPLETING:
-        return {**rotation, "phase": COMPLETED, "completedAt": timestamp(now)}, None
-    if rotation.get("phaseStartedAt") is None:
-        rotation = {**rotation, "phaseStartedAt": timestamp(now)}
-    ends = parse_timestamp(rotation["phaseStartedAt"]) + grace
-    completion = _annotations(body).get(COMPLETE)
-    asked = phase == ROTATING and completion is not None and completion != rotation.get("completeRequest")
-    force = _annotations(body).get(FORCE)
-    forced = force is not None and force != rotation.get("forceRequest")
-    if now >= ends or asked:
-        if holding_up and not forced:
-            return {**rotation, "waitingFor": holding_up}, now + CONSUMER_RECHECK
-        following = ROTATING if phase == PREPARING else COMPLETING
-        updated = {**rotation, "phase": following, "phaseStartedAt": None}
-        updated.pop("waitingFor", None)
-        if asked:
-            updated["completeRequest"] = completion
-        if forced:
-            updated["forceRequest"] = force
-        if rotation["ca"] == "sa" and following == COMPLETING:
-            updated["oldKeyTrustedUntil"] = timestamp(now + token_lifetime)
-        return updated, now
-    return rotation, ends
+    complete: bool = False
+    force: bool = False
 
 
-def _annotations(body: Mapping[str, Any]) -> Mapping[str, str]:
-    return (body.get("metadata") or {}).get("annotations") or {}
+NO_PUSH = Push()
 
 
+def advance(rotation: Rotation, grace: timedelta, now: datetime, holding_up: str = "", push: Push = NO_PUSH,
+            token_lifetime: timedelta = timedelta(0)) -> tuple[Rotation, datetime | None, Push]:
+    """The rotation once the current phase's Secrets are written, when to look again (None: nothing
+    pending), and which pushes it used. A phase whose clock has not started starts it now. Preparing
+    and Rotating last ``grace`` and, with consumers registered, until none holds them up
+    (``holding_up`` names those that do). Completing ends at once. Leaving ``sa``'s Rotating, the old
+    public key stays trusted for ``token_lifetime`` more, for the tokens it signed."""
+    if rotation.phase is Phase.COMPLETING:
+        return replace(rotation, phase=Phase.COMPLETED, completed_at=now), None, NO_PUSH
+    if not rotation.active:
+        return rotation, None, NO_PUSH
+    if rotation.phase_started_at is None:
+        rotation = replace(rotation, phase_started_at=now)
+    ends = rotation.phase_started_at + grace
+    complete = push.complete and rotation.phase is Phase.ROTATING
+    if now < ends and not complete:
+        return rotation, ends, NO_PUSH
+    if holding_up and not push.force:
+        return replace(rotation, waiting_for=holding_up), now + CONSUMER_RECHECK, NO_PUSH
+    moved = rotation.enter(rotation.phase.following)
+    if moved.of_service_account and moved.phase is Phase.COMPLETING:
+        moved = replace(moved, old_key_trusted_until=now + token_lifetime)
+    return moved, now, Push(complete=complete, force=push.force)
+
+
+def _time(moment: datetime | None) -> str | None:
+    return times.format_time(moment) if moment else None
+
+
+def _parse(text: Any) -> datetime | None:
+    return times.parse_time(str(text)) if text else None

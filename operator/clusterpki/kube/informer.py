@@ -1,14 +1,13 @@
-"""A watch of the operator's own Secrets, as an informer keeps one, without its cache.
-
-It reads metadata only (``PartialObjectMetadata``): names, labels and versions are all it needs, and
-a fleet's Secrets with their data would cost the operator hundreds of MiB at start-up.
+"""A watch of one kind of object, as an informer keeps one: the operator's own Secrets (metadata only,
+``PartialObjectMetadata``: names, labels and versions are all it needs, and a fleet's Secrets with
+their data would cost the operator hundreds of MiB at start-up), and the agents' report Leases
+(whole: they are small, and what they say is in their spec and annotations).
 
 List, then watch from the list's version (label-filtered on the server); resume from the last
 version when the server ends the watch; list again when that version has expired (HTTP 410). An
-index (namespace → Secret → resourceVersion and labels) lets a relist report exactly what changed in
-the gap, so no change is missed and none is reported twice, and tells which names the operator's
-Secrets hold without a request. The first list only fills the index: at start-up every ClusterPKI is
-looked at anyway.
+index (namespace → name → resourceVersion and object) lets a relist report exactly what changed in
+the gap, so no change is missed and none is reported twice, and answers what the objects are without
+a request. The first list only fills the index: at start-up every ClusterPKI is looked at anyway.
 """
 
 from __future__ import annotations
@@ -24,29 +23,35 @@ WATCH_TIMEOUT = 300  # seconds the server keeps one watch open before the next o
 BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a row
 LOGGER = logging.getLogger("clusterpki.kube.informer")
 
-Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, the Secret)
+Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, the object)
 
 
-class SecretWatch:
-    """Follows the Secrets (or another core resource, by ``plural``) matching ``selector`` in
-    ``namespaces`` (all when empty), calling ``on_event`` for each change."""
+class Watch:
+    """Follows the objects of ``plural`` (under ``group``: ``/api/v1`` or ``/apis/<group>/<version>``)
+    matching ``selector`` in ``namespaces`` (all when empty), calling ``on_event`` for each change."""
 
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
-                 plural: str = "secrets") -> None:
+                 plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True) -> None:
         self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
+        self.group, self.metadata_only = group, metadata_only
         self.namespaces: list[str | None] = list(namespaces) or [None]
-        # namespace -> Secret name -> (resourceVersion, labels)
-        self.index: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
+        # namespace -> name -> (resourceVersion, the object: its metadata alone when metadata_only)
+        self.index: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self.synced: set[str | None] = set()  # namespaces (None: all) whose first list is done
 
-    def names(self, namespace: str) -> dict[str, dict[str, str]]:
-        """The name and labels of every Secret of the namespace this watch has seen."""
-        return {name: labels for name, (_, labels) in self.index.get(namespace, {}).items()}
+    def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """Every object of the namespace this watch has seen (for a metadata-only watch, their metadata)."""
+        return {name: obj for name, (_, obj) in self.index.get(namespace, {}).items()}
+
+    def is_synced(self, namespace: str) -> bool:
+        """Whether the first list that covers ``namespace`` is done: only then does an empty index mean none."""
+        return namespace in self.synced or None in self.synced
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
 
     async def _follow(self, namespace: str | None) -> None:
-        path = f"/api/v1/namespaces/{namespace}/{self.plural}" if namespace else f"/api/v1/{self.plural}"
+        path = f"{self.group}/namespaces/{namespace}/{self.plural}" if namespace else f"{self.group}/{self.plural}"
         what = f"the {self.plural} of {namespace or 'all namespaces'}"
         version: str | None = None
         initial, failures = True, 0
@@ -55,10 +60,11 @@ class SecretWatch:
                 if version is None:
                     version = await self._list(path, what, namespace, report=not initial)
                     initial = False
+                    self.synced.add(namespace)
                 params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
                           "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
                 async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
-                                                   accept=PARTIAL_METADATA_WATCH):
+                                                   accept=PARTIAL_METADATA_WATCH if self.metadata_only else None):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:  # expired: list again
@@ -80,23 +86,23 @@ class SecretWatch:
         """List, bring the index up to date, and report what changed since the index was last
         right (unless ``report`` is off: the first list). Returns the list's version."""
         listed = await self.api.request("list", what, "GET", path, params={"labelSelector": self.selector},
-                                        accept=PARTIAL_METADATA)
+                                        accept=PARTIAL_METADATA if self.metadata_only else None)
         present = set()
         for item in listed.get("items") or []:
             meta = item["metadata"]
             present.add((meta["namespace"], meta["name"]))
             known = self.index.get(meta["namespace"], {}).get(meta["name"])
             if known is None or known[0] != meta["resourceVersion"]:
-                self._remember(meta)
+                self._remember(item)
                 if report:
                     self.on_event("ADDED" if known is None else "MODIFIED", item)
         for space, secrets in self.index.items():
             if namespace not in (None, space):
                 continue
             for name in [n for n in secrets if (space, n) not in present]:
-                _, labels = secrets.pop(name)
+                _, gone = secrets.pop(name)
                 if report:
-                    self.on_event("DELETED", {"metadata": {"namespace": space, "name": name, "labels": labels}})
+                    self.on_event("DELETED", gone if not self.metadata_only else {"metadata": gone})
         return listed["metadata"]["resourceVersion"]
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
@@ -104,8 +110,10 @@ class SecretWatch:
         if kind == "DELETED":
             self.index.get(meta["namespace"], {}).pop(meta["name"], None)
         else:
-            self._remember(meta)
+            self._remember(obj)
         self.on_event(kind, obj)
 
-    def _remember(self, meta: dict[str, Any]) -> None:
-        self.index.setdefault(meta["namespace"], {})[meta["name"]] = (meta["resourceVersion"], meta.get("labels") or {})
+    def _remember(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        kept = meta if self.metadata_only else obj
+        self.index.setdefault(meta["namespace"], {})[meta["name"]] = (meta["resourceVersion"], kept)

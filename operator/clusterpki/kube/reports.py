@@ -1,122 +1,151 @@
-"""What a consumer (an agent on a control-plane instance) reports it has loaded, as a ConfigMap of
-its own: ``<clusterpki>-consumer-<agent>``, one per agent, so agents never contend with each other
-or with the operator for a write.
+"""What a consumer (the agent of one control-plane member) reports: a ``coordination.k8s.io/v1`` Lease of
+its own, ``<clusterpki>-agent-<member>``, made by the administrator with the agent's manifests
+(``clusterpki agent-manifests``) and writable only by that member's agent: its Role names that one
+Lease. Nobody who can write Secrets or ConfigMaps can forge a report, and the operator counts a
+report only for a member of the spec.
 
-``data["loaded"]`` is JSON: ``{component: {secret component: revision}}``, e.g.
-``{"kube-apiserver": {"ca": "3f2a...", "apiserver": "9bc1...", ...}}``. A revision is the
-fingerprint of a Secret's data: the operator computes it from the same Secret, so "current" means
-the component runs exactly what the Secret holds now.
+The Lease's ``renewTime`` is the agent's heartbeat: a report not renewed within
+``leaseDurationSeconds`` is stale and stops counting as a consumer. Its annotations carry the report:
 
-``data["health"]`` is JSON ``{component: URL}``: where the other agents check this member's instance
-before they restart theirs. ``data["restarts"]`` is JSON ``{component: {"state": "Waiting" | "Failed",
-"message": ...}}`` for restarts that are not done: waiting for their turn, or failed (which stops the
-roll of that component on every member).
+- ``loaded``: ``{component: {source: revision}}``, the revision of each Secret whose material the
+  component runs (:meth:`clusterpki.pki.record.Record.revision`, from the record, so the operator
+  compares it without reading a Secret);
+- ``health``: ``{component: URL}``, where the other members check this member's instance;
+- ``restarts``: ``{component: {state, reason, message}}`` for restarts not done;
+- ``rejected``: ``{source: message}`` for material that failed verification and was not written.
 """
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from clusterpki.kube import secrets
+from clusterpki.pki import times
 
-LABEL_CONSUMER = f"{secrets.GROUP}/consumer"
 AGENT = "clusterpki-agent"
-LOADED, HEALTH, RESTARTS = "loaded", "health", "restarts"
-WAITING, FAILED = "Waiting", "Failed"
-
-Loaded = dict[str, dict[str, str]]  # component -> Secret component -> revision
-
-
-def revision(data: Mapping[str, str]) -> str:
-    """The fingerprint of a Secret's ``data`` (base64 values, as the API holds them)."""
-    canonical = json.dumps(dict(sorted(data.items())), separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()[:16]
+LABEL_MEMBER = f"{secrets.GROUP}/member"
+LOADED, HEALTH, RESTARTS, REJECTED = (f"{secrets.GROUP}/{key}" for key in ("loaded", "health", "restarts", "rejected"))
+LEASES = "/apis/coordination.k8s.io/v1"
 
 
-def name(pki_name: str, agent: str) -> str:
-    return f"{pki_name}-consumer-{agent}"
+class RestartState(str, enum.Enum):
+    WAITING = "Waiting"
+    FAILED = "Failed"
 
 
-def path(namespace: str, config_map: str | None = None) -> str:
-    """The API path of a namespace's ConfigMaps, or of one of them."""
-    collection = f"/api/v1/namespaces/{namespace}/configmaps"
-    return f"{collection}/{config_map}" if config_map else collection
+class RestartReason(str, enum.Enum):
+    TURN_TAKEN = "TurnTaken"  # another member restarts now
+    PEER_UNHEALTHY = "PeerUnhealthy"  # another member's instance fails its health check
+    COMMAND_FAILED = "RestartFailed"  # the restart itself failed
+    UNHEALTHY = "NotHealthy"  # the instance did not become (or stay) healthy after its restart
 
 
-def selector(pki_name: str) -> str:
-    return f"{secrets.LABEL_PKI}={pki_name},{secrets.LABEL_MANAGED_BY}={AGENT}"
+@dataclass(frozen=True)
+class Restart:
+    state: RestartState
+    reason: RestartReason
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"state": self.state.value, "reason": self.reason.value, "message": self.message}
 
 
-def config_map(pki_name: str, namespace: str, agent: str, loaded: Loaded, health: Mapping[str, str],
-               restarts: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    labels = {secrets.LABEL_PKI: pki_name, LABEL_CONSUMER: agent, secrets.LABEL_MANAGED_BY: AGENT}
-    data = {LOADED: loaded, HEALTH: health, RESTARTS: restarts}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name(pki_name, agent), "namespace": namespace, "labels": labels},
-            "data": {key: json.dumps(value, sort_keys=True) for key, value in data.items()}}
+@dataclass(frozen=True)
+class Report:
+    member: str
+    renewed: datetime | None = None
+    duration: timedelta = timedelta(seconds=90)
+    loaded: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    health: Mapping[str, str] = field(default_factory=dict)
+    restarts: Mapping[str, Restart] = field(default_factory=dict)
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+    def stale_at(self) -> datetime | None:
+        """When the report stops counting, unless renewed; None: it never started."""
+        return self.renewed + self.duration if self.renewed else None
+
+    def fresh(self, now: datetime) -> bool:
+        until = self.stale_at()
+        return until is not None and until > now
+
+    @classmethod
+    def from_lease(cls, lease: Mapping[str, Any]) -> Report:
+        """The report a Lease holds; unreadable parts count as nothing reported."""
+        meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
+        annotations = meta.get("annotations") or {}
+        renewed = spec.get("renewTime")
+        restarts = {}
+        for component, found in _json(annotations, RESTARTS).items():
+            try:
+                restarts[component] = Restart(RestartState(found["state"]), RestartReason(found["reason"]),
+                                              str(found.get("message", "")))
+            except (KeyError, ValueError, TypeError):
+                continue
+        return cls(member=(meta.get("labels") or {}).get(LABEL_MEMBER, ""),
+                   renewed=_time(renewed), duration=timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0)),
+                   loaded={c: {s: str(r) for s, r in found.items()} for c, found in _json(annotations, LOADED).items()
+                           if isinstance(found, dict)},
+                   health={c: url for c, url in _json(annotations, HEALTH).items() if isinstance(url, str)},
+                   restarts=restarts,
+                   rejected={s: str(m) for s, m in _json(annotations, REJECTED).items()})
+
+    def annotations(self) -> dict[str, str]:
+        found = {LOADED: self.loaded, HEALTH: self.health, REJECTED: self.rejected,
+                 RESTARTS: {c: r.to_json() for c, r in self.restarts.items()}}
+        return {key: json.dumps(value, sort_keys=True) for key, value in found.items()}
 
 
-def read(config_map: Mapping[str, Any]) -> tuple[str, Loaded]:
-    """The agent's name and what it loaded; an unreadable report counts as nothing loaded."""
-    loaded = _field(config_map, LOADED)
-    return agent_of(config_map), {c: dict(r) for c, r in loaded.items() if isinstance(r, dict)}
+def lease_name(pki_name: str, member: str) -> str:
+    return f"{pki_name}-agent-{member}"
 
 
-def agent_of(config_map: Mapping[str, Any]) -> str:
-    meta = config_map.get("metadata") or {}
-    return (meta.get("labels") or {}).get(LABEL_CONSUMER) or meta.get("name", "?")
+def lease_path(namespace: str, name: str | None = None) -> str:
+    collection = f"{LEASES}/namespaces/{namespace}/leases"
+    return f"{collection}/{name}" if name else collection
 
 
-def health(config_map: Mapping[str, Any]) -> dict[str, str]:
-    """Where each of the agent's components answers health checks."""
-    return {c: url for c, url in _field(config_map, HEALTH).items() if isinstance(url, str)}
+def labels(pki_name: str, member: str) -> dict[str, str]:
+    return {secrets.LABEL_PKI: pki_name, LABEL_MEMBER: member, secrets.LABEL_MANAGED_BY: AGENT}
 
 
-def restarts(config_map: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """The agent's restarts that are not done, by component: ``{"state", "message"}``."""
-    return {c: {"state": str(r.get("state")), "message": str(r.get("message", ""))}
-            for c, r in _field(config_map, RESTARTS).items() if isinstance(r, dict)}
+def selector() -> str:
+    """Every agent's report, of every ClusterPKI: what the operator watches."""
+    return f"{secrets.LABEL_MANAGED_BY}={AGENT}"
 
 
-def _field(config_map: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """A JSON mapping of the report; an unreadable one counts as empty."""
+def lease(pki_name: str, namespace: str, member: str, duration: int) -> dict[str, Any]:
+    """The report Lease as the manifests make it: nobody holds it until the agent first reports."""
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(pki_name, member), "namespace": namespace,
+                         "labels": labels(pki_name, member)},
+            "spec": {"leaseDurationSeconds": duration}}
+
+
+def renewed(lease_object: Mapping[str, Any], report: Report, now: datetime) -> dict[str, Any]:
+    """The report Lease with ``report`` in it, renewed at ``now`` (for a PUT with its resourceVersion)."""
+    meta = dict(lease_object["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), **report.annotations()}
+    spec = {**(lease_object.get("spec") or {}), "holderIdentity": report.member, "renewTime": times.format_micro(now),
+            "leaseDurationSeconds": int(report.duration.total_seconds())}
+    spec.setdefault("acquireTime", times.format_micro(now))
+    return {**lease_object, "metadata": meta, "spec": spec}
+
+
+def _json(annotations: Mapping[str, str], key: str) -> dict[str, Any]:
     try:
-        value = json.loads((config_map.get("data") or {}).get(key) or "{}")
+        value = json.loads(annotations.get(key) or "{}")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
 
-def consumers(reports: list[Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per agent and component, ``{name, current, behind}``: whether it runs what the
-    ClusterPKI's Secrets (``current``, by component) hold now, and if not, which of them it runs an
-    older revision of."""
-    entries = []
-    for report in reports:
-        agent, loaded = read(report)
-        pending = restarts(report)
-        for component in sorted(set(loaded) | set(pending)):  # a first restart that failed has loaded nothing
-            revisions = loaded.get(component, {})
-            behind = sorted(secret for secret, rev in revisions.items()
-                            if secret in current and revision(current[secret].get("data") or {}) != rev)
-            entry: dict[str, Any] = {"name": f"{agent}/{component}", "current": component in loaded and not behind}
-            if behind:
-                entry["behind"] = behind
-            if component in pending:
-                entry["restart"] = f"{pending[component]['state']}: {pending[component]['message']}"
-            entries.append(entry)
-    return sorted(entries, key=lambda e: e["name"])
-
-
-def failed_restarts(entries: list[Mapping[str, Any]]) -> str:
-    """Words for the consumers whose restart failed, e.g. ``cp-1/kube-apiserver (Failed: ...)``."""
-    return "; ".join(f"{e['name']} ({e['restart']})" for e in entries
-                     if str(e.get("restart", "")).startswith(FAILED))
-
-
-def holding_up(entries: list[Mapping[str, Any]]) -> str:
-    """Words for the consumers that are not current, e.g. ``cp-0/etcd (etcd-ca, etcd-server-cp-0)``."""
-    return ", ".join(f"{e['name']} ({', '.join(e.get('behind', []))})" for e in entries if not e["current"])
+def _time(text: Any) -> datetime | None:
+    try:
+        return times.parse_time(str(text)) if text else None
+    except ValueError:
+        return None

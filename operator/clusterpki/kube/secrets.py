@@ -1,49 +1,36 @@
-"""The Secret layout of a ClusterPKI (the contract's "Secrets" section), as plain dicts.
+"""The contract's Secret layout: names, labels, data keys, and a Secret as the API holds it.
 
-Pure functions both ways: a PKI to the Secrets it should be stored in, and stored Secrets back to
-what the engine needs. No API calls here; :mod:`clusterpki.kube.store` does those.
+Pure both ways: :class:`StoredSecret` reads an API object into a typed value (its data decoded), and
+:func:`secret_object` makes the API object of a component's data. No API calls here.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography import x509
 
-from clusterpki.pki import catalog, engine, keys, kubeconfig
+from clusterpki.pki import catalog, keys, kubeconfig, record, times
 from clusterpki.pki import spec as spec_model
 from clusterpki.pki.certificates import KeyPair
+from clusterpki.pki.placement import SecretKey
 
 GROUP = spec_model.API_GROUP
 LABEL_PKI = f"{GROUP}/cluster-pki"
 LABEL_COMPONENT = f"{GROUP}/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "clusterpki"
-ANNOTATION_ADOPTED = f"{GROUP}/adopted"
+ANNOTATION_ADOPTED = f"{GROUP}/adopted"  # shown on a brought-in CA's Secret; the record decides, not this
 TLS = "kubernetes.io/tls"
 OPAQUE = "Opaque"
+NEXT, PREVIOUS = "-next", "-previous"  # suffixes of the components that hold a rotation's other half
 
 Secret = dict[str, Any]
-
-
-def immutable(secret: Secret | None) -> bool:
-    return bool(secret and secret.get("immutable"))
-
-
-class Stored(NamedTuple):
-    """What the Secrets of one ClusterPKI hold, read back for the engine."""
-
-    existing: engine.Existing
-    unreadable: dict[str, str]  # leaf component -> why it cannot be used (it will be re-issued)
-    ca_problems: dict[str, str]  # CA component -> why it cannot be used (it is never replaced)
-    sa_problem: str | None
-    adopted: set[str]  # CA components brought in by the user
-
-
-NEXT, PREVIOUS = "-next", "-previous"  # suffixes of the components that hold a rotation's other half
 
 
 def is_rotation(component: str) -> bool:
@@ -63,146 +50,111 @@ def selector(pki_name: str) -> str:
     return f"{LABEL_PKI}={pki_name},{LABEL_MANAGED_BY}={MANAGER}"
 
 
+def components(pki_spec: spec_model.Spec) -> list[str]:
+    """The components a spec wants a Secret for: the CAs, the leaves, and ``sa``."""
+    return [*(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES),
+            *(leaf.component for leaf in catalog.plan(pki_spec)), catalog.SERVICE_ACCOUNT]
+
+
 def names(pki_spec: spec_model.Spec) -> dict[str, str]:
     """The Secret of each CA, leaf and the service-account key a spec wants: component -> name."""
-    components = [ca.component for ca in catalog.CERTIFICATE_AUTHORITIES]
-    components += [leaf.component for leaf in catalog.plan(pki_spec)] + [catalog.SERVICE_ACCOUNT]
-    return {c: secret_name(pki_spec.name, c) for c in components}
+    return {c: secret_name(pki_spec.name, c) for c in components(pki_spec)}
 
 
-def owned(items: list[Secret], pki_name: str) -> tuple[dict[str, Secret], list[str]]:
+def owner_of(found: Mapping[str, str]) -> str | None:
+    """The ClusterPKI a Secret's labels give it to, if clusterpki manages it."""
+    return found.get(LABEL_PKI) if found.get(LABEL_MANAGED_BY) == MANAGER else None
+
+
+@dataclass(frozen=True)
+class StoredSecret:
+    """One Secret as the API holds it, its data decoded."""
+
+    name: str
+    resource_version: str
+    kind: str
+    immutable: bool
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    owner_references: tuple[Mapping[str, Any], ...]
+    finalizers: tuple[str, ...]
+    created: datetime | None
+    data: Mapping[str, bytes]
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> StoredSecret:
+        meta = obj.get("metadata") or {}
+        created = meta.get("creationTimestamp")
+        return cls(name=meta.get("name", ""), resource_version=meta.get("resourceVersion", ""),
+                   kind=obj.get("type") or OPAQUE, immutable=bool(obj.get("immutable")),
+                   labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
+                   owner_references=tuple(meta.get("ownerReferences") or ()),
+                   finalizers=tuple(meta.get("finalizers") or ()),
+                   created=times.parse_time(created) if created else None,
+                   data={k: _decode(v) for k, v in (obj.get("data") or {}).items()})
+
+    @property
+    def component(self) -> str | None:
+        return self.labels.get(LABEL_COMPONENT)
+
+    @property
+    def digest(self) -> str:
+        """What the record compares: the digest of the whole data."""
+        return record.data_digest(self.data)
+
+    def value(self, key: SecretKey) -> bytes:
+        """One data key's value; ValueError naming the key (never its content) when it is empty or absent."""
+        found = self.data.get(key.value)
+        if not found:
+            raise ValueError(f"{key.value} is missing")
+        return found
+
+
+def owned(items: list[Secret], pki_name: str) -> tuple[dict[str, StoredSecret], list[str]]:
     """The Secrets of one ClusterPKI by component, from those carrying its labels, and the names of
     impostors: a Secret is one of its own only if it also has the name its component's Secret has."""
-    found: dict[str, Secret] = {}
+    found: dict[str, StoredSecret] = {}
     impostors = []
     for item in items:
-        component = component_of(item)
-        if component and item["metadata"]["name"] == secret_name(pki_name, component):
-            found[component] = item
+        stored = StoredSecret.from_object(item)
+        if stored.component and stored.name == secret_name(pki_name, stored.component):
+            found[stored.component] = stored
         else:
-            impostors.append(item["metadata"]["name"])
+            impostors.append(stored.name)
     return found, sorted(impostors)
 
 
-def owner_of(labels: Mapping[str, str]) -> str | None:
-    """The ClusterPKI a Secret's labels give it to, if clusterpki manages it."""
-    return labels.get(LABEL_PKI) if labels.get(LABEL_MANAGED_BY) == MANAGER else None
-
-
-def read(secrets: Mapping[str, Secret], now: datetime) -> Stored:
-    """Read the Secrets of one ClusterPKI, keyed by component, into what the engine needs."""
-    cas: dict[str, KeyPair] = {}
-    ca_problems: dict[str, str] = {}
-    adopted: set[str] = set()
-    for ca in catalog.CERTIFICATE_AUTHORITIES:
-        secret = secrets.get(ca.component)
-        if secret is None:
-            continue
-        if not _is_ours(secret) or (secret["metadata"].get("annotations") or {}).get(ANNOTATION_ADOPTED):
-            adopted.add(ca.component)
-        try:
-            pair = read_pair(secret)
-        except ValueError as exc:
-            ca_problems[ca.component] = str(exc)
-            continue
-        problem = engine.check_ca(pair, now)
-        if problem:
-            ca_problems[ca.component] = problem
-        else:
-            cas[ca.component] = pair
-
-    leaves: dict[str, KeyPair] = {}
-    unreadable: dict[str, str] = {}
-    for component, secret in secrets.items():
-        if component in catalog.CA_BY_COMPONENT or component == catalog.SERVICE_ACCOUNT or is_rotation(component):
-            continue
-        try:
-            leaves[component] = read_pair(secret)
-        except ValueError as exc:
-            unreadable[component] = f"its Secret cannot be used ({exc})"
-
-    service_account, sa_problem = None, None
-    if catalog.SERVICE_ACCOUNT in secrets:
-        try:
-            service_account = _load_key("sa.key", _data(secrets[catalog.SERVICE_ACCOUNT], "sa.key"))
-        except ValueError as exc:
-            sa_problem = str(exc)
-    return Stored(engine.Existing(cas, leaves, service_account), unreadable, ca_problems, sa_problem, adopted)
-
-
-def read_pair(secret: Secret) -> KeyPair:
+def read_pair(secret: StoredSecret) -> KeyPair:
     """The certificate and key of a TLS Secret. Errors name the key, never its content."""
-    pem = _data(secret, "tls.crt")
     try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise ValueError("tls.crt is not a PEM certificate") from None
-    return KeyPair(cert, _load_key("tls.key", _data(secret, "tls.key")))
+        cert = x509.load_pem_x509_certificate(secret.value(SecretKey.CERTIFICATE))
+    except ValueError as exc:
+        raise ValueError(str(exc) if "missing" in str(exc) else "tls.crt is not a PEM certificate") from None
+    return KeyPair(cert, read_key(secret, SecretKey.KEY))
 
 
-def desired(pki: engine.PKI, namespace: str, owner: dict[str, Any] | None,
-            current: Mapping[str, Secret], adopted: set[str]) -> dict[str, Secret]:
-    """Every Secret of ``pki`` as it should be stored. ``owner`` is the ownerReference to set (with
-    ``secretRetention: Delete``); ``current`` are the stored Secrets, whose foreign labels, annotations
-    and ownerReferences are kept. Adopted CA Secrets keep their data and type; only ``ca.crt`` and our
-    labels are added."""
-    name = pki.spec.name
-    wanted: dict[str, tuple[str, dict[str, bytes]]] = {}
-    for ca in catalog.CERTIFICATE_AUTHORITIES:
-        pair = pki.cas[ca.component]
-        wanted[ca.component] = (TLS, tls_data(pair, pki.bundle(ca.component)))
-    for component, leaf in pki.planned.items():
-        pair = pki.leaves[component]
-        data = tls_data(pair, pki.bundle(leaf.issuer))
-        if leaf.profile.kubeconfig:
-            data["kubeconfig"] = kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair,
-                                                   pki.bundle(leaf.issuer))
-        wanted[component] = (TLS, data)
-    wanted[catalog.SERVICE_ACCOUNT] = (OPAQUE, {
-        "sa.key": keys.private_pem(pki.service_account),
-        "sa.pub": b"".join(keys.public_pem(k) for k in pki.service_account_keys())})
-
-    secrets = {}
-    for component, (kind, data) in wanted.items():
-        existing = current.get(component)
-        meta: dict[str, Any] = {"name": secret_name(name, component), "namespace": namespace}
-        old_meta = existing["metadata"] if existing else {}
-        meta["labels"] = {**(old_meta.get("labels") or {}), **labels(name, component)}
-        annotations = dict(old_meta.get("annotations") or {})
-        encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
-        if existing is not None and (component in adopted or component in catalog.CA_BY_COMPONENT):
-            kind = existing.get("type", kind)  # immutable, and a CA Secret is never re-created
-        if component in adopted and existing is not None:
-            encoded = {**(existing.get("data") or {}), "ca.crt": encoded["ca.crt"]}
-            annotations[ANNOTATION_ADOPTED] = "true"
-        if annotations:
-            meta["annotations"] = annotations
-        references = [r for r in old_meta.get("ownerReferences") or []
-                      if not (owner and r.get("uid") == owner["uid"]) and r.get("kind") != "ClusterPKI"]
-        if owner is not None and component not in adopted:
-            references.append(owner)
-        if references:
-            meta["ownerReferences"] = references
-        if existing is not None:
-            meta["resourceVersion"] = old_meta.get("resourceVersion")
-            if old_meta.get("finalizers"):
-                meta["finalizers"] = old_meta["finalizers"]
-        secrets[component] = {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta,
-                              "data": encoded}
-        if immutable(existing):
-            secrets[component]["immutable"] = True
-    return secrets
+def read_key(secret: StoredSecret, key: SecretKey) -> keys.PrivateKey:
+    try:
+        return keys.load_private_pem(secret.value(key))
+    except ValueError as exc:
+        if "missing" in str(exc):
+            raise
+        raise ValueError(f"{key.value} is {exc}") from None
 
 
-def differs(current: Secret | None, wanted: Secret) -> bool:
-    """Whether storing ``wanted`` would change anything that matters in ``current``."""
-    if current is None:
-        return True
-    meta, want_meta = current["metadata"], wanted["metadata"]
-    return (current.get("type") != wanted["type"] or (current.get("data") or {}) != wanted["data"]
-            or (meta.get("labels") or {}) != want_meta.get("labels", {})
-            or (meta.get("annotations") or {}) != want_meta.get("annotations", {})
-            or (meta.get("ownerReferences") or []) != want_meta.get("ownerReferences", []))
+def tls_data(pair: KeyPair, bundle: list[x509.Certificate], login: bytes | None = None) -> dict[str, bytes]:
+    """A TLS Secret's data: the pair, the issuer's trust bundle, and a client's kubeconfig."""
+    data = {SecretKey.CERTIFICATE.value: kubeconfig.pem_bundle([pair.cert]),
+            SecretKey.KEY.value: keys.private_pem(pair.key), SecretKey.BUNDLE.value: kubeconfig.pem_bundle(bundle)}
+    if login is not None:
+        data[SecretKey.KUBECONFIG.value] = login
+    return data
+
+
+def sa_data(key: keys.PrivateKey, trusted: list[keys.PublicKey]) -> dict[str, bytes]:
+    """The service-account Secret's data: the signing key, and every public key that verifies tokens."""
+    return {SecretKey.SA_KEY.value: keys.private_pem(key),
+            SecretKey.SA_PUB.value: b"".join(keys.public_pem(k) for k in trusted)}
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,32 +162,47 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
             "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False}
 
 
-def component_of(secret: Secret) -> str | None:
-    return (secret["metadata"].get("labels") or {}).get(LABEL_COMPONENT)
+def secret_object(namespace: str, pki_name: str, component: str, kind: str, data: Mapping[str, bytes],
+                  owner: Mapping[str, Any] | None, current: StoredSecret | None, adopted: bool) -> Secret:
+    """The API object of a component's Secret. A current Secret's foreign labels, annotations,
+    ownerReferences and finalizers are kept; a brought-in one gets no ownerReference and is marked
+    adopted. A ``kind`` other than the current Secret's means deleting and creating it again (the API
+    keeps a Secret's type)."""
+    meta: dict[str, Any] = {"name": secret_name(pki_name, component), "namespace": namespace,
+                            "labels": {**(current.labels if current else {}), **labels(pki_name, component)}}
+    annotations = dict(current.annotations) if current else {}
+    if adopted:
+        annotations[ANNOTATION_ADOPTED] = "true"
+    if annotations:
+        meta["annotations"] = annotations
+    references = [dict(r) for r in (current.owner_references if current else ())
+                  if r.get("kind") != "ClusterPKI" and not (owner and r.get("uid") == owner["uid"])]
+    if owner is not None and not adopted:
+        references.append(dict(owner))
+    if references:
+        meta["ownerReferences"] = references
+    if current is not None:
+        meta["resourceVersion"] = current.resource_version
+        if current.finalizers:
+            meta["finalizers"] = list(current.finalizers)
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta,
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
 
 
-def _is_ours(secret: Secret) -> bool:
-    return (secret["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER
+def differs(current: StoredSecret | None, wanted: Secret) -> bool:
+    """Whether storing ``wanted`` would change anything that matters in ``current``."""
+    if current is None:
+        return True
+    meta = wanted["metadata"]
+    return (current.kind != wanted["type"]
+            or current.data != {k: _decode(v) for k, v in wanted["data"].items()}
+            or dict(current.labels) != meta.get("labels", {})
+            or dict(current.annotations) != meta.get("annotations", {})
+            or [dict(r) for r in current.owner_references] != meta.get("ownerReferences", []))
 
 
-def tls_data(pair: KeyPair, bundle: list[x509.Certificate]) -> dict[str, bytes]:
-    return {"tls.crt": kubeconfig.pem_bundle([pair.cert]), "tls.key": keys.private_pem(pair.key),
-            "ca.crt": kubeconfig.pem_bundle(bundle)}
-
-
-def _load_key(name: str, data: bytes) -> keys.PrivateKey:
-    try:
-        return keys.load_private_pem(data)
-    except ValueError as exc:
-        raise ValueError(f"{name} is {exc}") from None
-
-
-def _data(secret: Secret, key: str) -> bytes:
-    value = (secret.get("data") or {}).get(key)
-    if not value:
-        raise ValueError(f"{key} is missing")
+def _decode(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ValueError(f"{key} is not base64") from None
-
+    except (binascii.Error, ValueError, TypeError):
+        return b""  # what cannot be decoded is nothing the record holds

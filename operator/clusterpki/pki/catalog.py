@@ -107,12 +107,19 @@ class PlannedLeaf(NamedTuple):
         return self.profile.issuer
 
 
-def issuer_of(component: str) -> str | None:
-    """The CA that issues a component's certificate, from its row; None for a CA or an unknown name."""
+def profile_of(component: str) -> LeafProfile | None:
+    """The row of a leaf's Secret component (``etcd-server-m0`` is the ``etcd-server`` row's); None for a
+    CA, ``sa`` or an unknown name."""
     for profile in LEAVES:
         if component == profile.component or (profile.per_member and component.startswith(f"{profile.component}-")):
-            return profile.issuer
+            return profile
     return None
+
+
+def issuer_of(component: str) -> str | None:
+    """The CA that issues a component's certificate, from its row; None for a CA or an unknown name."""
+    profile = profile_of(component)
+    return profile.issuer if profile else None
 
 
 def plan(spec: Spec, members: list[str] | None = None) -> list[PlannedLeaf]:

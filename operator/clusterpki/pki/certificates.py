@@ -3,6 +3,7 @@ check of an existing certificate against what it should be."""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
@@ -19,9 +20,32 @@ from clusterpki.pki.spec import IPAddress
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
-DUE = "it is due for renewal"
 # Clock-skew allowance, as kubeadm and the Kubernetes CSR signer backdate certificates.
 BACKDATE = timedelta(minutes=5)
+
+
+class Why(str, enum.Enum):
+    """Why a certificate or key is issued: a bounded label for metrics, with the words in :class:`Issue`."""
+
+    NEW = "new"  # there was none
+    MISSING = "missing"  # there was one, and it is gone
+    DUE = "renewal"  # it entered its renewal window
+    FORCED = "on-demand"  # a renewal was asked for
+    SPEC = "spec-change"  # it does not match the spec
+    ROTATION = "rotation"  # its CA was rotated
+    REPAIR = "repair"  # unreadable, mismatched, not signed by its CA, expired, or not what was issued
+
+
+class Issue(NamedTuple):
+    """Why one certificate is (re-)issued: the kind, and the words for Events and logs."""
+
+    why: Why
+    message: str
+
+
+NEW = Issue(Why.NEW, "it did not exist")
+DUE = Issue(Why.DUE, "it is due for renewal")
+FORCED = Issue(Why.FORCED, "a renewal was asked for")
 
 
 class Identity(NamedTuple):
@@ -104,7 +128,7 @@ def sign_leaf(identity: Identity, public_key: keys.PublicKey, issuer: KeyPair, v
 
 
 def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Certificate],
-                      renewal_time: datetime | None, now: datetime) -> str | None:
+                      renewal_time: datetime | None, now: datetime) -> Issue | None:
     """Why ``pair`` cannot stay as the certificate for ``identity``, or None when it can.
 
     ``issuers`` are the CA certificates it may be signed by; ``renewal_time`` is when it falls due,
@@ -112,18 +136,18 @@ def problem_with_leaf(pair: KeyPair, identity: Identity, issuers: list[x509.Cert
     """
     cert = pair.cert
     if not keys.same_public_key(cert.public_key(), pair.key):
-        return "its private key does not match the certificate"
+        return Issue(Why.REPAIR, "its private key does not match the certificate")
     signers = [ca for ca in issuers if signed_by(cert, ca)]
     if not signers:
-        return "it is not signed by its CA"
+        return Issue(Why.REPAIR, "it is not signed by its CA")
     if cert.not_valid_after_utc <= now:
-        return "it has expired"
+        return Issue(Why.REPAIR, "it has expired")
     capped = any(cert.not_valid_after_utc >= ca.not_valid_after_utc for ca in signers)
     if renewal_time is not None and renewal_time <= now and not capped:  # a capped leaf waits for its CA
         return DUE
     differences = identity_of(cert).differences(identity)
     if differences:
-        return f"it does not match the spec: {'; '.join(differences)}"
+        return Issue(Why.SPEC, f"it does not match the spec: {'; '.join(differences)}")
     return None
 
 
@@ -169,10 +193,6 @@ def is_ca(cert: x509.Certificate) -> bool:
 def renewal_time(cert: x509.Certificate, renew_before: timedelta) -> datetime:
     """When a certificate falls due: ``notAfter - renewBefore``."""
     return cert.not_valid_after_utc - renew_before
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _second(moment: datetime) -> datetime:

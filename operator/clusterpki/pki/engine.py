@@ -7,7 +7,7 @@ is re-issued only when it has a problem (or when forced), so the engine is idemp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import NamedTuple
@@ -16,13 +16,11 @@ from cryptography import x509
 
 from clusterpki.pki import catalog, certificates, keys
 from clusterpki.pki.catalog import PlannedLeaf
-from clusterpki.pki.certificates import KeyPair
+from clusterpki.pki.certificates import DUE, FORCED, NEW, Issue, KeyPair, Why
 from clusterpki.pki.keys import PrivateKey
 from clusterpki.pki.spec import Spec
 
-NEW = "it did not exist"
-FORCED = "a re-issue was forced"
-DUE = certificates.DUE
+__all__ = ["DUE", "FORCED", "NEW", "PKI", "Existing", "Issue", "Why", "build", "check_ca", "problem_with"]
 
 
 class Existing(NamedTuple):
@@ -46,7 +44,7 @@ class PKI(NamedTuple):
     leaves: dict[str, KeyPair]
     planned: dict[str, PlannedLeaf]
     service_account: PrivateKey
-    issued: dict[str, str]
+    issued: dict[str, Issue]
     trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
     service_account_trust: tuple[keys.PublicKey, ...] = ()
 
@@ -57,11 +55,6 @@ class PKI(NamedTuple):
     def service_account_keys(self) -> list[keys.PublicKey]:
         """The public keys that verify service-account tokens: what goes into ``sa.pub``."""
         return [self.service_account.public_key(), *self.service_account_trust]
-
-    def issuer_of(self, component: str) -> str | None:
-        """The CA that issued a leaf, or None for a CA itself."""
-        leaf = self.planned.get(component)
-        return leaf.issuer if leaf else None
 
 
 def check_ca(pair: KeyPair, now: datetime) -> str | None:
@@ -76,7 +69,7 @@ def check_ca(pair: KeyPair, now: datetime) -> str | None:
 
 
 def problem_with(pair: KeyPair, leaf: PlannedLeaf, spec: Spec, issuer: KeyPair, now: datetime,
-                 renew_due: bool = False) -> str | None:
+                 renew_due: bool = False) -> Issue | None:
     """Why an existing leaf must be re-issued for ``spec``, or None when it is fine.
 
     With ``renew_due``, a leaf inside its renewal window counts as a problem too.
@@ -88,41 +81,29 @@ def problem_with(pair: KeyPair, leaf: PlannedLeaf, spec: Spec, issuer: KeyPair, 
     algorithm = keys.algorithm_of(pair.key)
     if algorithm is not spec.key_algorithm:
         have = algorithm.value if algorithm else "another algorithm"
-        return f"its key is {have}, the spec asks for {spec.key_algorithm.value}"
+        return Issue(Why.SPEC, f"its key is {have}, the spec asks for {spec.key_algorithm.value}")
     return None
 
 
 def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | None = None,
-          force: Iterable[str] = (), renew_due: bool = False) -> PKI:
+          force: Mapping[str, Issue] = MappingProxyType({}), renew_due: bool = False) -> PKI:
     """Complete the PKI ``spec`` wants on top of ``existing``.
 
     Existing CAs and the service-account key are kept as they are; the caller has checked them with
-    :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``.
-    ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves inside
-    their renewal window are re-issued too, with new keys.
+    :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``
+    (with why). ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves
+    inside their renewal window are re-issued too, with new keys.
     """
     planned = {leaf.component: leaf for leaf in catalog.plan(spec, members)}
-    forced = set(force)
     missing_cas = [ca for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in existing.cas]
-
     cas = dict(existing.cas)
-    to_issue: dict[str, str] = {}
-    for component, leaf in planned.items():
-        if leaf.issuer not in cas:
-            to_issue[component] = NEW if component not in existing.leaves else "its CA is new"
-        elif component in forced:
-            to_issue[component] = FORCED
-        elif component not in existing.leaves:
-            to_issue[component] = NEW
-        else:
-            problem = problem_with(existing.leaves[component], leaf, spec, cas[leaf.issuer], now, renew_due)
-            if problem:
-                to_issue[component] = problem
+    to_issue = {component: issue for component, leaf in planned.items()
+                if (issue := _issue(component, leaf, spec, existing, cas, force, now, renew_due))}
 
     need_sa = existing.service_account is None
     new_keys = iter(keys.generate_many(spec.key_algorithm, len(missing_cas) + len(to_issue) + need_sa))
 
-    issued: dict[str, str] = {}
+    issued: dict[str, Issue] = {}
     for profile in missing_cas:
         key = next(new_keys)
         cas[profile.component] = KeyPair(
@@ -144,3 +125,15 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
 
     return PKI(spec=spec, cas=cas, leaves=leaves, planned=planned, service_account=service_account,
                issued=issued, trust=existing.trust, service_account_trust=existing.service_account_trust)
+
+
+def _issue(component: str, leaf: PlannedLeaf, spec: Spec, existing: Existing, cas: Mapping[str, KeyPair],
+           force: Mapping[str, Issue], now: datetime, renew_due: bool) -> Issue | None:
+    """Why a planned leaf must be issued now, or None when the existing one stays."""
+    if component in force:
+        return force[component]
+    if component not in existing.leaves:
+        return NEW
+    if leaf.issuer not in cas:
+        return Issue(Why.ROTATION, "its CA is new")
+    return problem_with(existing.leaves[component], leaf, spec, cas[leaf.issuer], now, renew_due)

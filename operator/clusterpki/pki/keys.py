@@ -11,6 +11,7 @@ from clusterpki.pki.spec import KeyAlgorithm
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
 
 _RSA_BITS = {KeyAlgorithm.RSA_2048: 2048, KeyAlgorithm.RSA_3072: 3072, KeyAlgorithm.RSA_4096: 4096}
 _CURVES = {KeyAlgorithm.ECDSA_P256: ec.SECP256R1, KeyAlgorithm.ECDSA_P384: ec.SECP384R1}
@@ -55,7 +56,7 @@ def private_pem(key: PrivateKey) -> bytes:
 
 
 def public_pem(key: PrivateKey | PublicKey) -> bytes:
-    public = key.public_key() if hasattr(key, "private_bytes") else key
+    public = key.public_key() if isinstance(key, PRIVATE_KEY_TYPES) else key
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -72,3 +73,20 @@ def load_private_pem(data: bytes) -> PrivateKey:
 
 def same_public_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> bool:
     return public_pem(a) == public_pem(b)
+
+
+def load_public_pems(data: bytes) -> list[PublicKey]:
+    """Every PEM public key in ``data`` (``sa.pub`` holds several during a rotation); ValueError, without
+    echoing the data, when a block is not an RSA or ECDSA public key."""
+    found = []
+    for block in data.split(b"-----END PUBLIC KEY-----")[:-1]:
+        try:
+            key = serialization.load_pem_public_key(block + b"-----END PUBLIC KEY-----\n")
+        except (ValueError, TypeError):
+            raise ValueError("not a list of PEM public keys") from None
+        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+            raise ValueError("not an RSA or ECDSA public key")
+        found.append(key)
+    if not found:
+        raise ValueError("holds no PEM public key")
+    return found

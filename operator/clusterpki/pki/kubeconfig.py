@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clusterpki.pki import keys
+from clusterpki.pki import documents, keys
 from clusterpki.pki.certificates import KeyPair
 
 CLUSTER_NAME = "kubernetes"
@@ -33,7 +32,7 @@ def render(server: str, user: str, pair: KeyPair, trust: Iterable[x509.Certifica
         "current-context": context,
         "preferences": {},
     }
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False).encode()
+    return documents.dump(document).encode()
 
 
 def read(data: bytes) -> tuple[str, KeyPair, list[x509.Certificate]]:
@@ -42,23 +41,15 @@ def read(data: bytes) -> tuple[str, KeyPair, list[x509.Certificate]]:
     Raises ValueError with a sentence that never contains key material.
     """
     try:
-        document = yaml.load(data, Loader=_Loader)
+        document = documents.load(data)
         cluster = document["clusters"][0]["cluster"]
         user = document["users"][0]["user"]
         cert = x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
         key = keys.load_private_pem(base64.b64decode(user["client-key-data"]))
         trust = x509.load_pem_x509_certificates(base64.b64decode(cluster["certificate-authority-data"]))
         return str(cluster["server"]), KeyPair(cert, key), trust
-    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+    except (documents.Error, KeyError, IndexError, TypeError, ValueError):
         raise ValueError("not a kubeconfig with an embedded client certificate and key") from None
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """LibYAML's safe loader when PyYAML has it."""
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    """LibYAML's dumper when PyYAML has it: the pure-Python one costs a millisecond per kubeconfig."""
 
 
 def pem_bundle(certs: Iterable[x509.Certificate]) -> bytes:
