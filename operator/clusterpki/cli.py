@@ -28,10 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from clusterpki.kubeadm import render
-    from clusterpki.pki import certificates
+    from clusterpki.pki import times
 
     pki_spec = render.load_spec_file(Path(args.file))
-    outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, certificates.utcnow())
+    outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, times.now())
     width = max(len(component) for component, _, _ in outcome.actions)
     for component, action, detail in outcome.actions:
         print(f"{component.ljust(width)}  {action}{f' ({detail})' if detail else ''}")
@@ -61,9 +61,8 @@ def _agent(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import signal
-    import socket
 
-    from clusterpki.agent import consumers, restarters
+    from clusterpki.agent import consumers, startup
     from clusterpki.agent.agent import Agent
     from clusterpki.kube.api import Api
 
@@ -71,31 +70,23 @@ def _agent(args: argparse.Namespace) -> int:
     unknown = sorted((set(args.component) | set(health_urls)) - set(consumers.BY_COMPONENT))
     if unknown:
         raise UserError(f"--component {', '.join(unknown)}: not one of {', '.join(consumers.BY_COMPONENT)}")
-    restarter: restarters.Restarter
-    if args.restart == "command":
-        if not args.restart_command:
-            raise UserError("--restart command needs --restart-command CMD")
-        restarter = restarters.Command(args.restart_command)
-    elif args.restart == "systemd":
-        units = dict(pair.partition("=")[::2] for pair in args.systemd_unit)
-        restarter = restarters.Systemd(units)
-    else:
-        restarter = restarters.StaticPods(Path(args.manifests or Path(args.dir) / "manifests"))
+    restarter = _restarter(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="[%(asctime)s] %(name)s [%(levelname)-7s] %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    name = args.agent_name or socket.gethostname()
+    out = Path(args.dir)
 
     async def main() -> None:
         # SIGTERM (the kubelet stopping the pod) ends the agent cleanly: it gives its restart Lease back.
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         api = Api(_configuration())
         try:
-            await Agent(api, args.namespace, args.name, Path(args.dir), args.member, name,
-                        args.component or list(consumers.BY_COMPONENT), restarter, health_urls,
-                        args.healthy_for).run()
+            start = await startup.check(api, args.namespace, args.name, args.member, health_urls, out, args.replace)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            await Agent(api, args.namespace, args.name, out, args.member,
+                        args.component or list(consumers.BY_COMPONENT), restarter, start, health_urls,
+                        args.healthy_for, args.resync).run()
         finally:
             await api.close()
 
@@ -106,16 +97,39 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def _renew(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+def _restarter(args: argparse.Namespace) -> Any:
+    from clusterpki.agent import restarters
 
+    if args.restart == "command":
+        if not args.restart_command:
+            raise UserError("--restart command needs --restart-command CMD")
+        return restarters.Command(args.restart_command)
+    if args.restart == "systemd":
+        return restarters.Systemd(dict(pair.partition("=")[::2] for pair in args.systemd_unit))
+    return restarters.StaticPods(Path(args.manifests or Path(args.dir) / "manifests"))
+
+
+def _agent_manifests(args: argparse.Namespace) -> int:
+    from clusterpki.kube import manifests
+    from clusterpki.kubeadm import render
+    from clusterpki.pki import documents
+
+    pki_spec, namespace = render.load_spec_file(Path(args.file)), args.namespace
+    if namespace is None:
+        raise UserError(f"{args.file} names no namespace: give the ClusterPKI's namespace with -n")
+    sys.stdout.write(documents.dump_all(manifests.manifests(pki_spec, namespace, args.image, args.dir)))
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
     from clusterpki.controller.requests import RENEW
     from clusterpki.kube.api import ApiError
+    from clusterpki.kube.resource import ClusterPKIClient
+    from clusterpki.pki import times
 
-    nonce = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    value = f"{','.join(args.component)}@{nonce}"
+    value = f"{','.join(args.component)}@{times.format_micro(times.now())}"
     try:
-        _with_store(lambda store: store.annotate(args.namespace, args.name, {RENEW: value}))
+        _with_api(lambda api: ClusterPKIClient(api).annotate(args.namespace, args.name, {RENEW: value}))
     except ApiError as exc:
         raise UserError(f"cannot request the renewal of ClusterPKI {args.namespace}/{args.name}: {exc}") from None
     what = ", ".join(args.component) if args.component else "all leaves"
@@ -124,25 +138,59 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    import yaml
-
-    from clusterpki.kube import secrets
     from clusterpki.kube import takeover as store_takeover
     from clusterpki.kubeadm import takeover
-    from clusterpki.pki import certificates
+    from clusterpki.pki import times
 
-    plan = takeover.derive([Path(d) for d in args.dir], args.name, args.namespace, certificates.utcnow(),
-                           args.service_cidr)
-    wanted = secrets.desired(plan.pki, args.namespace, None, {}, set())
-    stored = [wanted[component] for component in plan.taken]
-    spec_lines = yaml.safe_dump(plan.resource, sort_keys=False).splitlines()
+    plan = takeover.derive([Path(d) for d in args.dir], args.name, args.namespace, times.now(), args.service_cidr)
+    stored, resource = _import_objects(plan, args.namespace, args.name)
+    _print_import(plan, args, resource)
+
+    async def write(api: Any) -> None:
+        clients = store_takeover.ApiClients(api)
+        await store_takeover.check(clients, args.namespace, args.name, [s["metadata"]["name"] for s in stored])
+        if not args.dry_run:
+            await store_takeover.create(clients, stored, resource)
+
+    _with_api(write)
+    what = f"{len(stored)} Secrets and ClusterPKI {args.namespace}/{args.name}"
+    if args.dry_run:
+        print(f"\nDry run: nothing was written. Without --dry-run, import creates {what}.")
+        return 0
+    issues = f"issues {', '.join(plan.left)} (missing or invalid), and " if plan.left else ""
+    print(f"\nImported: created {what}. The operator {issues}renews the certificates when they fall due.")
+    return 0
+
+
+def _import_objects(plan: Any, namespace: str, name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The Secrets an import stores, and the ClusterPKI pinning each one's digest (the operator takes
+    exactly those as its own)."""
+    import json
+
+    from clusterpki.controller.requests import IMPORTED
+    from clusterpki.controller.wanted import of_pki
+    from clusterpki.kube import secrets
+    from clusterpki.pki import record
+
+    wanted = of_pki(plan.pki)
+    stored = [secrets.secret_object(namespace, name, c, wanted[c].kind, wanted[c].data, None, None, False)
+              for c in plan.taken]
+    pins = {c: record.data_digest(wanted[c].data) for c in plan.taken}
+    metadata = {**plan.resource["metadata"], "annotations": {IMPORTED: json.dumps(pins, sort_keys=True)}}
+    return stored, {**plan.resource, "metadata": metadata}
+
+
+def _print_import(plan: Any, args: argparse.Namespace, resource: dict[str, Any]) -> None:
+    from clusterpki.kube import secrets
+    from clusterpki.pki import documents
+
     width = max(len(d.field) for d in plan.derived)
     value_width = max(len(d.value) for d in plan.derived)
     print(f"Derived from {', '.join(args.dir)}:")
     for derived in plan.derived:
         print(f"  {derived.field.ljust(width)}  {derived.value.ljust(value_width)}  {derived.source}")
     print("\nThe ClusterPKI:")
-    print("\n".join(f"  {line}" for line in spec_lines))
+    print("\n".join(f"  {line}" for line in documents.dump(plan.resource).splitlines()))
     print(f"\nSecrets in namespace {args.namespace}:")
     listed = [*plan.taken, *plan.left]
     name_width = max(len(secrets.secret_name(args.name, c)) for c in listed)
@@ -154,20 +202,6 @@ def _import(args: argparse.Namespace) -> int:
         pair = plan.pki.cas.get(component) or plan.pki.leaves.get(component)
         until = f", valid until {pair.cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z" if pair else ""
         print(f"  {secret}  taken over from {plan.origin[component]}{until}")
-
-    async def write(store: Any) -> None:
-        await store_takeover.check(store, args.namespace, args.name, [s["metadata"]["name"] for s in stored])
-        if not args.dry_run:
-            await store_takeover.create(store, stored, plan.resource)
-
-    _with_store(write)
-    what = f"{len(stored)} Secrets and ClusterPKI {args.namespace}/{args.name}"
-    if args.dry_run:
-        print(f"\nDry run: nothing was written. Without --dry-run, import creates {what}.")
-        return 0
-    issues = f"issues {', '.join(plan.left)} (missing or invalid), and " if plan.left else ""
-    print(f"\nImported: created {what}. The operator {issues}renews the certificates when they fall due.")
-    return 0
 
 
 def _configuration() -> Any:
@@ -181,7 +215,7 @@ def _configuration() -> Any:
 
 def _check_expiration(args: argparse.Namespace) -> int:
     from clusterpki.kubeadm import expiration
-    from clusterpki.pki import certificates
+    from clusterpki.pki import times
 
     if args.dir and args.name:
         raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME, not both")
@@ -191,24 +225,24 @@ def _check_expiration(args: argparse.Namespace) -> int:
         if not args.namespace or len(args.name) != 1:
             raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME")
         rows = expiration.rows_from_certificates(_read_cluster_certificates(args.namespace, args.name[0]))
-    now = certificates.utcnow()
+    now = times.now()
     text = expiration.format_json(rows, now) if args.output == "json" else expiration.format_table(rows, now)
     sys.stdout.write(text)
     return 0
 
 
-def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run one call on a store of the current credentials, in an event loop of its own."""
+def _with_api(call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run one call on the API with the current credentials, in an event loop of its own."""
     import asyncio
 
-    from clusterpki.kube.store import SecretStore
+    from clusterpki.kube.api import Api
 
     async def main() -> Any:
-        store = SecretStore(_configuration())
+        api = Api(_configuration())
         try:
-            return await call(store)
+            return await call(api)
         finally:
-            await store.close()
+            await api.close()
 
     return asyncio.run(main())
 
@@ -216,23 +250,25 @@ def _with_store(call: Callable[[Any], Awaitable[Any]]) -> Any:
 def _read_cluster_certificates(namespace: str, name: str) -> dict[str, Any]:
     """The certificate of each component of a ClusterPKI, from its Secrets (``sa`` has none)."""
     from clusterpki.kube.api import ApiError
+    from clusterpki.kube.secret_client import SecretClient
+    from clusterpki.kube.secrets import is_rotation as secrets_of_rotation
     from clusterpki.kube.secrets import owned, read_pair
     from clusterpki.pki.catalog import SERVICE_ACCOUNT
 
     try:
-        found, _ = owned(_with_store(lambda store: store.list(namespace, name)), name)
+        found, _ = owned(_with_api(lambda api: SecretClient(api).list(namespace, name)), name)
     except ApiError as exc:
         raise UserError(f"cannot read the Secrets of ClusterPKI {namespace}/{name}: {exc}") from None
     if not found:
         raise UserError(f"no Secrets of ClusterPKI {namespace}/{name} were found")
     certificates = {}
     for component, secret in found.items():
-        if component == SERVICE_ACCOUNT:
+        if component == SERVICE_ACCOUNT or secrets_of_rotation(component):
             continue
         try:
             certificates[component] = read_pair(secret).cert
         except ValueError as exc:
-            raise UserError(f"Secret {secret['metadata']['name']} cannot be read: {exc}") from None
+            raise UserError(f"Secret {secret.name} cannot be read: {exc}") from None
     return certificates
 
 
@@ -264,8 +300,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("-n", "--namespace", required=True)
     agent.add_argument("name", metavar="NAME", help="the ClusterPKI")
     agent.add_argument("--dir", default="/etc/kubernetes", help="kubeadm's directory [/etc/kubernetes]")
-    agent.add_argument("--member", required=True, help="this instance's etcd member (its server and peer pairs)")
-    agent.add_argument("--agent-name", help="the name this agent reports under [the host name]")
+    agent.add_argument("--member", required=True, help="this instance's etcd member (its server and peer pairs); "
+                       "it reports as that member")
     agent.add_argument("--component", action="append", default=[],
                        help="a component running here (repeatable) [etcd, kube-apiserver, kube-controller-manager, "
                             "kube-scheduler]")
@@ -283,8 +319,22 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--healthy-for", type=float, default=10.0, metavar="SECONDS",
                        help="how long a restarted instance must stay healthy before the next member's turn: at "
                             "least the load balancer's health-check interval times its rise count [10]")
+    agent.add_argument("--resync", type=float, default=30.0, metavar="SECONDS",
+                       help="how often the files are checked again and the report renewed; a report not renewed "
+                            "for three of these no longer counts [30]")
+    agent.add_argument("--replace", action="store_true",
+                       help="overwrite a directory that holds a PKI the ClusterPKI never issued (a fresh node's); "
+                            "to take over a running node's PKI, use clusterpki import instead")
     agent.add_argument("-v", "--verbose", action="store_true", help="log more")
     agent.set_defaults(handler=_agent)
+
+    agent_manifests = commands.add_parser("agent-manifests", help="print the RBAC, report Leases and DaemonSets of "
+                                          "a ClusterPKI's agents, one least-privileged ServiceAccount per member")
+    agent_manifests.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")
+    agent_manifests.add_argument("-n", "--namespace", help="the ClusterPKI's namespace [the file's]")
+    agent_manifests.add_argument("--image", default="ghcr.io/clusterpki/clusterpki:0.1.0", help="the agent's image")
+    agent_manifests.add_argument("--dir", default="/etc/kubernetes", help="kubeadm's directory on the nodes")
+    agent_manifests.set_defaults(handler=_agent_manifests)
 
     render = commands.add_parser("render", help="render a ClusterPKI's whole PKI into kubeadm's layout")
     render.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")

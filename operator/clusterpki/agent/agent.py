@@ -1,24 +1,28 @@
-"""The agent's loop: watch one ClusterPKI's Secrets, write its member's files, restart what needs
-it, report what runs.
+"""The agent's loop: follow one ClusterPKI's record, write its member's files from the Secrets the
+record vouches for, restart what needs it in turn, and report what runs.
 
-Each round is idempotent: files equal to the Secrets are not rewritten, so a restart of the agent
-restarts nothing. A component is reported at a revision only once its files are written and read
-back and, when it needs one, its restart succeeded; a failed restart is retried the next round and
-holds the component's report back, which holds a rotation's next phase back.
+The agent follows the ClusterPKI (its status holds the record, which only the operator writes), not
+the Secrets: a Secret someone else changed never even starts a round. Each round fetches the member's
+Secrets by name, verifies them against the record (:mod:`clusterpki.agent.verify`) and writes the
+files from the verified material alone, all or nothing; material that fails is reported and nothing is
+written. Each round is idempotent: files equal to the record are not rewritten, so a restart of the
+agent restarts nothing. A component is reported at a revision only once its files are written and
+read back and, when it needs one, its restart succeeded.
 
 Restarts roll across members: an agent restarts a component only while it holds the ClusterPKI's
-restart Lease (:mod:`clusterpki.kube.turns`), only when every other member's instance of it is
-healthy, and gives the Lease back only once its own instance has been healthy for a while. A failed restart keeps
-the Lease, so the roll stops there, and is reported, so the ClusterPKI's ``RestartsHealthy``
-condition says so.
+restart Lease (:mod:`clusterpki.kube.turns`), only when every other member's instance of it is healthy
+(at a URL on that member's own address), and gives the Lease back only once its own instance has been
+healthy for a while. A failed restart keeps the Lease, so the roll stops there, and is reported.
+The report is a Lease of the member's own (:mod:`clusterpki.kube.reports`), renewed every resync.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
+from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,155 +30,198 @@ from cryptography import x509
 
 from clusterpki.agent import consumers, health
 from clusterpki.agent.restarters import Restarter, RestartFailed
+from clusterpki.agent.startup import Start, health_url_problem
+from clusterpki.agent.verify import Verification, sources, verify
 from clusterpki.errors import UserError
-from clusterpki.kube import reports, secrets
+from clusterpki.kube import reports, resource, secrets
 from clusterpki.kube.api import Api, ApiError
+from clusterpki.kube.reports import Report, Restart, RestartReason, RestartState
+from clusterpki.kube.secret_client import SecretClient
+from clusterpki.kube.secrets import StoredSecret
 from clusterpki.kube.turns import POLL, Turns
-from clusterpki.kubeadm import layout
-from clusterpki.pki import keys
+from clusterpki.kubeadm import layout, writer
+from clusterpki.pki import keys, placement, spec, times
+from clusterpki.pki.record import Claim, Record
 
 LOGGER = logging.getLogger("clusterpki.agent")
-SETTLE = 0.5  # seconds to gather a burst of Secret events (one rotation step writes many) into one round
+SETTLE = 0.5  # seconds to gather a burst of changes into one round
 RETRY = 5.0  # seconds before a failed round is tried again
 WATCH_TIMEOUT = 300
 HEALTHY_WITHIN = 120.0  # seconds a restarted instance has to answer its health check
 # Seconds a restarted instance must stay healthy before the next member may restart: a load balancer
 # takes its health-check interval times its "rise" count to send traffic to it again.
 HEALTHY_FOR = 10.0
+RESYNC = 30.0  # seconds between rounds with nothing new: files checked again, the report renewed
+STALE_AFTER = 3  # resyncs without a renewal after which the operator stops counting the report
 
 
 class NotYourTurn(Exception):
-    """Another member restarts the component now, or one of its instances is not healthy: wait."""
+    """Another member restarts now, or one of its instances is not healthy: wait."""
 
 
 class Agent:
-    def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, name: str,
-                 components: list[str], restarter: Restarter, health_urls: dict[str, str] | None = None,
-                 healthy_for: float = HEALTHY_FOR) -> None:
-        self.api, self.namespace, self.pki_name = api, namespace, pki_name
-        self.out, self.member, self.name = out, member, name
+    def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, components: list[str],
+                 restarter: Restarter, start: Start, health_urls: Mapping[str, str] | None = None,
+                 healthy_for: float = HEALTHY_FOR, resync: float = RESYNC) -> None:
+        self.api, self.namespace, self.pki_name, self.out, self.member = api, namespace, pki_name, out, member
+        self.body, self.spec = start.body, start.spec
         self.components = [c for c in consumers.BY_COMPONENT if c in components]
-        self.restarter = restarter
+        self.restarter, self.healthy_for, self.resync = restarter, healthy_for, resync
         self.health_urls = {c: url for c, url in (health_urls or {}).items() if c in self.components}
-        self.healthy_for = healthy_for
-        self.turns = Turns(api, namespace, pki_name, name)
-        self.secrets: dict[str, dict[str, Any]] = {}  # component -> Secret
+        self.turns = Turns(api, namespace, pki_name, member)
+        self.secrets = SecretClient(api)
         self.owed: set[str] = set()  # components whose restart is owed (not made, or failed)
-        self.loaded: reports.Loaded = {}
-        self.restarts: dict[str, dict[str, str]] = {}  # component -> {state, message}: restarts not done
-        self.reported: dict[str, Any] | None = None
+        self.loaded: dict[str, dict[str, str]] = {}
+        self.restarts: dict[str, Restart] = {}  # restarts not done
+        self.rejected: dict[str, str] = {}  # Secret component -> why its material was refused
+        self.reported: str | None = None  # the last report, as JSON
+        self.renewed_at = float("-inf")  # when the report Lease was last renewed (monotonic)
         self.resumed = False  # whether the report of a previous run of this agent has been read
         self.changed = asyncio.Event()
+        self.changed.set()
+
+    @property
+    def what(self) -> str:
+        return f"{self.namespace}/{self.pki_name}"
 
     async def run(self) -> None:
-        watcher = asyncio.create_task(self._watch())
+        tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._tick())]
         try:
             while True:
                 await self.changed.wait()
                 await asyncio.sleep(SETTLE)
                 self.changed.clear()
-                try:
-                    await self.round()
-                except NotYourTurn as exc:
-                    LOGGER.info(f"{self.namespace}/{self.pki_name}: {exc}; looking again in {POLL:g}s")
-                    asyncio.get_running_loop().call_later(POLL, self.changed.set)
-                except (ApiError, UserError, RestartFailed) as exc:
-                    LOGGER.warning(f"{self.namespace}/{self.pki_name}: {exc}; trying again in {RETRY:g}s")
-                    asyncio.get_running_loop().call_later(RETRY, self.changed.set)
+                await self._round_or_retry()
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.turns.give_back()
 
+    async def _round_or_retry(self) -> None:
+        try:
+            await self.round()
+        except NotYourTurn as exc:
+            LOGGER.info(f"{self.what}: {exc}; looking again in {POLL:g}s")
+            asyncio.get_running_loop().call_later(POLL, self.changed.set)
+        except (ApiError, UserError, RestartFailed) as exc:
+            LOGGER.warning(f"{self.what}: {exc}; trying again in {RETRY:g}s")
+            asyncio.get_running_loop().call_later(RETRY, self.changed.set)
+
     async def round(self) -> None:
-        """Write the files, restart what needs it, report."""
-        stored = {component: {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-                  for component, secret in self.secrets.items()}
-        files = layout.files_from_stored(stored, self.member)
-        written = await asyncio.to_thread(layout.write, self.out, files, set())
+        """Verify, write the files, restart what needs it, report."""
+        current, claim = self._record()
+        verification = verify(await self._fetch(), current, claim, self.spec, self.member)
+        if verification.pki is None:
+            await self._not_written(verification)
+            return
+        self.rejected = {}
+        written = await asyncio.to_thread(writer.write, self.out, layout.files_for(verification.pki, self.member),
+                                          set())
         await asyncio.to_thread(_read_back, self.out, written)
         if written:
-            LOGGER.info(f"{self.namespace}/{self.pki_name}: wrote {', '.join(sorted(written))}")
+            LOGGER.info(f"{self.what}: wrote {', '.join(sorted(written))}")
         self.owed |= set(consumers.to_restart(self.components, set(written)))
-        sources = layout.sources(self.member)
         if not self.resumed:
-            await self._resume(files, sources)
+            await self._resume(current)
+        failed = await self._restart_owed(current)
+        await self._report()
+        if failed is not None:
+            raise failed
+
+    def _record(self) -> tuple[Record, Claim | None]:
+        found = self.body.get("status") or {}
+        return Record.from_status(found.get("record")), Claim.from_status(found.get("claim"))
+
+    async def _fetch(self) -> dict[str, StoredSecret | None]:
+        """The member's Secrets, each by name (the agent's Role names them, and no others)."""
+        names = sources(self.member)
+        found = await asyncio.gather(*(self.secrets.get(self.namespace, secrets.secret_name(self.pki_name, c))
+                                       for c in names))
+        return {c: StoredSecret.from_object(s) if s else None for c, s in zip(names, found, strict=True)}
+
+    async def _not_written(self, verification: Verification) -> None:
+        if verification.rejected:
+            self.rejected = dict(verification.rejected)
+            refused = "; ".join(f"{secrets.secret_name(self.pki_name, c)}: {why}" for c, why in self.rejected.items())
+            LOGGER.warning(f"{self.what}: refused, nothing written: {refused}")
+        else:
+            LOGGER.info(f"{self.what}: nothing to write yet: {verification.waiting}")
+        await self._report()
+
+    async def _restart_owed(self, current: Record) -> Exception | None:
+        """Restart the owed components in order; the first that cannot go now stops the others."""
         failed: Exception | None = None
         for component in self.components:
             if component in self.owed and failed is None:
                 try:
                     await self._restart_in_turn(component)  # discards it from owed once done
                 except (NotYourTurn, RestartFailed) as exc:
-                    failed = exc  # the others wait: one component at a time, in order
+                    failed = exc
             if component not in self.owed:
-                self.loaded[component] = self._revisions(component, files, sources)
-        await self._report()
-        if failed is not None:
-            raise failed
+                self.loaded[component] = self._revisions(component, current)
+        return failed
 
-    def _revisions(self, component: str, files: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:
-        """The revision of each Secret whose files ``component`` reads, as they are written now."""
-        used = {sources[path] for path in consumers.BY_COMPONENT[component].files if path in files}
-        return {s: reports.revision(self.secrets[s].get("data") or {}) for s in sorted(used)}
+    def _revisions(self, component: str, current: Record) -> dict[str, str]:
+        """The record's revision of each Secret whose files ``component`` reads."""
+        read = consumers.BY_COMPONENT[component].files
+        used = {p.component for p in placement.placements(self.member) if p.path in read}
+        return {s: current.revision([s]) for s in sorted(used)}
 
-    async def _resume(self, files: dict[str, Any], sources: dict[str, str]) -> None:
-        """After a restart of the agent itself: a component whose last report is behind the files now on
-        disk, or whose restart was not done, is still owed one (the files may have been written by the
-        previous run, which stopped before it restarted the component)."""
-        name = reports.name(self.pki_name, self.name)
-        previous = await self.api.get_or_none(f"ConfigMap {self.namespace}/{name}", reports.path(self.namespace, name))
+    async def _resume(self, current: Record) -> None:
+        """After a restart of the agent itself: a component whose last report is behind the record, or
+        whose restart was not done, is still owed one (the previous run may have written the files and
+        stopped before it restarted the component)."""
+        previous = Report.from_lease(await self._lease())
         self.resumed = True
-        if previous is None:
+        if previous.renewed is None:  # never reported: nothing was left half done
             return
-        _, loaded = reports.read(previous)
-        pending = reports.restarts(previous)
         for component in self.components:
-            if component in pending or loaded.get(component, {}) != self._revisions(component, files, sources):
+            if component in previous.restarts or previous.loaded.get(component) != self._revisions(component, current):
                 self.owed.add(component)
 
     async def _restart_in_turn(self, component: str) -> None:
         """Restart ``component`` once it is this member's turn and the other members' instances are
         healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
-        unhealthy = await self._unhealthy_peers(component)
-        if unhealthy:  # not even a look at the Lease: a member that is down holds every roll up
-            await self._wait(component, f"the {component} of {unhealthy}")
+        await self._peers_healthy(component)  # not even a look at the Lease while a member is down
         holder = await self.turns.take()
         if holder is not None:
-            await self._wait(component, f"it is the turn of {holder} to restart")
-        unhealthy = await self._unhealthy_peers(component)  # again, now that nobody else may restart
-        if unhealthy:
+            await self._wait(component, RestartReason.TURN_TAKEN, f"it is the turn of {holder} to restart")
+        try:
+            await self._peers_healthy(component)  # again, now that nobody else may restart
+        except NotYourTurn:
             await self.turns.give_back()
-            await self._wait(component, f"the {component} of {unhealthy}")
-        LOGGER.info(f"{self.namespace}/{self.pki_name}: restarting {component}")
+            raise
+        LOGGER.info(f"{self.what}: restarting {component}")
         self.restarts.pop(component, None)
         try:
             await self.restarter.restart(component)
             await self._healthy_again(component)
         except RestartFailed as exc:
-            self.restarts[component] = {"state": reports.FAILED, "message": str(exc)}
+            self.restarts[component] = Restart(RestartState.FAILED, exc.reason, str(exc))
             raise
-        self.restarts.pop(component, None)
         self.owed.discard(component)
         await self.turns.give_back()
 
-    async def _wait(self, component: str, why: str) -> None:
-        self.restarts[component] = {"state": reports.WAITING, "message": why}
+    async def _wait(self, component: str, reason: RestartReason, why: str) -> None:
+        self.restarts[component] = Restart(RestartState.WAITING, reason, why)
         await self._report()
         raise NotYourTurn(f"the restart of {component} waits: {why}")
 
-    async def _unhealthy_peers(self, component: str) -> str | None:
-        """The first other member whose instance of ``component`` fails its health check, with why."""
-        found = await self.api.request("list", f"the consumer reports of {self.namespace}/{self.pki_name}", "GET",
-                                       reports.path(self.namespace),
-                                       params={"labelSelector": reports.selector(self.pki_name)})
-        for report in sorted(found.get("items") or [], key=reports.agent_of):
-            url = reports.health(report).get(component)
-            if reports.agent_of(report) == self.name or url is None:
+    async def _peers_healthy(self, component: str) -> None:
+        """Raise NotYourTurn when another member's instance of ``component`` is not healthy, or gives a
+        health URL that is not on its own address."""
+        for member in sorted(self.spec.etcd_members, key=lambda m: m.name):
+            if member.name == self.member:
                 continue
-            problem = await health.problem(component, url, self.out)
+            lease = await self._lease(member.name)
+            url = Report.from_lease(lease).health.get(component) if lease else None
+            if url is None:
+                continue
+            problem = health_url_problem(url, member) or await health.problem(component, url, self.out)
             if problem:
-                return f"{reports.agent_of(report)} is not healthy: {problem}"
-        return None
+                await self._wait(component, RestartReason.PEER_UNHEALTHY,
+                                 f"the {component} of {member.name} is not healthy: {problem}")
 
     async def _healthy_again(self, component: str) -> None:
         url = self.health_urls.get(component)
@@ -185,7 +232,8 @@ class Agent:
         if getattr(self.restarter, "detached", False):  # it returns before the restart happens: see it go
             while await health.problem(component, url, self.out) is None:
                 if clock() > deadline:
-                    raise RestartFailed(f"{component} did not go down within {HEALTHY_WITHIN:g}s of its restart")
+                    raise RestartFailed(f"{component} did not go down within {HEALTHY_WITHIN:g}s of its restart",
+                                        RestartReason.UNHEALTHY)
                 await asyncio.sleep(0.5)
         while healthy_since is None or clock() - healthy_since < self.healthy_for:
             problem = await health.problem(component, url, self.out)
@@ -194,59 +242,82 @@ class Agent:
             else:
                 healthy_since = None
                 if clock() > deadline:
-                    raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
+                    raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}",
+                                        RestartReason.UNHEALTHY)
             await asyncio.sleep(0.5)
 
     async def _report(self) -> None:
-        state = {"loaded": self.loaded, "health": self.health_urls, "restarts": self.restarts}
-        if state == self.reported:
+        """Renew the report Lease when what it says changed, or when a resync has passed (the heartbeat)."""
+        report = Report(self.member, times.now(), timedelta(seconds=STALE_AFTER * self.resync), self.loaded,
+                        self.health_urls, dict(self.restarts), dict(self.rejected))
+        said = json.dumps(report.annotations(), sort_keys=True)
+        clock = asyncio.get_running_loop().time
+        if said == self.reported and clock() - self.renewed_at < self.resync * 0.9:
             return
-        body = reports.config_map(self.pki_name, self.namespace, self.name, self.loaded, self.health_urls,
-                                  self.restarts)
-        name = body["metadata"]["name"]
-        what = f"ConfigMap {self.namespace}/{name}"
-        try:
-            await self.api.request("report", what, "PUT", reports.path(self.namespace, name), body)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            await self.api.request("report", what, "POST", reports.path(self.namespace), body)
-        self.reported = json.loads(json.dumps(state))  # a copy: the next round changes the originals
+        for attempt in range(2):
+            lease = await self._lease()
+            try:
+                await self.api.request("report", self._lease_what(), "PUT", reports.lease_path(
+                    self.namespace, reports.lease_name(self.pki_name, self.member)),
+                    reports.renewed(lease, report, report.renewed))
+                break
+            except ApiError as exc:
+                if exc.status != 409 or attempt:
+                    raise
+        self.reported, self.renewed_at = said, clock()
+
+    async def _lease(self, member: str | None = None) -> dict[str, Any]:
+        """A member's report Lease (this agent's own by default); an empty one when a peer's is missing."""
+        name = reports.lease_name(self.pki_name, member or self.member)
+        found = await self.api.get_or_none(f"Lease {self.namespace}/{name}", reports.lease_path(self.namespace, name))
+        if found is None and member is None:
+            raise UserError(f"this agent's report {self._lease_what()} is gone; apply its manifests again")
+        return found or {}
+
+    def _lease_what(self) -> str:
+        return f"Lease {self.namespace}/{reports.lease_name(self.pki_name, self.member)}"
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync)
+            self.changed.set()
 
     async def _watch(self) -> None:
-        """List the ClusterPKI's Secrets, then follow them; a broken watch lists again."""
-        path = f"/api/v1/namespaces/{self.namespace}/secrets"
-        selector = secrets.selector(self.pki_name)
+        """Follow the ClusterPKI (its spec, and its status with the record); a broken watch lists again."""
+        params = {"fieldSelector": f"metadata.name={self.pki_name}"}
+        path = resource.path(self.namespace)
         while True:
             try:
-                listed = await self.api.request("list", f"the Secrets of {self.namespace}/{self.pki_name}", "GET",
-                                                path, params={"labelSelector": selector})
-                self._take(listed.get("items") or [])
+                listed = await self.api.request("list", f"ClusterPKI {self.what}", "GET", path, params=params)
+                for item in listed.get("items") or []:
+                    self._take(item)
                 version = listed["metadata"]["resourceVersion"]
-                while True:
-                    params = {"watch": "1", "labelSelector": selector, "resourceVersion": version,
-                              "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_TIMEOUT)}
-                    async for event in self.api.stream(f"the Secrets of {self.pki_name}", path, params,
-                                                       WATCH_TIMEOUT + 30):
-                        if event.get("type") == "ERROR":
-                            raise ApiError("watch", "Secrets", event["object"].get("code", 0), "expired")
-                        version = event["object"]["metadata"].get("resourceVersion", version)
-                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                            self._apply(event["type"], event["object"])
+                watch = {**params, "watch": "1", "resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT)}
+                async for event in self.api.stream(f"ClusterPKI {self.what}", path, watch, WATCH_TIMEOUT + 30):
+                    if event.get("type") == "ERROR":
+                        raise ApiError("watch", f"ClusterPKI {self.what}", event["object"].get("code", 0), "expired")
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self._take(event["object"])
+                    elif event.get("type") == "DELETED":
+                        LOGGER.warning(f"{self.what}: the ClusterPKI was deleted; the files stay as they are")
             except ApiError as exc:
                 LOGGER.debug(f"watch ended ({exc}); listing again")
                 await asyncio.sleep(1)
 
-    def _take(self, items: list[dict[str, Any]]) -> None:
-        owned, _ = secrets.owned(items, self.pki_name)
-        fresh = {c: s for c, s in owned.items() if not secrets.is_rotation(c)}
-        if fresh != self.secrets:
-            self.secrets = fresh
-            self.changed.set()
-
-    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
-        items = [s for c, s in self.secrets.items() if s["metadata"]["name"] != obj["metadata"]["name"]]
-        self._take(items if kind == "DELETED" else [*items, obj])
+    def _take(self, body: dict[str, Any]) -> None:
+        """A new version of the ClusterPKI: a round when its record, claim or spec changed."""
+        before, after = self.body.get("status") or {}, body.get("status") or {}
+        same = all(before.get(k) == after.get(k) for k in ("record", "claim")) and \
+            self.body.get("spec") == body.get("spec")
+        self.body = body
+        if same:
+            return
+        try:
+            self.spec = spec.from_resource(body)
+        except spec.SpecError as exc:
+            LOGGER.warning(f"{self.what}: the spec is invalid, the files stay as they are: {exc}")
+            return
+        self.changed.set()
 
 
 def _read_back(out: Path, written: list[str]) -> None:

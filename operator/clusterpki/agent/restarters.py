@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-import yaml
-
+from clusterpki.kube.reports import RestartReason
+from clusterpki.pki import documents, times
 from clusterpki.pki.spec import API_GROUP
 
 RESTARTED_AT = f"{API_GROUP}/restarted-at"
@@ -19,7 +18,9 @@ COMMAND_TIMEOUT = 300  # seconds a restart command may take, health check includ
 
 
 class RestartFailed(Exception):
-    pass
+    def __init__(self, message: str, reason: RestartReason = RestartReason.COMMAND_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Restarter(Protocol):
@@ -39,15 +40,14 @@ class StaticPods:
     async def restart(self, component: str) -> None:
         path = self.manifests / f"{component}.yaml"
         try:
-            pod = yaml.safe_load(path.read_text())
+            pod = documents.load(path.read_text())
             meta = pod.setdefault("metadata", {})
-            meta["annotations"] = {**(meta.get("annotations") or {}),
-                                   RESTARTED_AT: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            meta["annotations"] = {**(meta.get("annotations") or {}), RESTARTED_AT: times.format_micro(times.now())}
             staged = path.with_name(f".{path.name}.clusterpki")
-            staged.write_text(yaml.safe_dump(pod, sort_keys=False))
+            staged.write_text(documents.dump(pod))
             os.chmod(staged, path.stat().st_mode & 0o777)
             os.replace(staged, path)
-        except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
+        except (OSError, documents.Error, AttributeError, TypeError) as exc:
             raise RestartFailed(f"cannot annotate the static pod manifest {path}: {exc}") from None
 
 

@@ -29,9 +29,11 @@ class Wanted:
     adopted: bool = False
 
 
-def wanted_secrets(seen: Observed, custody: Custody, pki: engine.PKI, step: Step | None) -> dict[str, Wanted]:
-    """Every Secret the decision wants stored, by component: CAs first."""
-    found = {ca.component: _authority(seen, custody, ca.component, pki) for ca in catalog.CERTIFICATE_AUTHORITIES}
+def of_pki(pki: engine.PKI) -> dict[str, Wanted]:
+    """The Secrets of a complete PKI, by component, CAs first: what the operator stores, and what
+    ``clusterpki import`` stores of a kubeadm directory."""
+    found = {ca.component: Wanted(TLS, secrets.tls_data(pki.cas[ca.component], pki.bundle(ca.component)),
+                                  pki.cas[ca.component]) for ca in catalog.CERTIFICATE_AUTHORITIES}
     for component, leaf in pki.planned.items():
         pair = pki.leaves[component]
         login = kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair, pki.bundle(leaf.issuer)) \
@@ -39,6 +41,13 @@ def wanted_secrets(seen: Observed, custody: Custody, pki: engine.PKI, step: Step
         found[component] = Wanted(TLS, secrets.tls_data(pair, pki.bundle(leaf.issuer), login), pair)
     found[catalog.SERVICE_ACCOUNT] = Wanted(OPAQUE, secrets.sa_data(pki.service_account, pki.service_account_keys()),
                                             pki.service_account)
+    return found
+
+
+def wanted_secrets(seen: Observed, custody: Custody, pki: engine.PKI, step: Step | None) -> dict[str, Wanted]:
+    """Every Secret the decision wants stored, by component: CAs first."""
+    found = of_pki(pki)
+    found.update({ca.component: _authority(seen, custody, ca.component, pki) for ca in catalog.CERTIFICATE_AUTHORITIES})
     found.update({half: _half(material) for half, material in (step.halves if step else {}).items()})
     dropped = set(step.delete if step else ()) | set(found)
     for component, material in custody.trusted.items():
@@ -49,7 +58,8 @@ def wanted_secrets(seen: Observed, custody: Custody, pki: engine.PKI, step: Step
 
 
 def _authority(seen: Observed, custody: Custody, component: str, pki: engine.PKI) -> Wanted:
-    """A CA's Secret: its pair and bundle; a brought-in one keeps its own data and type, and gets the bundle."""
+    """A CA's Secret: its pair and bundle, in the type it has (a CA Secret is never made again); a
+    brought-in one keeps its own data, and gets the bundle."""
     pair, bundle = pki.cas[component], pki.bundle(component)
     stored = seen.secrets.get(component)
     if component in custody.adopted and stored is not None:

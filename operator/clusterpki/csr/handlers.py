@@ -21,7 +21,8 @@ from clusterpki.csr.metrics import CSR_DECISIONS
 from clusterpki.kube import resource, secrets
 from clusterpki.kube.api import ApiError, load_configuration
 from clusterpki.kube.scheduling import Scheduler
-from clusterpki.pki import certificates, spec
+from clusterpki.pki import spec, times
+from clusterpki.pki.record import Record
 
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
 RETRY_DELAY = 10  # seconds before a failed recheck is tried again
@@ -115,7 +116,7 @@ async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 async def decide(state: CsrState, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
-    now = certificates.utcnow()
+    now = times.now()
     state.first_seen.setdefault(name, now)
     policy = _policy(state)
     if policy is None:  # looked at again when the policy ClusterPKI arrives
@@ -143,9 +144,9 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     finally:
         state.deciding.discard(name)
     signer = body["spec"]["signerName"]
-    CSR_DECISIONS.labels(signer=signer, decision=decision.verdict, reason=decision.reason).inc()
-    LOGGER.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict}, "
-                f"{decision.reason}: {decision.message}")
+    CSR_DECISIONS.labels(signer=signer, decision=decision.verdict.value, reason=decision.reason.value).inc()
+    LOGGER.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict.value}, "
+                f"{decision.reason.value}: {decision.message}")
 
 
 async def sign(state: CsrState, body: dict[str, Any]) -> None:
@@ -159,8 +160,13 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
         if ca_secret is None:
             LOGGER.warning(f"CSR {name}: not signed, the policy's CA Secret does not exist yet")
             return
-        ca = secrets.read_pair(ca_secret)
-        certificate = csr.sign(body, ca, policy.cert_validity, certificates.utcnow())
+        stored = secrets.StoredSecret.from_object(ca_secret)
+        issued = Record.from_status(((state.policy_body or {}).get("status") or {}).get("record"))
+        if not issued.holds("ca", stored.digest):
+            LOGGER.warning(f"CSR {name}: not signed, Secret {stored.name} does not hold the CA on record")
+            return
+        ca = secrets.read_pair(stored)
+        certificate = csr.sign(body, ca, policy.cert_validity, times.now())
         await state.api.set_certificate({**body, "status": {**(body.get("status") or {}),
                                                               "certificate": certificate}})
     except (ApiError, ValueError) as exc:

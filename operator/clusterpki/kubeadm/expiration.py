@@ -10,8 +10,9 @@ from typing import NamedTuple
 from cryptography import x509
 
 from clusterpki.errors import UserError
-from clusterpki.kubeadm.layout import kubeadm_name, read_cert
-from clusterpki.pki import catalog, durations, kubeconfig
+from clusterpki.kubeadm.layout import read_cert
+from clusterpki.pki import catalog, durations, kubeconfig, placement, times
+from clusterpki.pki.placement import Placement, SecretKey
 
 HEADERS = ("CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY")
 SELF_SIGNED = "(self-signed)"
@@ -27,11 +28,8 @@ def rows_from_dir(directory: Path) -> list[Row]:
     """Rows for kubeadm's layout in ``directory``: leaves and kubeconfigs first, then the CAs."""
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory")
-    rows = []
-    for profile in sorted(catalog.LEAVES, key=kubeadm_name):
-        rows.append(Row(kubeadm_name(profile), profile.issuer, _leaf_not_after(directory, profile)))
-    for ca in catalog.CERTIFICATE_AUTHORITIES:
-        rows.append(Row(ca.component, SELF_SIGNED, _not_after(directory / f"{ca.file}.crt")))
+    rows = [Row(p.kubeadm_name, catalog.issuer_of(p.row) or SELF_SIGNED, _not_after(directory, p))
+            for p in placement.certificate_files("")]
     if all(row.not_after is None for row in rows):
         raise UserError(f"{directory} holds no certificates in kubeadm's layout (pki/ca.crt, admin.conf, ...)")
     return rows
@@ -61,31 +59,20 @@ def format_json(rows: list[Row], now: datetime) -> str:
         "name": r.name,
         "certificateAuthority": r.authority,
         "missing": r.not_after is None,
-        "expirationDate": r.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if r.not_after else None,
+        "expirationDate": times.format_time(r.not_after) if r.not_after else None,
         "residualSeconds": int((r.not_after - now).total_seconds()) if r.not_after else None,
         "residualTime": _residual(r, now),
     } for r in rows]
     return json.dumps({"certificates": items}, indent=2) + "\n"
 
 
-def _leaf_not_after(directory: Path, profile: catalog.LeafProfile) -> datetime | None:
-    if profile.file:
-        return _not_after(directory / f"{profile.file}.crt")
-    assert profile.kubeconfig is not None
-    path = directory / profile.kubeconfig
+def _not_after(directory: Path, found: Placement) -> datetime | None:
+    path = directory / found.path
     if not path.exists():
         return None
     try:
-        _, pair, _ = kubeconfig.read(path.read_bytes())
-    except ValueError as exc:
-        raise UserError(f"{path} cannot be read: {exc}") from None
-    return pair.cert.not_valid_after_utc
-
-
-def _not_after(path: Path) -> datetime | None:
-    if not path.exists():
-        return None
-    try:
+        if found.key is SecretKey.KUBECONFIG:
+            return kubeconfig.read(path.read_bytes())[1].cert.not_valid_after_utc
         cert: x509.Certificate = read_cert(path)
     except ValueError as exc:
         raise UserError(f"{path} cannot be read: {exc}") from None

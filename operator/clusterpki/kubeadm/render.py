@@ -6,11 +6,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from clusterpki.errors import UserError
-from clusterpki.kubeadm import layout
-from clusterpki.pki import catalog, engine, spec
+from clusterpki.kubeadm import layout, writer
+from clusterpki.pki import catalog, documents, engine, spec
+from clusterpki.pki.certificates import Why
 
 
 class Outcome(NamedTuple):
@@ -28,12 +27,12 @@ def load_spec_file(path: Path) -> spec.Spec:
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
-    except yaml.YAMLError as exc:
+        found = [d for d in documents.load_all(text) if d is not None]
+    except documents.Error as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}") from None
-    found = [d for d in documents if isinstance(d, dict) and d.get("kind") == spec.KIND]
+    found = [d for d in found if isinstance(d, dict) and d.get("kind") == spec.KIND]
     if len(found) != 1:
         raise UserError(f"{path} must hold exactly one {spec.KIND} document, it holds {len(found)}")
     try:
@@ -51,24 +50,26 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
         raise UserError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory")
+    writer.recover(out)  # a render cut short (kill -9) is finished first: it is read before it is written
     existing, unreadable = layout.load(out, chosen, now)
-    forced = [leaf.component for leaf in catalog.plan(pki_spec, [chosen])] if force else []
+    forced = {leaf.component: engine.FORCED for leaf in catalog.plan(pki_spec, [chosen])} if force else {}
     pki = engine.build(pki_spec, existing, now, members=[chosen], force=forced)
 
     keep = {f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component in existing.cas
             for ext in ("crt", "key")}
     if existing.service_account is not None:
         keep.add(catalog.SERVICE_ACCOUNT_FILES[0])
-    written = layout.write(out, layout.files_for(pki, chosen), keep)
+    written = writer.write(out, layout.files_for(pki, chosen), keep)
 
     kept = ("kept", "")
     actions = [(c.component, *(kept if c.component not in pki.issued else ("created", "")))
                for c in catalog.CERTIFICATE_AUTHORITIES]
     for component in pki.planned:
-        reason = unreadable.get(component) or pki.issued.get(component)
+        issue = pki.issued.get(component)
+        reason = unreadable.get(component) or (issue.message if issue else None)
         if reason is None:
             actions.append((component, *kept))
-        elif reason == engine.NEW:
+        elif issue is not None and issue.why is Why.NEW:
             actions.append((component, "created", ""))
         else:
             actions.append((component, "re-issued", reason))
@@ -76,6 +77,3 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
     actions.append((sa, *(kept if sa not in pki.issued else ("created", ""))))
     return Outcome(member=chosen, actions=actions, written=written)
 
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """The fast C loader when PyYAML has it."""

@@ -104,7 +104,8 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
     taken[catalog.SERVICE_ACCOUNT] = catalog.SERVICE_ACCOUNT_FILES[0]
     left: dict[str, str] = {}
     for component in pki.planned:
-        reason = unreadable.get(component) or pki.issued.get(component)
+        issue = pki.issued.get(component)
+        reason = unreadable.get(component) or (issue.message if issue else None)
         if reason is None:
             taken[component] = origin[component]
         else:
@@ -280,14 +281,14 @@ def _leaves(dirs: list[Path], members: list[str]) -> tuple[dict[str, KeyPair], d
     unreadable: dict[str, str] = {}
     origin: dict[str, str] = {}
     for index, (directory, member) in enumerate(zip(dirs, members, strict=True)):
-        for profile in catalog.LEAVES:
-            if index and not profile.per_member:
+        for component, files in layout.pair_files(member).items():
+            profile = catalog.profile_of(component)
+            if profile is None or (index and not profile.per_member):
                 continue
-            component = layout.leaf_for_file(profile, member)
-            file = profile.kubeconfig or f"{profile.file}.crt"
+            file = next(p.path for p in files if p.holds_certificate)
             origin[component] = str(directory / file) if len(dirs) > 1 else file
             try:
-                pair = layout.read_leaf(directory, profile)
+                pair = layout.read_pair(directory, files)
             except ValueError as exc:
                 unreadable[component] = f"{file} cannot be read ({exc})"
                 continue

@@ -83,6 +83,11 @@ def placements(member: str) -> tuple[Placement, ...]:
     return tuple(found)
 
 
+def authority_files() -> tuple[Placement, ...]:
+    """The files that say whose PKI a directory holds: each CA's certificate and the service-account key."""
+    return tuple(p for p in placements("") if p.key in (SecretKey.BUNDLE, SecretKey.SA_KEY))
+
+
 def certificate_files(member: str) -> tuple[Placement, ...]:
     """The one file per certificate that holds it: what ``check-expiration`` reads, leaves first."""
     files = [p for p in placements(member) if p.holds_certificate]

@@ -22,10 +22,10 @@ class Store:
     async def create(self, secret: dict) -> dict:
         return secret
 
-    async def request(self, verb: str, what: str, method: str, path: str, body: object = None) -> dict:
-        raise ApiError(verb, what, self.fail_status, "boom")
+    async def create_clusterpki(self, body: dict) -> dict:
+        raise ApiError("create", "ClusterPKI ns/x", self.fail_status, "boom")
 
-    async def get_or_none(self, what: str, path: str) -> dict | None:
+    async def clusterpki(self, namespace: str, name: str) -> dict | None:
         return BODY if self.stored else None
 
     async def delete(self, namespace: str, name: str) -> None:

@@ -1,0 +1,114 @@
+"""The manifests of a ClusterPKI's agents (``clusterpki agent-manifests``): least privilege, per member.
+
+Each member gets a ServiceAccount of its own, bound to a Role that may read exactly the Secrets its
+files come from (the CAs, the shared leaves, its own etcd pair and ``sa``: never another member's
+etcd keys, nor another ClusterPKI's), read its ClusterPKI, and update exactly its own report Lease and
+the restart Lease (both made here, so an agent needs no ``create``); it may read the other members'
+report Leases (their health URLs). And a DaemonSet that runs the agent on that member's node only.
+Pure: a spec in, objects out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterpki.kube import reports, resource, secrets, turns
+from clusterpki.pki import placement
+from clusterpki.pki.spec import EtcdMember, Spec
+
+IMAGE = "ghcr.io/clusterpki/clusterpki:0.1.0"
+PORTS = {"kube-apiserver": (6443, "readyz"), "etcd": (2379, "health")}
+REPORT_SECONDS = 90  # three resyncs of the agent: after that its report no longer counts
+
+
+def agent_name(pki_name: str, member: str) -> str:
+    return f"clusterpki-agent-{pki_name}-{member}"
+
+
+def secret_names(pki_name: str, member: str) -> list[str]:
+    """The Secrets one member's files come from: what its Role may read."""
+    components = dict.fromkeys(p.component for p in placement.placements(member))
+    return [secrets.secret_name(pki_name, c) for c in components]
+
+
+def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str = "/etc/kubernetes") -> list[dict]:
+    """Every object the agents of the ClusterPKI ``pki_spec`` (in ``namespace``) need."""
+    objects: list[dict[str, Any]] = [_restart_lease(pki_spec.name, namespace)]
+    for member in pki_spec.etcd_members:
+        others = [m.name for m in pki_spec.etcd_members if m.name != member.name]
+        name = agent_name(pki_spec.name, member.name)
+        objects += [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, namespace)},
+            _role(pki_spec.name, namespace, member.name, others),
+            _binding(name, namespace),
+            reports.lease(pki_spec.name, namespace, member.name, REPORT_SECONDS),
+            _daemon_set(pki_spec, namespace, member, image, directory),
+        ]
+    return objects
+
+
+def _meta(name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "clusterpki-agent"}}
+
+
+def _restart_lease(pki_name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": turns.lease_name(pki_name), "namespace": namespace}, "spec": {}}
+
+
+def _role(pki_name: str, namespace: str, member: str, others: list[str]) -> dict[str, Any]:
+    own = [reports.lease_name(pki_name, member), turns.lease_name(pki_name)]
+    rules = [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secret_names(pki_name, member),
+         "verbs": ["get"]},
+        {"apiGroups": [resource.GROUP], "resources": [resource.PLURAL], "resourceNames": [pki_name],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": own,
+         "verbs": ["get", "update"]},
+    ]
+    if others:
+        rules.append({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": [reports.lease_name(pki_name, m) for m in others], "verbs": ["get"]})
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _meta(agent_name(pki_name, member), namespace), "rules": rules}
+
+
+def _binding(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(name, namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}
+
+
+def _address(member: EtcdMember) -> str:
+    """Where the member's instances answer: its first IP, else its first name, else the node's loopback."""
+    if member.ips:
+        ip = str(member.ips[0])
+        return f"[{ip}]" if ":" in ip else ip
+    return member.dns_names[0] if member.dns_names else "127.0.0.1"
+
+
+def _daemon_set(pki_spec: Spec, namespace: str, member: EtcdMember, image: str, directory: str) -> dict[str, Any]:
+    """The agent on the member's node (``kubernetes.io/hostname`` = the member's name, as kubeadm names
+    etcd members after their nodes), on the host's network to reach the instances' health endpoints."""
+    name = agent_name(pki_spec.name, member.name)
+    health = [f"--health={c}=https://{_address(member)}:{port}/{path}" for c, (port, path) in PORTS.items()]
+    labels = {"app.kubernetes.io/name": "clusterpki-agent", "app.kubernetes.io/instance": name}
+    container = {
+        "name": "agent", "image": image, "command": ["clusterpki"],
+        "args": ["agent", "-n", namespace, pki_spec.name, "--member", member.name, "--dir", directory,
+                 "--restart", "static-pod", *health],
+        "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}},
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "volumeMounts": [{"name": "kubernetes", "mountPath": directory}],
+    }
+    spec = {"serviceAccountName": name, "hostNetwork": True, "priorityClassName": "system-node-critical",
+            "nodeSelector": {"kubernetes.io/hostname": member.name},
+            "tolerations": [{"key": f"node-role.kubernetes.io/{role}", "effect": "NoSchedule"}
+                            for role in ("control-plane", "master")],
+            "containers": [container],
+            "volumes": [{"name": "kubernetes", "hostPath": {"path": directory, "type": "Directory"}}]}
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _meta(name, namespace),
+            "spec": {"selector": {"matchLabels": labels}, "updateStrategy": {"type": "RollingUpdate"},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
+
