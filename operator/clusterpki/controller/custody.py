@@ -155,7 +155,7 @@ class _Judging:
             material = read_material(component, secret)
         except ValueError as exc:
             material, why = None, str(exc)
-        if material is not None and fingerprint(material) in wanted:
+        if material is not None and fingerprint(material) in wanted and _whole(material):
             self.trusted[component] = material
             self.tampered[component] = "its data is not what was issued"
             return
@@ -212,6 +212,11 @@ class _Judging:
             self.invalid[component] = why
         else:
             self.suspects[component] = Suspect(None, f"its Secret cannot be used ({why})")
+
+
+def _whole(material: Material) -> bool:
+    """A pair whose key is its certificate's (a key alone is its own)."""
+    return not isinstance(material, KeyPair) or keys.same_public_key(material.cert.public_key(), material.key)
 
 
 def read_material(component: str, secret: StoredSecret) -> Material:

@@ -69,7 +69,7 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
         reason = unreadable.get(component) or (issue.message if issue else None)
         if reason is None:
             actions.append((component, *kept))
-        elif issue is not None and issue.why is Why.NEW:
+        elif component not in unreadable and issue is not None and issue.why is Why.NEW:
             actions.append((component, "created", ""))
         else:
             actions.append((component, "re-issued", reason))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from clusterpki.kubeadm import layout
+from clusterpki.kubeadm import writer
 from cryptography import x509
 
 from tests.helpers import EXAMPLE, REPO, document, render, write_document
@@ -183,7 +183,7 @@ def test_a_failed_write_leaves_the_directory_as_it_was(tmp_path, render_into, mo
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(layout.os, "replace", failing_replace)
+    monkeypatch.setattr(writer.os, "replace", failing_replace)
     assert render(tmp_path, out, document("x", apiServer={"certSANs": ["a.example"]})) == 1
     assert capsys.readouterr().err.endswith("No space left on device; nothing was changed\n")
     monkeypatch.undo()
@@ -195,7 +195,7 @@ def test_a_failed_first_render_leaves_no_directory(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError(13, "Permission denied")
 
-    monkeypatch.setattr(layout.os, "replace", failing_replace)
+    monkeypatch.setattr(writer.os, "replace", failing_replace)
     assert render(tmp_path, tmp_path / "new/out", document("x")) == 1
     assert not (tmp_path / "new").exists()
 

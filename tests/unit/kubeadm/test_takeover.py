@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from clusterpki.errors import UserError
 from clusterpki.kubeadm import takeover
-from clusterpki.pki import certificates, spec
+from clusterpki.pki import spec, times
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests import kubeadm_openssl
 from tests.helpers import document, render
 
-NOW = certificates.utcnow()
+NOW = times.now()
 RENDERED = document("demo", controlPlaneEndpoint="api.example.com:6443", keyAlgorithm="ECDSA-P384",
                     apiServer={"certSANs": ["cp-1", "192.0.2.7"]}, validity={"ca": "43800h", "certificate": "720h"},
                     etcd={"members": [{"name": "node-a", "dnsNames": ["node-a.internal"], "ips": ["192.0.2.21"]},

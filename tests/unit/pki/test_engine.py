@@ -154,7 +154,7 @@ def test_leaf_never_outlives_its_ca():
     first = engine.build(s, engine.Existing(), NOW)
     later = NOW + timedelta(hours=500)
     existing = engine.Existing(cas=first.cas)
-    again = engine.build(s, existing, later, force=["apiserver"])
+    again = engine.build(s, existing, later, force={"apiserver": engine.FORCED})
     assert again.leaves["apiserver"].cert.not_valid_after_utc == first.cas["ca"].cert.not_valid_after_utc
 
 
@@ -175,7 +175,7 @@ def test_spec_change_reissues_only_what_it_affects():
     more_sans = make_spec(apiServer={"certSANs": ["lb.corp.example", "192.0.2.1", "new.corp.example"]})
     again = engine.build(more_sans, existing, NOW)
     assert list(again.issued) == ["apiserver"]
-    assert "dns names" in again.issued["apiserver"] and "new.corp.example" in again.issued["apiserver"]
+    assert "dns names" in again.issued["apiserver"].message and "new.corp.example" in again.issued["apiserver"].message
 
     members = SPEC_FIELDS["etcd"]["members"] + [{"name": "m3"}]
     with_member = engine.build(make_spec(etcd={"members": members}), existing, NOW)
@@ -194,7 +194,7 @@ def test_key_algorithm_change_reissues_leaves_but_keeps_cas():
     existing = engine.Existing(first.cas, first.leaves, first.service_account)
     again = engine.build(make_spec("ECDSA-P384"), existing, NOW)
     assert set(again.issued) == set(EXPECTED)
-    assert again.issued["admin"] == "its key is ECDSA-P256, the spec asks for ECDSA-P384"
+    assert again.issued["admin"].message == "its key is ECDSA-P256, the spec asks for ECDSA-P384"
     assert again.cas == first.cas
 
 
@@ -209,7 +209,7 @@ def test_broken_leaves_are_reissued(tamper, reason):
     other = engine.build(s, engine.Existing(), NOW)
     leaves = dict(first.leaves, admin=tamper(first, other))
     again = engine.build(s, engine.Existing(first.cas, leaves, first.service_account), NOW)
-    assert again.issued == {"admin": reason}
+    assert {c: i.message for c, i in again.issued.items()} == {"admin": reason}
     again.leaves["admin"].cert.verify_directly_issued_by(first.cas["ca"].cert)
 
 
@@ -221,9 +221,9 @@ def test_expired_leaf_is_reissued_and_renewal_window_is_opt_in():
     leaf = {p.component: p for p in catalog.plan(s)}["admin"]
     in_window = NOW + timedelta(seconds=45)
     assert engine.problem_with(pair, leaf, s, first.cas["ca"], in_window) is None
-    assert engine.problem_with(pair, leaf, s, first.cas["ca"], in_window, renew_due=True) == "it is due for renewal"
+    assert engine.problem_with(pair, leaf, s, first.cas["ca"], in_window, renew_due=True) == engine.DUE
     expired = engine.build(s, existing, NOW + timedelta(minutes=3))
-    assert set(expired.issued) == set(EXPECTED) and expired.issued["admin"] == "it has expired"
+    assert set(expired.issued) == set(EXPECTED) and expired.issued["admin"].message == "it has expired"
 
 
 def test_check_ca():

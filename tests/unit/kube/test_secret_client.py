@@ -1,4 +1,4 @@
-"""The store's request mechanics against a local HTTP server: errors say nothing of the bodies."""
+"""The Secret client's request mechanics against a local HTTP server: errors say nothing of the bodies."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from clusterpki.kube.api import ApiError
-from clusterpki.kube.store import SecretStore
+from clusterpki.kube.api import Api, ApiError
+from clusterpki.kube.secret_client import SecretClient
 from kubernetes import client
 
 
@@ -34,11 +34,11 @@ async def server() -> AsyncIterator[dict]:
         await runner.cleanup()
 
 
-def store_for(url: str, token: str = "t0ken") -> SecretStore:
+def store_for(url: str, token: str = "t0ken") -> SecretClient:
     configuration = client.Configuration()
     configuration.host = url
     configuration.api_key = {"authorization": f"Bearer {token}"}
-    return SecretStore(configuration)
+    return SecretClient(Api(configuration))
 
 
 async def test_a_request_carries_the_token_and_returns_the_parsed_body(server):
@@ -47,7 +47,7 @@ async def test_a_request_carries_the_token_and_returns_the_parsed_body(server):
     try:
         assert (await store.get("ns", "x"))["kind"] == "Secret"
     finally:
-        await store.close()
+        await store.api.close()
     assert server["seen"].headers["Authorization"] == "Bearer t0ken"
     assert server["seen"].headers["User-Agent"].startswith("clusterpki/")
     assert server["seen"].path == "/api/v1/namespaces/ns/secrets/x"
@@ -64,7 +64,7 @@ async def test_an_error_is_the_server_s_reason_and_a_missing_secret_is_none(serv
         assert str(raised.value) == "replace Secret ns/x failed: HTTP 409 Conflict: the object has been modified"
         assert "c2VjcmV0" not in str(raised.value)
     finally:
-        await store.close()
+        await store.api.close()
 
 
 async def test_an_unparsable_body_is_an_api_error_that_quotes_nothing_of_it(server):
@@ -77,7 +77,7 @@ async def test_an_unparsable_body_is_an_api_error_that_quotes_nothing_of_it(serv
             assert "secret-bytes" not in str(raised.value) and raised.value.status == status
             assert raised.value.__context__ is None and raised.value.__cause__ is None  # .doc would be the body
     finally:
-        await store.close()
+        await store.api.close()
 
 
 async def test_an_unreachable_server_is_an_api_error():
@@ -87,4 +87,4 @@ async def test_an_unreachable_server_is_an_api_error():
             await store.list("ns", "x")
         assert raised.value.status == 0 and "ClientConnectorError" in str(raised.value)
     finally:
-        await store.close()
+        await store.api.close()

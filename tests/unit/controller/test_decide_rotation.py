@@ -1,0 +1,237 @@
+"""A rotation's phases through the controller's loop on an in-memory API and a fixed clock: every phase
+with the bundle invariant, a lost or forged spare, a move cut short, a phase waiting for consumers or
+forced past them, a report that goes stale or comes from no member, the service-account key's token
+window, and the automatic start in a CA's renewal window. Plus the typed rotation state's own rules."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from clusterpki.controller import requests, rotation
+from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
+from clusterpki.kube.reports import Report
+from clusterpki.pki import keys, record, spec
+from cryptography import x509
+
+from tests.unit.controller.world import T0, World, clusterpki
+
+GRACE = timedelta(seconds=30)
+CA_LEAVES = ("apiserver", "apiserver-kubelet-client", "admin", "kube-scheduler", "kube-controller-manager",
+             "kube-proxy")
+
+
+def rotating_world(**spec_fields: object) -> World:
+    return World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}, validity={"ca": "8760h"}, **spec_fields))
+
+
+def bundle(world: World, component: str) -> list[int]:
+    return [c.serial_number for c in x509.load_pem_x509_certificates(world.data(component, "ca.crt"))]
+
+
+def serial(world: World, component: str) -> int:
+    return x509.load_pem_x509_certificate(world.data(component, "tls.crt")).serial_number
+
+
+def phase(world: World) -> str:
+    return world.status()["caRotation"]["phase"]
+
+
+def invariant(world: World) -> None:
+    """Every leaf of ``ca`` verifies against every bundle of ``ca`` stored now."""
+    bundles = [x509.load_pem_x509_certificates(world.data(c, "ca.crt")) for c in ("ca", *CA_LEAVES)]
+    for leaf in CA_LEAVES:
+        cert = x509.load_pem_x509_certificate(world.data(leaf, "tls.crt"))
+        for trust in bundles:
+            assert any(_signed(cert, ca) for ca in trust), leaf
+
+
+def _signed(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+async def started(world: World, target: str = "ca") -> World:
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: target})
+    await world.reconcile()
+    return world
+
+
+async def test_every_phase_keeps_the_invariant_and_records_what_it_trusts():
+    world = await started(rotating_world())
+    old, new = serial(world, "ca"), serial(world, "ca-next")
+    assert phase(world) == "Preparing" and bundle(world, "ca") == [old, new] and bundle(world, "apiserver") == [old, new]
+    invariant(world)
+    issued = record.Record.from_status(world.status()["record"])
+    assert len(issued.bundles["ca"]) == 2 and issued.fingerprint("ca-next") is not None
+
+    await world.reconcile(GRACE)  # the grace period is over: Rotating, its work in the next look
+    assert phase(world) == "Rotating"
+    plan = await world.reconcile()
+    assert serial(world, "ca") == new and serial(world, "ca-previous") == old and "x-ca-next" not in world.secrets
+    assert all(plan.issued[leaf].why.value == "rotation" for leaf in CA_LEAVES)
+    assert bundle(world, "ca") == [new, old]
+    invariant(world)
+
+    await world.reconcile(GRACE)
+    assert phase(world) == "Completing"
+    await world.reconcile()
+    assert phase(world) == "Completed" and bundle(world, "ca") == [new] and bundle(world, "admin") == [new]
+    invariant(world)
+    assert {"RotationPreparing", "RotationRotating", "RotationCompleting", "RotationCompleted"} <= set(world.reasons())
+    assert record.Record.from_status(world.status()["record"]).fingerprint("ca-previous") is not None
+
+
+async def test_a_forged_spare_restarts_preparing_and_only_the_recorded_one_is_ever_moved_in():
+    world = await started(rotating_world())
+    forged = keys.private_pem(keys.generate(spec.KeyAlgorithm.ECDSA_P256))
+    world.tamper("ca-next", tls_key=forged)
+    first_spare = serial(world, "ca-next")
+    await world.reconcile(timedelta(seconds=10))
+    assert "RotationRestarted" in world.reasons() and serial(world, "ca-next") != first_spare
+    restarted = world.status()["caRotation"]["phaseStartedAt"]
+    assert restarted == "2026-11-30T12:00:10Z", "the grace period starts again with the new spare"
+    new = serial(world, "ca-next")
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert serial(world, "ca") == new
+
+
+async def test_a_move_cut_short_is_finished_with_the_two_recorded_cas():
+    world = await started(rotating_world())
+    old, new = serial(world, "ca"), serial(world, "ca-next")
+    await world.reconcile(GRACE)
+    assert phase(world) == "Rotating"
+    # The move half done: the old CA copied to -previous, then the operator died.
+    world.secrets["x-ca-previous"] = {**world.secrets["x-ca"], "metadata": {
+        **world.secrets["x-ca"]["metadata"], "name": "x-ca-previous",
+        "labels": {**world.secrets["x-ca"]["metadata"]["labels"], "pki.clusterpki.dev/component": "ca-previous"}}}
+    await world.reconcile()
+    assert serial(world, "ca") == new and serial(world, "ca-previous") == old
+    assert "RotationRestarted" not in world.reasons()
+    invariant(world)
+
+
+def report(member: str, world: World, current: bool, renewed_ago: timedelta = timedelta(0)) -> Report:
+    issued = record.Record.from_status(world.status()["record"])
+    revision = issued.revision(["ca"]) if current else "behind"
+    return Report(member=member, renewed=world.now - renewed_ago, duration=timedelta(seconds=90),
+                  loaded={"kube-apiserver": {"ca": revision}})
+
+
+async def test_a_phase_waits_for_consumers_and_a_force_moves_it_on_once():
+    world = await started(rotating_world())
+    behind = (report("etcd-0", world, current=False),)
+    await world.reconcile(GRACE, reports=behind)
+    assert phase(world) == "Preparing" and world.status()["caRotation"]["waitingFor"] == "etcd-0/kube-apiserver (ca)"
+    assert "RotationWaiting" in world.reasons()
+    world.annotate(**{requests.FORCE: "now"})
+    await world.reconcile(reports=behind)
+    assert phase(world) == "Rotating" and world.status()["requests"]["force"] == "now"
+    await world.reconcile(reports=behind)
+    await world.reconcile(GRACE, reports=behind)
+    assert phase(world) == "Rotating", "a force value moves one phase on, once"
+
+
+async def test_a_stale_report_or_one_of_no_member_holds_nothing_up():
+    world = await started(rotating_world())
+    await world.reconcile(reports=(report("etcd-0", world, current=True),))
+    assert world.status()["consumersCurrent"] == "1/1"
+    stale = (report("etcd-0", world, current=False, renewed_ago=timedelta(seconds=91)),
+             report("intruder", world, current=False))
+    await world.reconcile(GRACE, reports=stale)
+    assert phase(world) == "Rotating" and "consumers" not in world.status()
+    assert ("Warning", "ConsumerStale", "The agent of member etcd-0 stopped reporting: it no longer counts as a "
+            "consumer, and holds no rotation up") in world.events
+
+
+async def test_the_service_account_key_keeps_its_old_public_key_for_the_token_lifetime():
+    world = rotating_world()
+    world.body["metadata"]["annotations"][spec.TOKEN_LIFETIME_ANNOTATION] = "2m"
+    await started(world, "sa")
+    old = keys.load_private_pem(world.data("sa", "sa.key"))
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    published = keys.load_public_pems(world.data("sa", "sa.pub"))
+    assert len(published) == 2 and keys.same_public_key(published[1], old)
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert phase(world) == "Completed" and len(keys.load_public_pems(world.data("sa", "sa.pub"))) == 2
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile(timedelta(seconds=30))
+    assert world.status()["caRotation"]["ca"] == "sa", "no rotation starts while the old key is still trusted"
+    await world.reconcile(timedelta(minutes=2))
+    assert len(keys.load_public_pems(world.data("sa", "sa.pub"))) == 1
+    assert world.status()["caRotation"]["ca"] == "ca", "the waiting request starts once the window has closed"
+
+
+async def test_a_ca_in_its_renewal_window_is_rotated_by_itself():
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "1s"}, validity={"ca": "60s", "certificate": "30s"}))
+    await world.reconcile()
+    await world.reconcile(timedelta(seconds=41))
+    found = world.status()["caRotation"]
+    assert (found["ca"], found["trigger"], found["phase"]) == ("ca", "renewal window", "Preparing")
+
+
+# -- the typed state's own rules -----------------------------------------------------------------
+
+def fresh(phase_: Phase = Phase.PREPARING, target: str = "ca") -> Rotation:
+    return Rotation(target=target, phase=phase_, trigger=Trigger.ANNOTATION, request=target, started_at=T0,
+                    phase_started_at=T0)
+
+
+def test_a_phase_lasts_its_grace_period_from_when_its_work_is_done():
+    unstarted = rotation.start("ca", Trigger.ANNOTATION, "ca", "old", T0)
+    started_, wake, _ = rotation.advance(unstarted, GRACE, T0)
+    assert started_.phase_started_at == T0 and wake == T0 + GRACE
+    moved, wake, _ = rotation.advance(started_, GRACE, T0 + GRACE)
+    assert moved.phase is Phase.ROTATING and moved.phase_started_at is None and wake == T0 + GRACE
+    late = T0 + timedelta(hours=1)
+    waiting, wake, _ = rotation.advance(moved, GRACE, late)
+    assert waiting.phase is Phase.ROTATING and wake == late + GRACE
+
+
+def test_complete_ends_rotating_early_and_is_used_once():
+    moved, _, used = rotation.advance(fresh(Phase.ROTATING), GRACE, T0 + timedelta(seconds=1), push=Push(complete=True))
+    assert moved.phase is Phase.COMPLETING and used.complete
+    kept, _, used = rotation.advance(fresh(Phase.PREPARING), GRACE, T0 + timedelta(seconds=1), push=Push(complete=True))
+    assert kept.phase is Phase.PREPARING and not used.complete
+
+
+def test_leaving_sa_s_rotating_keeps_the_old_key_for_the_token_lifetime():
+    moved, _, _ = rotation.advance(fresh(Phase.ROTATING, "sa"), GRACE, T0 + GRACE, token_lifetime=timedelta(hours=1))
+    assert moved.old_key_trusted_until == T0 + GRACE + timedelta(hours=1)
+    other, _, _ = rotation.advance(fresh(Phase.ROTATING), GRACE, T0 + GRACE, token_lifetime=timedelta(hours=1))
+    assert other.old_key_trusted_until is None
+
+
+def test_the_state_round_trips_through_the_status_and_an_unreadable_one_is_none():
+    state = fresh(Phase.ROTATING)
+    assert Rotation.from_status(state.to_status()) == state
+    assert Rotation.from_status({"ca": "ca", "phase": "Sideways", "startedAt": "x"}) is None
+
+
+@pytest.mark.parametrize("value, targets, problem", [
+    ("2026-11-22T12:00:00Z", {"apiserver", "admin", "kube-proxy"}, None),
+    ("apiserver", {"apiserver"}, None),
+    ("apiserver,admin@1", {"apiserver", "admin"}, None),
+    ("nonsense@2", set(), "nonsense is not a leaf of this ClusterPKI"),
+    ("a,b@3", set(), "a, b are not leaves of this ClusterPKI"),
+])
+def test_renewal_targets(value, targets, problem):
+    assert requests.renewal_targets(value, ["apiserver", "admin", "kube-proxy"]) == (targets, problem)
+
+
+def test_rotation_targets():
+    assert requests.rotation_target("etcd-ca@2") == ("etcd-ca", None)
+    assert requests.rotation_target("root") == (None, "'root' is not one of ca, etcd-ca, front-proxy-ca, sa")
+
+
+def test_a_request_fires_once_per_value():
+    asked = requests.Requests(renew="x", rotate="ca")
+    assert asked.new_since(requests.Requests()) == asked
+    assert asked.new_since(requests.Requests(renew="x")) == requests.Requests(rotate="ca")
