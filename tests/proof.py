@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,16 +28,22 @@ def bin_dir() -> Path:
     return next(p.parent for p in Path.home().glob(".cache/clusterpki-k8s/*/kube-apiserver"))
 
 
-def agent_kubeconfig(cluster, namespace: str, path: Path, pki_name: str = "cp") -> Path:
-    """The agent's own ServiceAccount and namespaced Role, from manifests/agent/, edited for the
-    ClusterPKI ``namespace/pki_name`` as its comment tells users to."""
-    text = (REPO / "manifests/agent/agent.yaml").read_text().replace("example-restart", f"{pki_name}-restart")
-    documents = [d for d in yaml.safe_load_all(text) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
-    for document in documents:
-        if document["kind"] != "ServiceAccount":
-            document["metadata"]["namespace"] = namespace
+def agent_kubeconfigs(cluster, body: dict, directory: Path) -> dict[str, Path]:
+    """Each member's agent credentials, as a user gets them: the objects ``clusterpki agent-manifests``
+    prints for the ClusterPKI ``body`` (its DaemonSets left out: the tests run the agents as processes),
+    applied with kubectl, and a token of each member's own ServiceAccount."""
+    namespace = body["metadata"]["namespace"]
+    spec_file = directory / "clusterpki.yaml"
+    spec_file.write_text(yaml.safe_dump(body))
+    printed = subprocess.run([sys.executable, "-m", "clusterpki", "agent-manifests", "-f", str(spec_file), "-n",
+                              namespace], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    documents = [d for d in yaml.safe_load_all(printed) if d["kind"] != "DaemonSet"]
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
-    return cluster.token_kubeconfig(path, namespace="clusterpki-system", account="clusterpki-agent")
+    accounts = [d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"]
+    prefix = f"clusterpki-agent-{body['metadata']['name']}-"
+    return {account.removeprefix(prefix): cluster.token_kubeconfig(directory / f"{account}.kubeconfig",
+                                                                 namespace=namespace, account=account)
+            for account in accounts}
 
 
 def context(ca: bytes, cert: bytes | None = None, key: bytes | None = None) -> ssl.SSLContext:

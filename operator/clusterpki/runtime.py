@@ -31,7 +31,6 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("leaderelection").setLevel(logging.WARNING)  # a line per retry period; ours say what matters
     if not verbose:  # Kopf's line per watch event ("Handler 'drift' succeeded."): thousands a minute in a fleet
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if metrics_port is not None:

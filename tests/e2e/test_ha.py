@@ -11,7 +11,6 @@ rotation completes, and no CA is issued twice.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import shutil
@@ -24,8 +23,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from clusterpki.agent.verify import verify
 from clusterpki.kube import secrets
-from clusterpki.kubeadm import layout
+from clusterpki.kubeadm import layout, writer
+from clusterpki.pki import spec
+from clusterpki.pki.record import Record
 from tests import consumers, proof
 from tests.controlplane import free_port_block
 from tests.e2e.conftest import pki
@@ -69,7 +71,7 @@ class Member:
         log = open(self.state / "agent.log", "ab")
         self.agent = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
-            "--member", self.name, "--agent-name", self.name, *[a for c in self.components for a in ("--component", c)],
+            "--member", self.name, *[a for c in self.components for a in ("--component", c)],
             *self.health(), "--healthy-for", "1", "--restart", "command", "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
@@ -108,14 +110,15 @@ backend apiservers
     return path
 
 
-def write_files(members: list[Member], found: dict[str, dict]) -> None:
-    """Each member's kubeadm directory from the ClusterPKI's Secrets, as its agent will write it: the
-    components start from these, so the agents' first round finds nothing to change."""
-    owned, _ = secrets.owned(list(found.values()), "cp")
-    stored = {c: {k: base64.b64decode(v) for k, v in (s.get("data") or {}).items()}
-              for c, s in owned.items() if not secrets.is_rotation(c)}
+def write_files(members: list[Member], found: dict[str, dict], body: dict) -> None:
+    """Each member's kubeadm directory from the ClusterPKI's Secrets, verified against its record as its
+    agent does: the components start from these, so the agents' first round finds nothing to change."""
+    stored = {c: secrets.StoredSecret.from_object(s) for c, s in found.items()}
+    issued = Record.from_status(body["status"]["record"])
     for member in members:
-        layout.write(member.dir, layout.files_from_stored(stored, member.name), set())
+        checked = verify(stored, issued, None, spec.from_resource(body), member.name)
+        assert checked.pki is not None, checked
+        writer.write(member.dir, layout.files_for(checked.pki, member.name), set())
 
 
 async def consumers_current(api, namespace: str, timeout: float = 240) -> None:
@@ -153,7 +156,7 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
             # The leaves issued now fall due in 75 s, once: those renewed then, or re-issued by a
             # rotation, are valid for 2 hours, so no other renewal comes in the middle of the rotations.
             await api.patch("clusterpkis", "cp", {"spec": {"validity": {"certificate": "2h"}}}, namespace)
-            write_files(members, await api.secrets_of(namespace, "cp"))
+            write_files(members, await api.secrets_of(namespace, "cp"), await api.get("clusterpkis", "cp", namespace))
             launched = [(m, consumers.launch("etcd", m.state)) for m in members]
             for member, process in launched:
                 await asyncio.to_thread(consumers.healthy, "etcd", member.state, process)
@@ -165,9 +168,9 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
                                                                                  tmp_path / "haproxy.cfg"))],
                                        stdout=haproxy_log, stderr=subprocess.STDOUT)
 
-            kubeconfig = proof.agent_kubeconfig(cluster, namespace, tmp_path / "agent.kubeconfig")
+            kubeconfigs = proof.agent_kubeconfigs(cluster, body, tmp_path)
             for member in members:
-                await member.start_agent(namespace, kubeconfig)
+                await member.start_agent(namespace, kubeconfigs[member.name])
             await consumers_current(api, namespace)
 
             url = f"https://127.0.0.1:{lb}"

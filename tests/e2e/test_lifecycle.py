@@ -69,7 +69,7 @@ async def test_renew_annotation_fires_once_per_value(operator, api, namespace):
 
     async def handled():
         obj = await api.get("clusterpkis", "alpha", namespace)
-        return obj["status"].get("renewRequest") == "apiserver,admin@1"
+        return (obj["status"].get("requests") or {}).get("renew") == "apiserver,admin@1"
     await api.wait_for(handled, what="the renew request")
     second = await api.serials(namespace, "alpha")
     assert {c for c in first if first[c] != second[c]} == {"apiserver", "admin"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import pki
-from tests.proof import agent_kubeconfig
+from tests.proof import agent_kubeconfigs
 from tests.helpers import REPO
 
 RESTART = ('echo "start $(date +%s.%N)" >> {log}; sleep 1; '
@@ -58,7 +58,7 @@ class Member:
         output = open(self.dir.parent / f"{self.name}.agent.log", "ab")
         self.process = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
-            "--member", self.name, "--agent-name", self.name, "--component", "kube-scheduler",
+            "--member", self.name, "--component", "kube-scheduler",
             "--health", f"kube-scheduler={self.health.url}", "--healthy-for", "0.5", "--restart", "command",
             "--restart-command", RESTART.format(log=self.log, fail=self.fail), cwd=REPO, stdout=output,
             stderr=output, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
@@ -77,9 +77,13 @@ class Member:
         return list(zip(starts, ends, strict=False))
 
 
+BODY = {"etcd": {"members": [{"name": "m0"}, {"name": "m1"}]}}
+
+
 @pytest.fixture
-def kubeconfig(cluster, namespace, tmp_path) -> Path:
-    return agent_kubeconfig(cluster, namespace, tmp_path / "agent.kubeconfig")
+def kubeconfig(cluster, namespace, tmp_path) -> dict[str, Path]:
+    """Each member's agent credentials."""
+    return agent_kubeconfigs(cluster, pki("cp", namespace, **BODY), tmp_path)
 
 
 @pytest.fixture
@@ -112,10 +116,10 @@ async def renew(api, namespace: str, nonce: str) -> None:
 
 async def test_members_restart_one_at_a_time_and_a_failure_stops_the_roll(operator, api, namespace, kubeconfig,
                                                                           members):
-    await api.apply_pki(pki("cp", namespace, etcd={"members": [{"name": "m0"}, {"name": "m1"}]}))
+    await api.apply_pki(pki("cp", namespace, **BODY))
     await api.ready(namespace, "cp")
     for member in members:
-        await member.start(namespace, kubeconfig)
+        await member.start(namespace, kubeconfig[member.name])
     await api.wait_for(lambda: all_current(api, namespace), 30, "both agents reporting")
 
     before = [len(m.windows()) for m in members]  # their first rounds restarted them already
@@ -142,7 +146,7 @@ async def test_members_restart_one_at_a_time_and_a_failure_stops_the_roll(operat
     other = members[1] if first == "m0" else members[0]
     await asyncio.sleep(4)
     entries = {e["name"]: e for e in (await status(api, namespace))["consumers"]}
-    assert entries[f"{other.name}/kube-scheduler"].get("restart", "").startswith("Waiting: "), \
+    assert entries[f"{other.name}/kube-scheduler"].get("restart", {}).get("state") == "Waiting", \
         "the other member waits while the failed one holds the turn"
     assert other.log.read_text().count("start") == before[members.index(other)] + 1, "the roll stopped"
     assert await api.has_event(namespace, "RestartFailed", kind="Warning")
@@ -155,10 +159,10 @@ async def test_members_restart_one_at_a_time_and_a_failure_stops_the_roll(operat
 
 
 async def test_a_restart_waits_for_the_other_members_to_be_healthy(operator, api, namespace, kubeconfig, members):
-    await api.apply_pki(pki("cp", namespace, etcd={"members": [{"name": "m0"}, {"name": "m1"}]}))
+    await api.apply_pki(pki("cp", namespace, **BODY))
     await api.ready(namespace, "cp")
     for member in members:
-        await member.start(namespace, kubeconfig)
+        await member.start(namespace, kubeconfig[member.name])
     await api.wait_for(lambda: all_current(api, namespace), 30, "both agents reporting")
     down, up = members
     down.process.terminate()
@@ -173,7 +177,8 @@ async def test_a_restart_waits_for_the_other_members_to_be_healthy(operator, api
         entries = {e["name"]: e for e in (await status(api, namespace)).get("consumers") or []}
         return entries.get("m1/kube-scheduler", {}).get("restart")
     why = await api.wait_for(waiting, 30, "m1 waiting for m0's health")
-    assert why.startswith("Waiting: the kube-scheduler of m0 is not healthy: ") and "HTTP 500" in why, why
+    assert (why["state"], why["reason"]) == ("Waiting", "PeerUnhealthy"), why
+    assert why["message"].startswith("the kube-scheduler of m0 is not healthy: ") and "HTTP 500" in why["message"], why
     assert len(up.windows()) == restarted
 
     down.health.ok = True

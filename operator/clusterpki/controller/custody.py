@@ -154,7 +154,7 @@ class _Judging:
         try:
             material = read_material(component, secret)
         except ValueError as exc:
-            material, why = None, str(exc)
+            material, why = None, f"its Secret cannot be used ({exc})"
         if material is not None and fingerprint(material) in wanted and _whole(material):
             self.trusted[component] = material
             self.tampered[component] = "its data is not what was issued"

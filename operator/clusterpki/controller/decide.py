@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from clusterpki.controller import settings
 from clusterpki.controller.custody import Custody, judge
 from clusterpki.controller.issuing import Issuing
+from clusterpki.controller.failures import failed, in_the_way
 from clusterpki.controller.observe import Observed
 from clusterpki.controller.plan import Plan, Retry
-from clusterpki.controller.reasons import Event, Reason
-from clusterpki.controller.status import failure
+from clusterpki.controller.reasons import Reason
 from clusterpki.kube import secrets
 from clusterpki.pki import catalog
 
@@ -52,21 +52,12 @@ def decide(seen: Observed, now: datetime) -> Plan:
     return Issuing(seen, custody, now, _recovering(seen, custody)).plan()
 
 
-def failed(seen: Observed, now: datetime, reason: Reason, message: str, retry: Retry | None = None) -> Plan:
-    """Ready=False with ``reason``, and its Warning Event; nothing written."""
-    return Plan(status=failure(reason, message, seen.meta.generation, seen.conditions, now),
-                events=(Event.warning(reason, message),), retry=retry)
-
-
 def _conflicts(seen: Observed, custody: Custody) -> list[str]:
     """Why a Secret this ClusterPKI wants cannot be its own: someone else's is in the way, or an older
     ClusterPKI wants the name. Found before anything is written."""
     assert seen.spec is not None
-    found = []
-    for stranger in sorted(seen.strangers.values()):
-        owner = f"belongs to ClusterPKI {stranger.owner} ({stranger.component})" if stranger.owner else \
-            "exists and is not managed by clusterpki"
-        found.append(f"Secret {stranger.name} {owner}")
+    found = [in_the_way(stranger) for component, stranger in sorted(seen.strangers.items())
+             if not secrets.is_rotation(component)]  # a rotation's half is in the way of its rotation only
     for component, stored in sorted(seen.secrets.items()):
         foreign = secrets.owner_of(stored.labels) != seen.meta.name
         if foreign and component not in custody.trusted and component not in custody.invalid:

@@ -14,10 +14,11 @@ from typing import Any
 from clusterpki.controller import consumers as consumer_reports
 from clusterpki.controller import phases, rotation, settings, status
 from clusterpki.controller.custody import Custody, Material, fingerprint
+from clusterpki.controller.failures import failed, in_the_way
 from clusterpki.controller.observe import Observed
 from clusterpki.controller.plan import Plan, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
-from clusterpki.controller.requests import Requests, renewal_targets, rotation_target
+from clusterpki.controller.requests import RENEW, ROTATE, Requests, renewal_targets, rotation_target
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
 from clusterpki.controller.wanted import Wanted, wanted_secrets
 from clusterpki.kube import secrets
@@ -45,6 +46,11 @@ class Issuing:
     def plan(self) -> Plan:
         self._renew_request()
         step = self._rotation_step()
+        blocked = [self.seen.strangers[h] for h in (step.halves if step else {}) if h in self.seen.strangers]
+        if blocked:
+            return failed(self.seen, self.now, Reason.SECRET_CONFLICT,
+                          f"{'; '.join(in_the_way(s) for s in blocked)}: the rotation cannot go on; remove what is in "
+                          "the way and touch the ClusterPKI")
         pki = self._build(step)
         wanted = wanted_secrets(self.seen, self.custody, pki, step)
         new_record = _record(wanted, pki, self.custody)
@@ -66,7 +72,7 @@ class Issuing:
         self.handled = self.handled.with_handled(renew=value)
         targets, problem = renewal_targets(value, [p.component for p in catalog.plan(self.spec)])
         if problem:
-            self.events.append(Event.warning(Reason.INVALID_RENEW_REQUEST, f"renew={value!r}: {problem}"))
+            self.events.append(Event.warning(Reason.INVALID_RENEW_REQUEST, f"{RENEW}={value!r}: {problem}"))
         self.force.update({c: certificates.FORCED for c in targets})
 
     # -- who signs: the rotation ---------------------------------------------------------------
@@ -98,7 +104,7 @@ class Issuing:
             self.handled = self.handled.with_handled(rotate=value)
             target, problem = rotation_target(value)
             if problem:
-                self.events.append(Event.warning(Reason.INVALID_ROTATION_REQUEST, f"rotate-ca={value!r}: {problem}"))
+                self.events.append(Event.warning(Reason.INVALID_ROTATION_REQUEST, f"{ROTATE}={value!r}: {problem}"))
                 return None
         else:
             target, trigger = self._due_authority(), Trigger.RENEWAL_WINDOW

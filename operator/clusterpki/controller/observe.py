@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from clusterpki.controller.requests import Requests, imported
+from clusterpki.controller.requests import TARGETS, Requests, imported
 from clusterpki.controller.rotation import Rotation
 from clusterpki.kube import secrets
 from clusterpki.kube.reports import Report
@@ -150,9 +150,10 @@ def _spec(body: Mapping[str, Any]) -> tuple[spec.Spec | None, str | None]:
 
 
 def _wanted(seen: Observed) -> list[str]:
-    """The components whose Secrets the ClusterPKI wants, and the rotation halves it has on record."""
+    """The components whose Secrets the ClusterPKI wants, and every rotation half it may write (a
+    stranger at one of those names is in the way only of the rotation that writes it)."""
     assert seen.spec is not None
-    halves = [c for c in seen.record.secrets if secrets.is_rotation(c)]
+    halves = [f"{target}{suffix}" for target in TARGETS for suffix in (secrets.NEXT, secrets.PREVIOUS)]
     return [*secrets.components(seen.spec), *halves]
 
 
@@ -161,6 +162,8 @@ def _may_be_its_own(component: str, found: SecretMeta, name: str, seen: Observed
     record, its labels removed), a CA or key brought in, or what ``clusterpki import`` stored."""
     if secrets.owner_of(found.labels) not in (None, name):
         return False  # another ClusterPKI's
+    if secrets.is_rotation(component):
+        return component in seen.record.secrets  # an unrecorded half is nobody's: never read
     brought_in = component in catalog.CA_BY_COMPONENT or component == catalog.SERVICE_ACCOUNT
     return brought_in or component in seen.record.secrets or component in seen.imported
 

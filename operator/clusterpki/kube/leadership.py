@@ -1,28 +1,32 @@
-"""Leader election for ``clusterpki run --leader-elect``: a ``coordination.k8s.io/v1`` Lease, taken and
-renewed by the official client's ``LeaderElection`` with its ``LeaseLock``, the way client-go does it.
+"""Leader election for ``clusterpki run --leader-elect``: the ``coordination.k8s.io/v1`` Lease
+``clusterpki``, taken and renewed through :class:`clusterpki.kube.lease.Lease` the way client-go's
+``leaderelection`` does it.
 
-Only the leader runs the operator. A standby only reads the Lease, every retry period. A leader that
-cannot renew the Lease within the renew deadline must stop at once, since another replica may lead a
-moment later: :class:`Elector` then calls ``on_lost``, which exits the process and lets the Deployment
-restart it as a standby. A watchdog covers the one case the library does not: a renewal request that
-hangs (the client sets no timeout), which would otherwise hold the leader past its deadline.
+Only the leader runs the operator. A standby only reads the Lease, every retry period, and takes it once
+it is free or lapsed. The leader renews it every retry period. A leader that has not renewed it within
+the renew deadline must stop at once, since another replica may lead a moment later: :class:`Elector`
+then calls ``on_lost``, which exits the process and lets the Deployment restart it as a standby. Every
+request has a timeout, and an attempt never runs past the deadline, so a hung request cannot keep a
+leader that lost its Lease.
+
+The election runs in a thread of its own, on an event loop of its own: it starts before Kopf's loop
+exists (``run`` waits to lead before it starts Kopf) and must renew for as long as Kopf runs.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
-from kubernetes.leaderelection import electionconfig, leaderelection
-from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+from clusterpki.kube.api import Api, ApiError
+from clusterpki.kube.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -40,77 +44,25 @@ class Timing(NamedTuple):
 
 TIMING = Timing()
 
+
 def identity() -> str:
     """A holder identity unique per process, as client-go makes it: the host (the pod's name) and a UUID."""
     return f"{socket.gethostname()}_{uuid.uuid4()}"
 
 
-class _WithTimeout:
-    """An API object whose calls time out: the official client sets no timeout, and a hung request
-    would hold a replica in the election loop."""
-
-    def __init__(self, api: Any, timeout: float) -> None:
-        self._api, self._timeout = api, timeout
-
-    def __getattr__(self, name: str) -> Any:
-        return functools.partial(getattr(self._api, name), _request_timeout=self._timeout)
-
-
-class _TimedLeaseLock(LeaseLock):
-    """The official LeaseLock through our client configuration, with a timeout per request, noting
-    when a write last succeeded. A network error (the library only catches ``ApiException``) counts
-    as a failed attempt, retried the next period, not as the end of the election."""
-
-    def __init__(self, name: str, namespace: str, holder: str, api_client: client.ApiClient, timeout: float) -> None:
-        super().__init__(name, namespace, holder)
-        self.api_instance = _WithTimeout(client.CoordinationV1Api(api_client), timeout)
-        self.last_write = 0.0
-
-    def get(self, name: str, namespace: str) -> tuple[bool, Any]:
-        try:
-            found, record = super().get(name, namespace)
-        except Exception as exc:  # urllib3's errors for a refused, reset or timed-out connection
-            found, record = False, ApiException(status=0, reason=type(exc).__name__)
-        status = getattr(record, "status", None)
-        if not found and status != 404:  # the library retries quietly; say why, e.g. a 403
-            logger.warning("Cannot read the Lease %s/%s: HTTP %s %s", namespace, name, status,
-                           getattr(record, "reason", ""))
-        return found, record
-
-    def create(self, name: str, namespace: str, election_record: Any) -> bool:
-        return self._noted(lambda: super(_TimedLeaseLock, self).create(name, namespace, election_record))
-
-    def update(self, name: str, namespace: str, updated_record: Any) -> bool:
-        return self._noted(lambda: super(_TimedLeaseLock, self).update(name, namespace, updated_record))
-
-    def _noted(self, write: Callable[[], bool]) -> bool:
-        try:
-            succeeded = write()
-        except Exception as exc:  # as in get(): a network error is a failed attempt
-            logger.warning("Cannot write the Lease %s/%s: %s", self.namespace, self.name, type(exc).__name__)
-            return False
-        if succeeded:
-            self.last_write = time.monotonic()
-        return succeeded
-
-
 class Elector:
-    """Campaigns for the Lease ``namespace/name`` in a thread of its own."""
+    """Campaigns for the Lease ``namespace/clusterpki`` in a thread of its own."""
 
     def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None]) -> None:
         self.namespace, self.name = namespace, LEASE_NAME
         self.holder = identity()
         self.on_lost = on_lost
         self.leading = threading.Event()
-        self._lock = _TimedLeaseLock(self.name, namespace, self.holder, client.ApiClient(configuration),
-                                     timeout=TIMING.retry_period)
-        self._config = electionconfig.Config(self._lock, TIMING.lease_duration, TIMING.renew_deadline,
-                                             TIMING.retry_period, self.leading.set, self._stopped)
+        self._configuration = configuration
 
     def start(self) -> None:
         logger.info("Campaigning for the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
-        threading.Thread(target=self._campaign, name="leader-election", daemon=True).start()
-        threading.Thread(target=self._watchdog, name="leader-watchdog", daemon=True).start()
+        threading.Thread(target=asyncio.run, args=(self._campaign(),), name="leader-election", daemon=True).start()
 
     def wait(self) -> None:
         """Block until this process leads."""
@@ -118,20 +70,55 @@ class Elector:
             logger.info("Standing by: the Lease %s/%s is held by another replica.", self.namespace, self.name)
         logger.info("Leading: holding the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
 
-    def _campaign(self) -> None:
+    async def _campaign(self) -> None:
+        """The election on this thread's loop, with an API session of its own (a session serves one loop).
+        Each request may take at most half a retry period, so that a hung one is only a failed attempt."""
+        api = Api(self._configuration)
         try:
-            leaderelection.LeaderElection(self._config).run()
-        except Exception as exc:  # the lock turns API and network errors into failed attempts: this is a bug
-            self._lost(f"the election failed: {type(exc).__name__}")
+            await self.elect(Lease(api, self.namespace, self.name, self.holder, TIMING.lease_duration,
+                                   timeout=TIMING.retry_period / 2))
+        finally:
+            await api.close()
 
-    def _stopped(self) -> None:
-        self._lost(f"the Lease was not renewed within {TIMING.renew_deadline}s")
-
-    def _watchdog(self) -> None:
-        while True:
-            time.sleep(1)
-            if self.leading.is_set() and time.monotonic() - self._lock.last_write > TIMING.renew_deadline:
-                self._lost(f"no renewal of the Lease succeeded in {TIMING.renew_deadline}s")
-
-    def _lost(self, why: str) -> None:
+    async def elect(self, lease: Lease) -> None:
+        """Stand by until this replica takes ``lease``, lead while it renews it, then call ``on_lost``."""
+        try:
+            renewed = await self._acquire(lease)
+            self.leading.set()
+            why = await self._lead(lease, renewed)
+        except Exception as exc:  # noqa: BLE001  API and network errors are retried: this is a bug, and a
+            # thread that died of it silently would leave a leader running without renewing its Lease
+            why = f"the election failed: {type(exc).__name__}"
         self.on_lost(f"Lost the Lease {self.namespace}/{self.name}: {why}.")
+
+    async def _acquire(self, lease: Lease) -> float:
+        """Try to take the Lease every retry period, which only reads it while another replica holds
+        it; the loop time at which the successful attempt started."""
+        clock = asyncio.get_running_loop().time
+        while True:
+            started = clock()
+            try:
+                if await lease.take() is None:
+                    return started
+            except ApiError as exc:  # e.g. "get Lease ... failed: HTTP 403 Forbidden": RBAC to fix
+                logger.warning("%s; trying again in %ss.", exc, TIMING.retry_period)
+            await asyncio.sleep(TIMING.retry_period)
+
+    async def _lead(self, lease: Lease, renewed: float) -> str:
+        """Renew the Lease every retry period; why leading ended: the Lease has another holder, or no
+        renewal succeeded within the renew deadline. Attempts and pauses end at that deadline, so the
+        loss is known at once, not an attempt later."""
+        clock = asyncio.get_running_loop().time
+        while True:
+            await asyncio.sleep(min(TIMING.retry_period, max(0.0, renewed + TIMING.renew_deadline - clock())))
+            started = clock()
+            left = renewed + TIMING.renew_deadline - started
+            if left <= 0:
+                return f"no renewal succeeded within {TIMING.renew_deadline}s"
+            try:
+                if not await asyncio.wait_for(lease.renew(), left):
+                    return f"it is no longer ours ({lease.holder() or 'nobody'} holds it)"
+                renewed = started
+            except (ApiError, asyncio.TimeoutError) as exc:
+                logger.warning("Cannot renew the Lease %s/%s: %s", self.namespace, self.name,
+                               exc if isinstance(exc, ApiError) else "the renew deadline came first")

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from clusterpki.kube.api import Api, ApiError
+from clusterpki.kube.lease import Lease
 
 LOGGER = logging.getLogger("clusterpki.agent")
 DURATION = 90  # seconds a Lease outlives its holder's last renewal
@@ -34,10 +33,7 @@ class Turns:
     """The restart Lease of one ClusterPKI, as one agent (``holder``) takes it and gives it back."""
 
     def __init__(self, api: Api, namespace: str, pki_name: str, holder: str) -> None:
-        self.api, self.namespace, self.holder = api, namespace, holder
-        self.name = lease_name(pki_name)
-        self.what = f"Lease {namespace}/{self.name}"
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{self.name}"
+        self.lease = Lease(api, namespace, lease_name(pki_name), holder, DURATION)
         self._renewer: asyncio.Task | None = None
 
     @property
@@ -50,27 +46,10 @@ class Turns:
         if self.held:
             return None
         self._renewer = None  # a renewer that stopped: the Lease is to be taken again, if it is free
-        now = _now()
-        lease = await self.api.get_or_none(self.what, self.path)
-        spec = {"holderIdentity": self.holder, "leaseDurationSeconds": DURATION,
-                "acquireTime": _micro(now), "renewTime": _micro(now)}
-        try:
-            if lease is None:
-                await self.api.request("take", self.what, "POST", self.path.rpartition("/")[0],
-                                       {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                        "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec})
-            else:
-                holder = _holder(lease, now)
-                if holder not in (None, self.holder):
-                    return holder
-                await self.api.request("take", self.what, "PUT", self.path,
-                                       {**lease, "spec": {**lease.get("spec", {}), **spec}})
-        except ApiError as exc:
-            if exc.status == 409:  # another agent took it between our read and our write
-                return "another agent"
-            raise
-        self._renewer = asyncio.create_task(self._renew())
-        return None
+        holder = await self.lease.take()
+        if holder is None:
+            self._renewer = asyncio.create_task(self._renew())
+        return holder
 
     async def give_back(self) -> None:
         """Release the Lease, so that the next member may restart."""
@@ -80,12 +59,9 @@ class Turns:
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
         try:
-            lease = await self.api.get_or_none(self.what, self.path)
-            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.holder:
-                spec = {k: v for k, v in lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
-                await self.api.request("release", self.what, "PUT", self.path, {**lease, "spec": spec})
+            await self.lease.give_back()
         except ApiError as exc:  # it lapses by itself, DURATION after the last renewal
-            LOGGER.warning(f"cannot give the restart {self.what} back: {exc}")
+            LOGGER.warning(f"cannot give the restart {self.lease.what} back: {exc}")
 
     async def _renew(self) -> None:
         """Renew until cancelled; stop (the Lease is no longer ours) once another agent holds it, or
@@ -95,35 +71,12 @@ class Turns:
         while True:
             await asyncio.sleep(RENEW)
             try:
-                lease = await self.api.get_or_none(self.what, self.path)
-                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
-                    LOGGER.warning(f"the restart {self.what} was taken from {self.holder}")
+                if not await self.lease.renew():
+                    LOGGER.warning(f"the restart {self.lease.what} was taken from {self.lease.identity}")
                     return
-                await self.api.request("renew", self.what, "PUT", self.path,
-                                       {**lease, "spec": {**lease["spec"], "renewTime": _micro(_now())}})
                 renewed = clock()
             except ApiError as exc:
-                LOGGER.warning(f"cannot renew the restart {self.what}: {exc}")
+                LOGGER.warning(f"cannot renew the restart {self.lease.what}: {exc}")
                 if clock() - renewed > DURATION - 3 * RENEW:
-                    LOGGER.warning(f"the restart {self.what} is about to lapse: no longer ours")
+                    LOGGER.warning(f"the restart {self.lease.what} is about to lapse: no longer ours")
                     return
-
-
-def _holder(lease: dict[str, Any], now: datetime) -> str | None:
-    """Who holds a Lease now: nobody once it is released, or lapsed past its duration."""
-    spec = lease.get("spec") or {}
-    holder, renewed = spec.get("holderIdentity"), spec.get("renewTime")
-    if not holder or not renewed:
-        return None
-    lapsed = datetime.fromisoformat(renewed.replace("Z", "+00:00")) + timedelta(
-        seconds=spec.get("leaseDurationSeconds") or DURATION)
-    return holder if lapsed > now else None
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _micro(moment: datetime) -> str:
-    """A Lease's MicroTime."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

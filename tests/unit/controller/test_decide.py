@@ -74,7 +74,7 @@ async def test_a_renew_request_fires_once_and_a_bad_one_is_told():
     world.annotate(**{RENEW: "apiserverr@2"})
     plan = await world.reconcile()
     assert plan.writes == () and world.events[-1][1:] == (
-        "InvalidRenewRequest", "renew='apiserverr@2': apiserverr is not a leaf of this ClusterPKI")
+        "InvalidRenewRequest", "pki.clusterpki.dev/renew='apiserverr@2': apiserverr is not a leaf of this ClusterPKI")
 
 
 async def test_a_tampered_bundle_is_restored_without_a_new_certificate():

@@ -13,6 +13,7 @@ from typing import Any
 
 from clusterpki.controller.apply import apply
 from clusterpki.controller.decide import decide
+from clusterpki.controller.failures import failed
 from clusterpki.controller.observe import observe
 from clusterpki.controller.plan import Plan
 from clusterpki.kube import secrets
@@ -52,7 +53,6 @@ class World:
         plan = decide(seen, self.now)
         applied = await apply(plan, seen.meta, self, seen.status)
         if applied.failure is not None:
-            from clusterpki.controller.decide import failed
             plan = failed(seen, self.now, *applied.failure)
             await apply(plan, seen.meta, self, seen.status)
         for event in plan.events:
