@@ -56,6 +56,7 @@ RESOURCES = (
     Resource("certificates.k8s.io", "v1", "certificatesigningrequests", "CertificateSigningRequest", False,
              ("status", "approval")),
     Resource("pki.clusterpki.dev", "v1alpha1", "clusterpkis", "ClusterPKI", True, ("status",)),
+    Resource("coordination.k8s.io", "v1", "leases", "Lease", True),
 )
 
 
@@ -355,6 +356,9 @@ class Emulator:
             wanted = _merge(copy.deepcopy(current), body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {content_type}")
+        sent_rv = ((body if isinstance(body, dict) else {}).get("metadata") or {}).get("resourceVersion")
+        if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:  # a precondition, as the apiserver has it
+            raise ApiError(409, "Conflict", f"the object has been modified; {resource.plural} {name!r}")
         return await self._commit(resource, key, current, wanted, sub)
 
     async def _commit(self, resource: Resource, key: tuple, current: dict[str, Any], wanted: dict[str, Any],

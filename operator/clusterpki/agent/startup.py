@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from clusterpki.errors import UserError
-from clusterpki.kube import reports
+from clusterpki.kube import reports, secrets
 from clusterpki.kube.api import Api, ApiError
 from clusterpki.kube.resource import ClusterPKIClient
 from clusterpki.pki import catalog, keys, placement, record, spec
@@ -24,6 +24,7 @@ from clusterpki.pki.placement import SecretKey
 from clusterpki.pki.record import Record
 
 MANIFESTS_HINT = "apply the manifests `clusterpki agent-manifests` prints for it"
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ async def check(api: Api, namespace: str, name: str, member: str, health: Mappin
         if problem:
             raise UserError(f"--health {component}={url}: {problem}")
     await _report_lease(api, namespace, name, member)
+    await _allowed(api, namespace, name, member)
     _writable(out)
     current = Record.from_status((body.get("status") or {}).get("record"))
     if current and not replace:
@@ -124,6 +126,24 @@ async def _report_lease(api: Api, namespace: str, name: str, member: str) -> Non
         raise UserError(f"cannot read this agent's report Lease {namespace}/{lease}: {exc}; {MANIFESTS_HINT}") from None
     if found is None:
         raise UserError(f"this agent's report Lease {namespace}/{lease} does not exist; {MANIFESTS_HINT}")
+
+
+async def _allowed(api: Api, namespace: str, name: str, member: str) -> None:
+    """The agent's credentials may do what its member's agent does (asked of the apiserver, which
+    answers for RBAC and every other authorizer): read the member's own etcd pair, and renew its report."""
+    needs = [("get", "", "secrets", secrets.secret_name(name, f"etcd-server-{member}")),
+             ("update", "coordination.k8s.io", "leases", reports.lease_name(name, member))]
+    for verb, group, plural, object_name in needs:
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group, "resource": plural,
+                                   "name": object_name}}}
+        try:
+            answer = await api.request("ask", "a SelfSubjectAccessReview", "POST", ACCESS_REVIEWS, review)
+        except ApiError as exc:
+            raise UserError(f"cannot ask the apiserver what this agent may do: {exc}") from None
+        if not (answer.get("status") or {}).get("allowed"):
+            raise UserError(f"this agent may not {verb} {plural} {namespace}/{object_name}: its credentials are not "
+                            f"those of member {member}'s agent; {MANIFESTS_HINT}")
 
 
 def _writable(out: Path) -> None:

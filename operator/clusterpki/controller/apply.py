@@ -41,6 +41,7 @@ class Applied:
 
     stored: Mapping[str, Any] | None = None
     failure: tuple[Reason, str, Retry] | None = None
+    gone: bool = False  # the ClusterPKI was deleted meanwhile (its DELETED event follows)
 
 
 async def apply(plan: Plan, meta: Meta, writes: Writes, previous: Mapping[str, Any]) -> Applied:
@@ -50,6 +51,8 @@ async def apply(plan: Plan, meta: Meta, writes: Writes, previous: Mapping[str, A
         version = await _claim(plan, meta, writes)
         await _secrets(plan.writes, meta, writes)
         stored = await _commit(plan, meta, writes, previous, version)
+    except _Gone:
+        return Applied(gone=True)
     except ApiError as exc:
         if exc.namespace_terminating:
             raise
@@ -75,12 +78,24 @@ def changes(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return any(previous.get(field) != value for field, value in status.items())
 
 
+class _Gone(Exception):
+    """The ClusterPKI was deleted meanwhile: its status cannot be written."""
+
+
+async def _patch_status(writes: Writes, meta: Meta, status: dict[str, Any], version: str | None) -> dict[str, Any]:
+    try:
+        return await writes.patch_status(meta.namespace, meta.name, status, version)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise _Gone() from None
+        raise
+
+
 async def _claim(plan: Plan, meta: Meta, writes: Writes) -> str | None:
     """The resourceVersion the status must still have when it is committed."""
     if plan.claim is None:
         return plan.precondition
-    stored = await writes.patch_status(meta.namespace, meta.name, {"claim": plan.claim.to_status()},
-                                       plan.precondition)
+    stored = await _patch_status(writes, meta, {"claim": plan.claim.to_status()}, plan.precondition)
     return stored["metadata"]["resourceVersion"]
 
 
@@ -109,7 +124,7 @@ async def _commit(plan: Plan, meta: Meta, writes: Writes, previous: Mapping[str,
                   version: str | None) -> Mapping[str, Any] | None:
     if plan.status is None or not changes(previous, plan.status):
         return None
-    return await writes.patch_status(meta.namespace, meta.name, dict(plan.status), version)
+    return await _patch_status(writes, meta, dict(plan.status), version)
 
 
 def _failure(exc: ApiError) -> tuple[Reason, str, Retry]:

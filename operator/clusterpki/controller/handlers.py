@@ -206,6 +206,8 @@ async def _reconcile(state: State, key: Key, body: dict[str, Any], logger: loggi
     if applied.failure is not None:
         plan = failed(seen, times.now(), *applied.failure)
         applied = await apply(plan, seen.meta, clients, seen.status)
+    if applied.gone:  # deleted meanwhile: nothing to report, and its DELETED event follows
+        return None
     if applied.stored is not None and key in state.bodies:
         remember(state, key, dict(applied.stored))
     await _report(seen, plan, logger, clients)
