@@ -92,7 +92,7 @@ class AgentProcess:
                 f'echo "$CLUSTERPKI_COMPONENT" >> {self.restarts}', "--resync", "2", *extra]
 
     async def start(self, *extra: str) -> None:
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         output = open(self.log, "ab")
         self.process = await asyncio.create_subprocess_exec(
             *self.args(*extra), cwd=REPO, stdout=output, stderr=output,
@@ -195,8 +195,13 @@ async def test_a_forged_spare_during_preparing_is_replaced_and_never_trusted(api
     seen = await watch_files(agents, 4)
     assert not any(forged_pem in content for content in seen)
     await api.wait_for(lambda: api.has_event(namespace, "RotationRestarted", kind="Warning"), what="RotationRestarted")
-    renewed = await api.get("secrets", "cp-etcd-ca-next", namespace)
-    assert renewed["data"]["tls.crt"] not in (spare["data"]["tls.crt"], b64(forged_pem + b"\n"))
+
+    async def moved_in():
+        rotation = ((await api.get("clusterpkis", "cp", namespace)).get("status") or {}).get("caRotation") or {}
+        return rotation.get("phase") in ("Completing", "Completed")
+    await api.wait_for(moved_in, 60, "the etcd-ca rotation past its move")
+    signing = cert_of(await api.get("secrets", "cp-etcd-ca", namespace))
+    assert signing not in (cert_of(spare), forged), "only a spare the operator made and recorded is moved in"
 
 
 @pytest.mark.parametrize("field", ["exec", "auth-provider", "token"])
@@ -230,6 +235,7 @@ async def rotate_to(api: Api, namespace: str, target: str, phase: str) -> None:
 
 async def test_the_halves_of_a_rotation_are_taken_by_fingerprint_only(api, namespace, mallory, agents):
     await rotate_to(api, namespace, "ca", "Rotating")
+    await api.wait_for(lambda: api.get("secrets", "cp-ca-previous", namespace), what="the old CA moved out")
     assert await mallory.patch("secrets", "cp-ca-previous", {"data": {"tls.crt": b64(EVIL_PEM)}}) == 200
     seen = await watch_files(agents, 3)
     assert not any(EVIL_PEM.strip() in content for content in seen)
