@@ -29,7 +29,7 @@ import kopf
 from clusterpki.controller import metrics, settings
 from clusterpki.controller.apply import apply, post_events
 from clusterpki.controller.decide import decide
-from clusterpki.controller.failures import failed
+from clusterpki.controller.gates import failed
 from clusterpki.controller.observe import Observed, observe, view
 from clusterpki.controller.plan import Plan, Retry
 from clusterpki.controller.reasons import Kind, Reason

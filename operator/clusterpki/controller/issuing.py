@@ -14,7 +14,7 @@ from typing import Any
 from clusterpki.controller import consumers as consumer_reports
 from clusterpki.controller import phases, rotation, settings, status
 from clusterpki.controller.custody import Custody, Material, fingerprint
-from clusterpki.controller.failures import failed, in_the_way
+from clusterpki.controller.gates import failed, in_the_way, recovering
 from clusterpki.controller.observe import Observed
 from clusterpki.controller.plan import Plan, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
@@ -32,10 +32,10 @@ MISSING = Issue(Why.MISSING, "its Secret was missing")
 
 
 class Issuing:
-    def __init__(self, seen: Observed, custody: Custody, now: datetime, recovering: str | None) -> None:
-        assert seen.spec is not None
+    def __init__(self, seen: Observed, custody: Custody | None, now: datetime) -> None:
+        assert seen.spec is not None and custody is not None
         self.seen, self.custody, self.now, self.spec = seen, custody, now, seen.spec
-        self.recovering = recovering
+        self.recovering = recovering(seen, custody)
         self.pending = seen.requests.new_since(seen.handled)
         self.handled: Requests = seen.handled
         self.events: list[Event] = [Event.warning(Reason.FOREIGN_SECRET_IGNORED, f"Secret {name} carries the labels "

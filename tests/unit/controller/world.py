@@ -13,7 +13,7 @@ from typing import Any
 
 from clusterpki.controller.apply import apply
 from clusterpki.controller.decide import decide
-from clusterpki.controller.failures import failed
+from clusterpki.controller.gates import failed
 from clusterpki.controller.observe import observe
 from clusterpki.controller.plan import Plan
 from clusterpki.kube import secrets
