@@ -133,3 +133,20 @@ def test_health_urls_must_be_on_the_member_s_own_address(url, problem):
 def test_the_b64_of_a_secret_is_what_its_digest_covers():
     secret = {"metadata": {"name": "x"}, "data": {"a": base64.b64encode(b"1").decode()}}
     assert StoredSecret.from_object(secret).digest == record.data_digest({"a": b"1"})
+
+
+def test_a_directory_that_cannot_be_written_is_one_sentence(tmp_path):
+    import subprocess
+
+    from clusterpki.errors import UserError
+
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mounted)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        with pytest.raises(UserError, match=r"^cannot write to .*/ro/kubernetes: Read-only file system$"):
+            startup._writable(mounted / "kubernetes")
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
