@@ -129,8 +129,8 @@ def advance(rotation: Rotation, grace: timedelta, now: datetime, holding_up: str
         return replace(rotation, phase=Phase.COMPLETED, completed_at=now), None, NO_PUSH
     if not rotation.active:
         return rotation, None, NO_PUSH
-    if rotation.phase_started_at is None:
-        rotation = replace(rotation, phase_started_at=now)
+    if rotation.phase_started_at is None:  # to the second, as the status keeps it, never earlier than now
+        rotation = replace(rotation, phase_started_at=times.ceil_second(now))
     ends = rotation.phase_started_at + grace
     complete = push.complete and rotation.phase is Phase.ROTATING
     if now < ends and not complete:
@@ -139,7 +139,7 @@ def advance(rotation: Rotation, grace: timedelta, now: datetime, holding_up: str
         return replace(rotation, waiting_for=holding_up), now + CONSUMER_RECHECK, NO_PUSH
     moved = rotation.enter(rotation.phase.following)
     if moved.of_service_account and moved.phase is Phase.COMPLETING:
-        moved = replace(moved, old_key_trusted_until=now + token_lifetime)
+        moved = replace(moved, old_key_trusted_until=times.ceil_second(now + token_lifetime))
     return moved, now, Push(complete=complete, force=push.force)
 
 

@@ -6,7 +6,7 @@ Kubernetes spells ``metav1.Time`` as RFC 3339 to the second (``2026-01-02T03:04:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 _SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 _MICROSECONDS = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -25,6 +25,13 @@ def format_time(moment: datetime) -> str:
 def format_micro(moment: datetime) -> str:
     """A ``metav1.MicroTime``: RFC 3339 in UTC, to the microsecond."""
     return moment.astimezone(timezone.utc).strftime(_MICROSECONDS)
+
+
+def ceil_second(moment: datetime) -> datetime:
+    """``moment`` rounded up to the second: a start written as a ``metav1.Time`` that never shortens what
+    follows it."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
 
 
 def parse_time(text: str) -> datetime:
