@@ -86,7 +86,7 @@ def _agent(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
             await Agent(api, args.namespace, args.name, out, args.member,
                         args.component or list(consumers.BY_COMPONENT), restarter, start, health_urls,
-                        args.healthy_for, args.resync).run()
+                        args.healthy_for, args.resync, args.restart_interval).run()
         finally:
             await api.close()
 
@@ -322,6 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--resync", type=float, default=30.0, metavar="SECONDS",
                        help="how often the files are checked again and the report renewed; a report not renewed "
                             "for three of these no longer counts [30]")
+    agent.add_argument("--restart-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="the least time between two restarts of one component, however often its Secrets "
+                            "change [30]")
     agent.add_argument("--replace", action="store_true",
                        help="overwrite a directory that holds a PKI the ClusterPKI never issued (a fresh node's); "
                             "to take over a running node's PKI, use clusterpki import instead")

@@ -72,7 +72,8 @@ class Member:
         self.agent = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
             "--member", self.name, *[a for c in self.components for a in ("--component", c)],
-            *self.health(), "--healthy-for", "1", "--restart", "command", "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
+            *self.health(), "--healthy-for", "1", "--restart-interval", "0", "--restart", "command",
+            "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
     async def stop(self) -> None:
@@ -144,7 +145,7 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
     for operator in operators:
         await asyncio.to_thread(operator.start)
     body = pki("cp", namespace, controlPlaneEndpoint=f"127.0.0.1:{lb}",
-               etcd={"members": [{"name": name} for name in MEMBERS]},
+               etcd={"members": [{"name": name, "ips": ["127.0.0.1"]} for name in MEMBERS]},
                validity={"certificate": "3m"}, renewBefore="105s")
     body["metadata"]["annotations"] = {"pki.clusterpki.dev/rotate-ca-grace": "2s",
                                        "pki.clusterpki.dev/max-token-lifetime": "1h"}

@@ -59,7 +59,8 @@ class Member:
         self.process = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
             "--member", self.name, "--component", "kube-scheduler",
-            "--health", f"kube-scheduler={self.health.url}", "--healthy-for", "0.5", "--restart", "command",
+            "--health", f"kube-scheduler={self.health.url}", "--healthy-for", "0.5", "--restart-interval", "0",
+            "--restart", "command",
             "--restart-command", RESTART.format(log=self.log, fail=self.fail), cwd=REPO, stdout=output,
             stderr=output, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
@@ -77,7 +78,7 @@ class Member:
         return list(zip(starts, ends, strict=False))
 
 
-BODY = {"etcd": {"members": [{"name": "m0"}, {"name": "m1"}]}}
+BODY = {"etcd": {"members": [{"name": "m0", "ips": ["127.0.0.1"]}, {"name": "m1", "ips": ["127.0.0.1"]}]}}
 
 
 @pytest.fixture

@@ -52,6 +52,9 @@ HEALTHY_WITHIN = 120.0  # seconds a restarted instance has to answer its health 
 # takes its health-check interval times its "rise" count to send traffic to it again.
 HEALTHY_FOR = 10.0
 RESYNC = 30.0  # seconds between rounds with nothing new: files checked again, the report renewed
+# Seconds between two restarts of one component: whoever can change a Secret makes the operator re-issue
+# it, and so a restart; this bounds how often that can be.
+RESTART_INTERVAL = 30.0
 STALE_AFTER = 3  # resyncs without a renewal after which the operator stops counting the report
 
 
@@ -62,11 +65,14 @@ class NotYourTurn(Exception):
 class Agent:
     def __init__(self, api: Api, namespace: str, pki_name: str, out: Path, member: str, components: list[str],
                  restarter: Restarter, start: Start, health_urls: Mapping[str, str] | None = None,
-                 healthy_for: float = HEALTHY_FOR, resync: float = RESYNC) -> None:
+                 healthy_for: float = HEALTHY_FOR, resync: float = RESYNC,
+                 restart_interval: float = RESTART_INTERVAL) -> None:
         self.api, self.namespace, self.pki_name, self.out, self.member = api, namespace, pki_name, out, member
         self.body, self.spec = start.body, start.spec
         self.components = [c for c in consumers.BY_COMPONENT if c in components]
         self.restarter, self.healthy_for, self.resync = restarter, healthy_for, resync
+        self.restart_interval = restart_interval
+        self.restarted_at: dict[str, float] = {}  # component -> when its last restart ended (monotonic)
         self.health_urls = {c: url for c, url in (health_urls or {}).items() if c in self.components}
         self.turns = Turns(api, namespace, pki_name, member)
         self.secrets = SecretClient(api)
@@ -183,6 +189,7 @@ class Agent:
     async def _restart_in_turn(self, component: str) -> None:
         """Restart ``component`` once it is this member's turn and the other members' instances are
         healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
+        await self._not_too_soon(component)
         await self._peers_healthy(component)  # not even a look at the Lease while a member is down
         holder = await self.turns.take()
         if holder is not None:
@@ -201,7 +208,15 @@ class Agent:
             self.restarts[component] = Restart(RestartState.FAILED, exc.reason, str(exc))
             raise
         self.owed.discard(component)
+        self.restarted_at[component] = asyncio.get_running_loop().time()
         await self.turns.give_back()
+
+    async def _not_too_soon(self, component: str) -> None:
+        last = self.restarted_at.get(component)
+        since = asyncio.get_running_loop().time() - last if last is not None else None
+        if since is not None and since < self.restart_interval:
+            await self._wait(component, RestartReason.TOO_SOON, f"{component} was restarted {since:.0f}s ago; the "
+                             f"next restart comes {self.restart_interval:g}s after the last")
 
     async def _wait(self, component: str, reason: RestartReason, why: str) -> None:
         self.restarts[component] = Restart(RestartState.WAITING, reason, why)

@@ -1,5 +1,6 @@
 """Whether a component's instance is healthy, from its health URL (``/readyz`` for kube-apiserver, ``/health``
-for etcd, ``/healthz`` for the others): HTTP 200 within a few seconds. TLS is verified with the CA bundle
+for etcd, ``/healthz`` for the others): HTTP 200 within a few seconds, at that URL itself (a redirect is
+not followed: a health URL names the one thing to fetch). TLS is verified with the CA bundle
 the consumer table names for the component, from the agent's own files, and a client pair is presented
 where the component asks for one (etcd)."""
 
@@ -21,7 +22,7 @@ async def problem(component: str, url: str, out: Path) -> str | None:
     try:
         context = _context(component, out) if url.startswith("https:") else None
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context if context else False)) as session:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as response:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT), allow_redirects=False) as response:
                 if response.status == 200:
                     return None
                 return f"{url} answers HTTP {response.status}"

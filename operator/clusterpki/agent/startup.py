@@ -19,7 +19,7 @@ from clusterpki.errors import UserError
 from clusterpki.kube import reports, secrets
 from clusterpki.kube.api import Api, ApiError
 from clusterpki.kube.resource import ClusterPKIClient
-from clusterpki.pki import catalog, keys, placement, record, spec
+from clusterpki.pki import keys, placement, record, spec
 from clusterpki.pki.placement import SecretKey
 from clusterpki.pki.record import Record
 
@@ -62,9 +62,10 @@ async def check(api: Api, namespace: str, name: str, member: str, health: Mappin
 
 
 def member_hosts(member: spec.EtcdMember) -> set[str]:
-    """The addresses a member's instances may be reached at: its etcd certificates' names."""
-    names, ips = catalog.etcd_member_sans(spec.Spec(name="x"), member)
-    return {n.lower() for n in names} | {str(ip) for ip in ips}
+    """The addresses a member's instances may be reached at: the names and IPs the spec gives it (not the
+    ``localhost`` and ``127.0.0.1`` every etcd certificate carries: to another member's agent those are
+    its own node)."""
+    return {n.lower() for n in member.dns_names} | {str(ip) for ip in member.ips}
 
 
 def health_url_problem(url: str, member: spec.EtcdMember) -> str | None:

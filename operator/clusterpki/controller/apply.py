@@ -19,6 +19,9 @@ from clusterpki.controller.reasons import Event, Reason
 from clusterpki.kube.api import ApiError
 
 
+RECREATE_ATTEMPTS, RECREATE_PAUSE = 20, 0.25  # a just-deleted Secret's create is tried for five seconds
+
+
 class Writes(Protocol):
     """What apply writes through (the Secret client, the ClusterPKI client and the Event recorder)."""
 
@@ -74,8 +77,22 @@ async def post_events(events: tuple[Event, ...], meta: Meta, writes: Writes) -> 
 
 
 def changes(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Whether merge-patching ``status`` onto ``previous`` changes anything (None deletes a field)."""
+    """Whether storing ``status`` (each field's whole new value; None: no such field) over ``previous``
+    changes anything."""
     return any(previous.get(field) != value for field, value in status.items())
+
+
+def merge_patch(previous: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes each field of ``wanted`` exactly its value: a merge patch merges nested
+    mappings, so a key ``previous`` has and ``wanted`` has not is set to None (deleted)."""
+    patch: dict[str, Any] = {}
+    for field, value in wanted.items():
+        before = previous.get(field)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[field] = {**{k: None for k in before if k not in value}, **merge_patch(before, value)}
+        else:
+            patch[field] = value
+    return patch
 
 
 class _Gone(Exception):
@@ -108,23 +125,46 @@ async def _secrets(planned: tuple[Write, ...], meta: Meta, writes: Writes) -> No
 async def _write(write: Write, meta: Meta, writes: Writes) -> None:
     secret = write.secret
     version = secret["metadata"].get("resourceVersion")
+    if write.unblock is not None:  # someone else's finalizer would keep it: off first
+        version = (await writes.replace(write.unblock))["metadata"]["resourceVersion"]
     if write.kind is WriteKind.CREATE:
         await writes.create(secret)
     elif write.kind is WriteKind.REPLACE:
-        await writes.replace(secret)
+        await writes.replace({**secret, "metadata": {**secret["metadata"], "resourceVersion": version}})
     elif write.kind is WriteKind.DELETE:
-        await writes.delete(meta.namespace, write.name, version)
+        await _delete(writes, meta.namespace, write.name, version)
     else:  # RECREATE: the API keeps a Secret's type, and an immutable one's data
-        await writes.delete(meta.namespace, write.name, version)
-        await writes.create({**secret, "metadata": {k: v for k, v in secret["metadata"].items()
-                                                    if k != "resourceVersion"}})
+        await _delete(writes, meta.namespace, write.name, version)
+        await _create_again(writes, {**secret, "metadata": {k: v for k, v in secret["metadata"].items()
+                                                            if k != "resourceVersion"}})
+
+
+async def _delete(writes: Writes, namespace: str, name: str, version: str | None) -> None:
+    try:
+        await writes.delete(namespace, name, version)
+    except ApiError as exc:
+        if exc.status != 404:  # gone already (it was being deleted, and held only by the finalizer)
+            raise
+
+
+async def _create_again(writes: Writes, secret: dict[str, Any]) -> None:
+    """Create a Secret just deleted: the material is only in memory now, so a create that finds the old
+    one still there is tried again for a few seconds before giving up."""
+    for attempt in range(RECREATE_ATTEMPTS):
+        try:
+            await writes.create(secret)
+            return
+        except ApiError as exc:
+            if exc.status != 409 or attempt == RECREATE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(RECREATE_PAUSE)
 
 
 async def _commit(plan: Plan, meta: Meta, writes: Writes, previous: Mapping[str, Any],
                   version: str | None) -> Mapping[str, Any] | None:
     if plan.status is None or not changes(previous, plan.status):
         return None
-    return await _patch_status(writes, meta, dict(plan.status), version)
+    return await _patch_status(writes, meta, merge_patch(previous, plan.status), version)
 
 
 def _failure(exc: ApiError) -> tuple[Reason, str, Retry]:

@@ -9,11 +9,11 @@ rotation on, and never holds one up.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from clusterpki.kube.reports import Report, RestartState
+from clusterpki.kube.reports import Report, RestartState, lease_name
 from clusterpki.pki.record import Record
 
 
@@ -32,11 +32,15 @@ class Consumers:
         return f"{sum(e['current'] for e in self.entries)}/{len(self.entries)}"
 
 
-def consumers(reports: Sequence[Report], record: Record, members: Collection[str], now: datetime,
+def consumers(reports: Sequence[Report], record: Record, pki_name: str, members: Collection[str], now: datetime,
               seen_before: Collection[str] = ()) -> Consumers:
     """The consumers of the reports of ``members`` that are fresh at ``now``; ``seen_before`` names the
-    members the previous status listed, so that a report turning stale is told once."""
-    known = [r for r in reports if r.member in members]
+    members the previous status listed, so that a report turning stale is told once. A member's report is
+    the one in the Lease named for it: only that member's agent may write it, while what a Lease says of
+    itself (its labels included) is whatever its writer put there."""
+    by_lease = {r.lease: r for r in reports}
+    known = [replace(by_lease[lease_name(pki_name, m)], member=m) for m in sorted(members)
+             if lease_name(pki_name, m) in by_lease]
     fresh = [r for r in known if r.fresh(now)]
     entries = tuple(sorted((e for r in fresh for e in _entries(r, record)), key=lambda e: e["name"]))
     stale = tuple(sorted({r.member for r in known if not r.fresh(now) and r.member in seen_before}))

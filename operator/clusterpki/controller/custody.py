@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from cryptography import x509
 
-from clusterpki.controller.observe import Observed
+from clusterpki.controller.observe import Observed, wanted
 from clusterpki.kube import secrets
 from clusterpki.kube.secrets import StoredSecret
 from clusterpki.pki import catalog, engine, keys, record
@@ -83,8 +83,10 @@ class Custody:
 def judge(seen: Observed, now: datetime) -> Custody:
     """Judge every stored Secret of ``seen`` against its record."""
     judging = _Judging(seen, now)
+    judged = set(wanted(seen)) if seen.spec is not None else set(seen.secrets)
     for component, secret in seen.secrets.items():
-        judging.judge(component, secret)
+        if component in judged:  # a Secret of a member no longer in the spec is left alone
+            judging.judge(component, secret)
     recorded = set(seen.record.secrets) | set(seen.legacy)
     absent = frozenset(c for c in recorded if c not in seen.secrets and not secrets.is_rotation(c))
     return Custody(judging.trusted, _pool(seen.secrets), judging.tampered, judging.lost, absent, judging.suspects,
@@ -104,6 +106,8 @@ class _Judging:
         self.invalid: dict[str, str] = {}
 
     def judge(self, component: str, secret: StoredSecret) -> None:
+        if secret.deleting and secrets.is_rotation(component):  # a half being deleted is going away
+            return
         if self._on_record(component, secret):
             self._take(component, secret)
         elif self._recorded(component):
@@ -137,7 +141,9 @@ class _Judging:
         return _serial(secret) == self.seen.legacy.get(component)
 
     def _recorded(self, component: str) -> bool:
-        return bool(self._fingerprints(component)) or component in self.seen.imported
+        """Whether the committed record (or an import) names the Secret: a claim alone does not, since
+        what it claims may never have been stored."""
+        return component in self.seen.record.secrets or component in self.seen.imported
 
     def _take(self, component: str, secret: StoredSecret) -> None:
         try:
@@ -187,7 +193,7 @@ class _Judging:
         """A Secret the record does not name yet: made before the ClusterPKI, it is taken as found (a CA
         as brought in); made after, it is not the operator's."""
         before = secret.created is not None and self.seen.meta.created is not None and \
-            secret.created <= self.seen.meta.created
+            secret.created < self.seen.meta.created  # whole seconds: the same second is not before
         if not before:
             what = "CA" if component in catalog.CA_BY_COMPONENT else "certificate or key"
             self.tampered[component] = f"it holds a {what} that is not on record"
@@ -204,7 +210,7 @@ class _Judging:
             self._unusable(component, problem)
             return
         self.trusted[component] = material
-        if component in catalog.CA_BY_COMPONENT:
+        if is_authority(component):  # a CA or service-account key brought in: shown, and never rotated
             self.adopted.add(component)
 
     def _unusable(self, component: str, why: str) -> None:

@@ -71,11 +71,12 @@ class State:
         self.held: dict[tuple[str, str], tuple[str, Key]] = {}  # their events that came before the response
         self.dirty: set[Key] = set()  # drift seen since the ClusterPKI's reconcile started
         self.terminating: dict[str, datetime] = {}  # namespace -> when the apiserver said it is being deleted
+        self.told: dict[Key, frozenset[tuple[str, str]]] = {}  # the Events of each one's last reconcile
         self.scheduler = Scheduler(lambda key: reconcile_now(self, key), retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None  # the scheduler's
         self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
-                              lambda kind, obj: drift(self, kind, obj))
-        self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj: reported(self, obj),
+                              lambda kind, obj, _: drift(self, kind, obj))
+        self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
                              plural="leases", group=reports.LEASES, metadata_only=False)
         self.watch: asyncio.Future | None = None  # both watches
 
@@ -109,6 +110,7 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     if event["type"] == "DELETED":
         state.bodies.pop(key, None)
+        state.told.pop(key, None)
         state.scheduler.forget(key)
         metrics.forget(*key)
         return
@@ -158,11 +160,16 @@ def drift(state: State, kind: str, obj: Mapping[str, Any]) -> None:
     mark_drift(state, key)
 
 
-def reported(state: State, obj: Mapping[str, Any]) -> None:
-    """An agent reported: a rotation waiting for it may move on, and the status shows it."""
+def reported(state: State, kind: str, obj: Mapping[str, Any], before: Mapping[str, Any] | None) -> None:
+    """An agent's report changed: a rotation waiting for it may move on, and the status shows it. A
+    renewal alone (its heartbeat) changes nothing to look at: the report's staleness has a wake of its own."""
     meta = obj["metadata"]
-    key = (meta["namespace"], (meta.get("labels") or {}).get(secrets.LABEL_PKI, ""))
-    if key in state.bodies:
+    said = (meta.get("annotations") or {}, (obj.get("spec") or {}).get("holderIdentity"))
+    if kind == "MODIFIED" and before is not None and \
+            said == ((before["metadata"].get("annotations") or {}), (before.get("spec") or {}).get("holderIdentity")):
+        return
+    for key in [k for k in state.bodies if k[0] == meta["namespace"] and
+                meta["name"].startswith(reports.lease_name(k[1], ""))]:
         mark_drift(state, key)
 
 
@@ -210,7 +217,8 @@ async def _reconcile(state: State, key: Key, body: dict[str, Any], logger: loggi
         return None
     if applied.stored is not None and key in state.bodies:
         remember(state, key, dict(applied.stored))
-    await _report(seen, plan, logger, clients)
+    await _report(seen, plan, logger, clients, state.told.get(key, frozenset()))
+    state.told[key] = frozenset((e.reason.value, e.message) for e in plan.events)
     return plan
 
 
@@ -227,12 +235,15 @@ async def _decided(state: State, key: Key, body: dict[str, Any], clients: Client
     return seen, await asyncio.to_thread(decide, seen, times.now())  # new keys: off the event loop
 
 
-async def _report(seen: Observed, plan: Plan, logger: logging.LoggerAdapter, clients: Clients) -> None:
-    """Metrics, a log line per Event (a repeat of the Ready condition at debug level), and the Events."""
+async def _report(seen: Observed, plan: Plan, logger: logging.LoggerAdapter, clients: Clients,
+                  told: frozenset[tuple[str, str]]) -> None:
+    """Metrics, a log line per Event (a repeat of the last reconcile's, or of the Ready condition, at debug
+    level: what persists is one line, and one Event series), and the Events."""
     metrics.observe(seen.meta.namespace, seen.meta.name, plan.status or {}, plan.issued)
     before = next((c for c in seen.conditions if c.get("type") == "Ready"), {})
     for event in plan.events:
-        repeat = (before.get("reason"), before.get("message")) == (event.reason.value, event.message)
+        said = (event.reason.value, event.message)
+        repeat = said in told or (before.get("reason"), before.get("message")) == said
         level = logging.DEBUG if repeat else logging.WARNING if event.kind is Kind.WARNING else logging.INFO
         logger.log(level, f"{event.reason.value}: {event.message}")
     for event, exc in await post_events(plan.events, seen.meta, clients):
@@ -249,9 +260,9 @@ def _schedule(state: State, key: Key, plan: Plan) -> None:
 
 
 def _reports(state: State, key: Key) -> list[reports.Report]:
-    leases = state.reports.objects(key[0]).values()
-    return [reports.Report.from_lease(lease) for lease in leases
-            if (lease["metadata"].get("labels") or {}).get(secrets.LABEL_PKI) == key[1]]
+    prefix = reports.lease_name(key[1], "")
+    return [reports.Report.from_lease(lease) for name, lease in state.reports.objects(key[0]).items()
+            if name.startswith(prefix)]
 
 
 def _none_stored(state: State, key: Key) -> bool:

@@ -81,6 +81,10 @@ class Issuing:
         if self.recovering is not None:
             return self._recovery(self.recovering)
         current = self.seen.rotation
+        if current is not None and _old_key_window(current, self.now) and self.pending.rotate is not None:
+            self.events.append(Event.normal(Reason.ROTATION_WAITING, f"{ROTATE}={self.pending.rotate!r} waits until "
+                                            f"{times.format_time(current.old_key_trusted_until)}, when tokens the "
+                                            "old service-account key signed have expired"))
         if current is None or not (current.active or _old_key_window(current, self.now)):
             current = self._started() or current
         if current is None:
@@ -111,7 +115,8 @@ class Issuing:
         if target is None:
             return None
         if target in self.custody.adopted:
-            self.events.append(Event.warning(Reason.ROTATION_REFUSED, f"The {target} CA was brought in: rotate it "
+            what = "service-account key" if target == catalog.SERVICE_ACCOUNT else f"{target} CA"
+            self.events.append(Event.warning(Reason.ROTATION_REFUSED, f"The {what} was brought in: rotate it "
                                                                       "yourself"))
             return None
         self.events.append(Event.normal(Reason.ROTATION_PREPARING, f"Rotation of {target} started ({trigger.value})"))
@@ -172,18 +177,22 @@ class Issuing:
             stored = self.seen.secrets.get(component)
             obj = secrets.secret_object(self.seen.meta.namespace, self.seen.meta.name, component, want.kind,
                                         want.data, owner, stored, want.adopted)
-            if secrets.differs(stored, obj) or (stored is not None and stored.immutable and
-                                                stored.digest != record.data_digest(want.data)):
-                kind = WriteKind.CREATE if stored is None else \
-                    WriteKind.RECREATE if stored.immutable or stored.kind != want.kind else WriteKind.REPLACE
-                writes.append(Write(kind, obj, first=component.startswith(tuple(catalog.CA_BY_COMPONENT))))
-        for half in step.delete if step else ():
-            if half in self.seen.secrets:
-                stored = self.seen.secrets[half]
-                writes.append(Write(WriteKind.DELETE, {"metadata": {
-                    "name": stored.name, "namespace": self.seen.meta.namespace,
-                    "resourceVersion": stored.resource_version}}))
+            if secrets.differs(stored, obj):
+                writes.append(_write(stored, obj, want, self.seen.meta.namespace))
+        for half in self._halves_to_delete(wanted, step):
+            stored = self.seen.secrets[half]
+            unblock = secrets.unblocked(stored, self.seen.meta.namespace) if stored.finalizers else None
+            writes.append(Write(WriteKind.DELETE, {"metadata": {
+                "name": stored.name, "namespace": self.seen.meta.namespace,
+                "resourceVersion": stored.resource_version}}, unblock=unblock))
         return tuple(sorted(writes, key=lambda w: not w.first))
+
+    def _halves_to_delete(self, wanted: dict[str, Wanted], step: phases.Step | None) -> list[str]:
+        """The rotation's spare once moved in, and any half carrying the labels but not on record (it is not
+        the operator's, and must not pass for a rollback copy)."""
+        halves = [c for c in self.seen.secrets if secrets.is_rotation(c) and c not in wanted]
+        deleting = set(step.delete if step else ())
+        return [c for c in halves if c in deleting or c not in self.custody.trusted]
 
     def _new_material(self, writes: tuple[Write, ...], new_record: Record) -> bool:
         """Whether a write stores data the committed record does not hold: claimed first, so that an
@@ -217,9 +226,10 @@ class Issuing:
                                                                      f"{action}"))
 
     def _issue_events(self, pki: engine.PKI, issued: dict[str, Issue]) -> None:
-        for ca in sorted(self.custody.newly_adopted):
-            self.events.append(Event.normal(Reason.ADOPTED, f"Adopted the {ca} CA brought in Secret "
-                                                            f"{secrets.secret_name(self.spec.name, ca)}"))
+        for found in sorted(self.custody.newly_adopted):
+            what = "service-account key" if found == catalog.SERVICE_ACCOUNT else f"{found} CA"
+            self.events.append(Event.normal(Reason.ADOPTED, f"Adopted the {what} brought in Secret "
+                                                            f"{secrets.secret_name(self.spec.name, found)}"))
         new = [c for c, issue in issued.items() if issue.why is Why.NEW]
         if new:
             self.events.append(Event.normal(Reason.ISSUED, f"Issued {len(new)}: {', '.join(new)}"))
@@ -240,7 +250,8 @@ class Issuing:
     def _status(self, pki: engine.PKI, step: phases.Step | None, new_record: Record,
                 claim: Claim | None) -> tuple[dict[str, Any], datetime]:
         seen, now = self.seen, self.now
-        reports = consumer_reports.consumers(seen.reports, new_record, {m.name for m in self.spec.etcd_members}, now,
+        reports = consumer_reports.consumers(seen.reports, new_record, self.spec.name,
+                                             {m.name for m in self.spec.etcd_members}, now,
                                              consumer_reports.members_of(seen.status))
         moved, step_at = self._advance(step, reports.holding_up)
         unscheduled = set(self.custody.adopted) | ({moved.target} if moved and moved.active else set())
@@ -306,6 +317,19 @@ class Issuing:
         if reports.rejected:
             self.events.append(Event.warning(Reason.MATERIAL_REJECTED, rejected))
         return found
+
+
+def _write(stored: secrets.StoredSecret | None, obj: dict[str, Any], want: Wanted, namespace: str) -> Write:
+    """How to store ``obj``: create it, replace it, or delete and create it again (an immutable Secret's
+    data, or a Secret's type, cannot change; one being deleted must go first). Someone else's finalizers
+    come off first, or they would hold it."""
+    first = obj["metadata"]["labels"][secrets.LABEL_COMPONENT].startswith(tuple(catalog.CA_BY_COMPONENT))
+    if stored is None:
+        return Write(WriteKind.CREATE, obj, first)
+    again = stored.deleting or stored.kind != want.kind or \
+        (stored.immutable and stored.digest != record.data_digest(want.data))
+    unblock = secrets.unblocked(stored, namespace) if stored.finalizers else None
+    return Write(WriteKind.RECREATE if again else WriteKind.REPLACE, obj, first, unblock)
 
 
 def _old_key_window(current: Rotation, now: datetime) -> bool:

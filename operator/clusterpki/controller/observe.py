@@ -98,7 +98,7 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     base = view(body, items, neighbours, reports, holder)
     if base.spec is None or base.meta.deleting:
         return base
-    missing = {c: secrets.secret_name(name, c) for c in _wanted(base) if c not in base.secrets}
+    missing = {c: secrets.secret_name(name, c) for c in wanted(base) if c not in base.secrets}
     if not missing:
         return base
     present = await reads.names(namespace)
@@ -149,7 +149,7 @@ def _spec(body: Mapping[str, Any]) -> tuple[spec.Spec | None, str | None]:
         return None, str(exc)
 
 
-def _wanted(seen: Observed) -> list[str]:
+def wanted(seen: Observed) -> list[str]:
     """The components whose Secrets the ClusterPKI wants, and every rotation half it may write (a
     stranger at one of those names is in the way only of the rotation that writes it)."""
     assert seen.spec is not None
@@ -160,10 +160,12 @@ def _wanted(seen: Observed) -> list[str]:
 def _may_be_its_own(component: str, found: SecretMeta, name: str, seen: Observed) -> bool:
     """Whether a Secret at one of its names, without its labels, is worth reading: it may be its own (on
     record, its labels removed), a CA or key brought in, or what ``clusterpki import`` stored."""
+    if component in seen.record.secrets:
+        return True  # its data decides, whatever its labels say now
     if secrets.owner_of(found.labels) not in (None, name):
         return False  # another ClusterPKI's
     if secrets.is_rotation(component):
-        return component in seen.record.secrets  # an unrecorded half is nobody's: never read
+        return False  # an unrecorded half is nobody's: never read
     brought_in = component in catalog.CA_BY_COMPONENT or component == catalog.SERVICE_ACCOUNT
     return brought_in or component in seen.record.secrets or component in seen.imported
 

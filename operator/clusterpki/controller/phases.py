@@ -69,6 +69,8 @@ def preparing(rotation: Rotation, authority: Authority, make: Make, now: datetim
     """The new CA (or key) is made and kept in ``-next``; the old one signs; bundles carry both."""
     target = rotation.target
     spare = authority.find(rotation.new, authority.spare) if rotation.new else authority.spare
+    if spare is not None and fingerprint(spare) in (fingerprint(authority.current), rotation.old):
+        spare = None  # the CA being replaced is no replacement
     events: tuple[Event, ...] = ()
     if spare is None:
         if rotation.new is not None:
@@ -89,7 +91,7 @@ def rotating(rotation: Rotation, authority: Authority, make: Make, now: datetime
     new = authority.find(rotation.new, authority.current, authority.spare)
     old = authority.find(rotation.old, authority.current, authority.previous)
     old_trusted = authority.trusted(rotation.old)
-    if new is None or old_trusted is None:
+    if new is None or old_trusted is None or rotation.new == rotation.old:
         what = "key" if rotation.of_service_account else "CA"
         restarted = Event.warning(Reason.ROTATION_RESTARTED, f"Rotation of {target}: the new {what} or the old "
                                   "one was lost or replaced; preparing again")

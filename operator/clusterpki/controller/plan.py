@@ -26,6 +26,7 @@ class Write:
     kind: WriteKind
     secret: dict[str, Any]  # the API object (for DELETE: its metadata is enough)
     first: bool = False  # CA Secrets are written before the rest
+    unblock: dict[str, Any] | None = None  # the stored Secret without its finalizers, to store first
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ halves kept on record from earlier rotations, as they are.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterpki.controller.custody import Custody, Material
 from clusterpki.controller.observe import Observed
@@ -48,12 +48,13 @@ def wanted_secrets(seen: Observed, custody: Custody, pki: engine.PKI, step: Step
     """Every Secret the decision wants stored, by component: CAs first."""
     found = of_pki(pki)
     found.update({ca.component: _authority(seen, custody, ca.component, pki) for ca in catalog.CERTIFICATE_AUTHORITIES})
+    if catalog.SERVICE_ACCOUNT in custody.adopted:
+        found[catalog.SERVICE_ACCOUNT] = replace(found[catalog.SERVICE_ACCOUNT], adopted=True)
     found.update({half: _half(material) for half, material in (step.halves if step else {}).items()})
     dropped = set(step.delete if step else ()) | set(found)
     for component, material in custody.trusted.items():
-        if secrets.is_rotation(component) and component not in dropped:
-            stored = seen.secrets[component]
-            found[component] = Wanted(stored.kind, stored.data, material)
+        if secrets.is_rotation(component) and component not in dropped:  # kept from an earlier rotation
+            found[component] = _half(material)
     return found
 
 
@@ -62,10 +63,11 @@ def _authority(seen: Observed, custody: Custody, component: str, pki: engine.PKI
     brought-in one keeps its own data, and gets the bundle."""
     pair, bundle = pki.cas[component], pki.bundle(component)
     stored = seen.secrets.get(component)
-    if component in custody.adopted and stored is not None:
+    adopted = component in custody.adopted
+    if adopted and stored is not None and component not in custody.tampered:
         data = {**stored.data, SecretKey.BUNDLE.value: kubeconfig.pem_bundle(bundle)}
         return Wanted(stored.kind, data, pair, adopted=True)
-    return Wanted(stored.kind if stored else TLS, secrets.tls_data(pair, bundle), pair)
+    return Wanted(stored.kind if stored else TLS, secrets.tls_data(pair, bundle), pair, adopted)
 
 
 def _half(material: Material) -> Wanted:

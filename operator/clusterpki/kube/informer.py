@@ -23,7 +23,8 @@ WATCH_TIMEOUT = 300  # seconds the server keeps one watch open before the next o
 BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a row
 LOGGER = logging.getLogger("clusterpki.kube.informer")
 
-Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, the object)
+# (ADDED | MODIFIED | DELETED, the object, the version seen before it, if any)
+Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 
 
 class Watch:
@@ -95,23 +96,24 @@ class Watch:
             if known is None or known[0] != meta["resourceVersion"]:
                 self._remember(item)
                 if report:
-                    self.on_event("ADDED" if known is None else "MODIFIED", item)
+                    self.on_event("ADDED" if known is None else "MODIFIED", item, known[1] if known else None)
         for space, secrets in self.index.items():
             if namespace not in (None, space):
                 continue
             for name in [n for n in secrets if (space, n) not in present]:
                 _, gone = secrets.pop(name)
                 if report:
-                    self.on_event("DELETED", gone if not self.metadata_only else {"metadata": gone})
+                    self.on_event("DELETED", gone if not self.metadata_only else {"metadata": gone}, None)
         return listed["metadata"]["resourceVersion"]
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
+        known = self.index.get(meta["namespace"], {}).get(meta["name"])
         if kind == "DELETED":
             self.index.get(meta["namespace"], {}).pop(meta["name"], None)
         else:
             self._remember(obj)
-        self.on_event(kind, obj)
+        self.on_event(kind, obj, known[1] if known else None)
 
     def _remember(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

@@ -79,19 +79,21 @@ def _binding(name: str, namespace: str) -> dict[str, Any]:
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}
 
 
-def _address(member: EtcdMember) -> str:
-    """Where the member's instances answer: its first IP, else its first name, else the node's loopback."""
+def _address(member: EtcdMember) -> str | None:
+    """Where the member's instances answer: its first IP, else its first name (a health URL must be on an
+    address the spec gives the member: another member's agent checks it there)."""
     if member.ips:
         ip = str(member.ips[0])
         return f"[{ip}]" if ":" in ip else ip
-    return member.dns_names[0] if member.dns_names else "127.0.0.1"
+    return member.dns_names[0] if member.dns_names else None
 
 
 def _daemon_set(pki_spec: Spec, namespace: str, member: EtcdMember, image: str, directory: str) -> dict[str, Any]:
     """The agent on the member's node (``kubernetes.io/hostname`` = the member's name, as kubeadm names
     etcd members after their nodes), on the host's network to reach the instances' health endpoints."""
     name = agent_name(pki_spec.name, member.name)
-    health = [f"--health={c}=https://{_address(member)}:{port}/{path}" for c, (port, path) in PORTS.items()]
+    address = _address(member)
+    health = [f"--health={c}=https://{address}:{port}/{path}" for c, (port, path) in PORTS.items()] if address else []
     labels = {"app.kubernetes.io/name": "clusterpki-agent", "app.kubernetes.io/instance": name}
     container = {
         "name": "agent", "image": image, "command": ["clusterpki"],

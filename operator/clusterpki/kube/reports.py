@@ -31,6 +31,7 @@ AGENT = "clusterpki-agent"
 LABEL_MEMBER = f"{secrets.GROUP}/member"
 LOADED, HEALTH, RESTARTS, REJECTED = (f"{secrets.GROUP}/{key}" for key in ("loaded", "health", "restarts", "rejected"))
 LEASES = "/apis/coordination.k8s.io/v1"
+LONGEST = timedelta(minutes=10)  # a report counts this long after its renewal at most, whatever it says
 
 
 class RestartState(str, enum.Enum):
@@ -43,6 +44,7 @@ class RestartReason(str, enum.Enum):
     PEER_UNHEALTHY = "PeerUnhealthy"  # another member's instance fails its health check
     COMMAND_FAILED = "RestartFailed"  # the restart itself failed
     UNHEALTHY = "NotHealthy"  # the instance did not become (or stay) healthy after its restart
+    TOO_SOON = "RestartInterval"  # the component was restarted a moment ago: the next waits its interval
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ class Report:
     health: Mapping[str, str] = field(default_factory=dict)
     restarts: Mapping[str, Restart] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
+    lease: str = ""  # the name of the Lease it was read from: who reports is read off it, not off labels
 
     def stale_at(self) -> datetime | None:
         """When the report stops counting, unless renewed; None: it never started."""
-        return self.renewed + self.duration if self.renewed else None
+        return self.renewed + min(self.duration, LONGEST) if self.renewed else None
 
     def fresh(self, now: datetime) -> bool:
         until = self.stale_at()
@@ -75,7 +78,8 @@ class Report:
 
     @classmethod
     def from_lease(cls, lease: Mapping[str, Any]) -> Report:
-        """The report a Lease holds; unreadable parts count as nothing reported."""
+        """The report a Lease holds; unreadable parts count as nothing reported. Whose it is, its name says
+        (see :func:`clusterpki.controller.consumers.consumers`)."""
         meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
         annotations = meta.get("annotations") or {}
         renewed = spec.get("renewTime")
@@ -86,7 +90,7 @@ class Report:
                                               str(found.get("message", "")))
             except (KeyError, ValueError, TypeError):
                 continue
-        return cls(member=(meta.get("labels") or {}).get(LABEL_MEMBER, ""),
+        return cls(member=(meta.get("labels") or {}).get(LABEL_MEMBER, ""), lease=meta.get("name", ""),
                    renewed=_time(renewed), duration=timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0)),
                    loaded={c: {s: str(r) for s, r in found.items()} for c, found in _json(annotations, LOADED).items()
                            if isinstance(found, dict)},
@@ -102,6 +106,7 @@ class Report:
 
 def lease_name(pki_name: str, member: str) -> str:
     return f"{pki_name}-agent-{member}"
+
 
 
 def lease_path(namespace: str, name: str | None = None) -> str:

@@ -80,6 +80,7 @@ class StoredSecret:
     finalizers: tuple[str, ...]
     created: datetime | None
     data: Mapping[str, bytes]
+    deleting: bool = False  # deleted, and held by a finalizer: it is going away
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> StoredSecret:
@@ -91,7 +92,8 @@ class StoredSecret:
                    owner_references=tuple(meta.get("ownerReferences") or ()),
                    finalizers=tuple(meta.get("finalizers") or ()),
                    created=times.parse_time(created) if created else None,
-                   data={k: _decode(v) for k, v in (obj.get("data") or {}).items()})
+                   data={k: _decode(v) for k, v in (obj.get("data") or {}).items()},
+                   deleting=bool(meta.get("deletionTimestamp")))
 
     @property
     def component(self) -> str | None:
@@ -164,10 +166,11 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def secret_object(namespace: str, pki_name: str, component: str, kind: str, data: Mapping[str, bytes],
                   owner: Mapping[str, Any] | None, current: StoredSecret | None, adopted: bool) -> Secret:
-    """The API object of a component's Secret. A current Secret's foreign labels, annotations,
-    ownerReferences and finalizers are kept; a brought-in one gets no ownerReference and is marked
-    adopted. A ``kind`` other than the current Secret's means deleting and creating it again (the API
-    keeps a Secret's type)."""
+    """The API object of a component's Secret. A current Secret's foreign labels and annotations are kept;
+    its finalizers and other ownerReferences are not (someone else's finalizer would keep a Secret the
+    operator deletes, and someone else's ownerReference would have the garbage collector delete it); a
+    brought-in one gets no ownerReference and is marked adopted. A ``kind`` other than the current
+    Secret's means deleting and creating it again (the API keeps a Secret's type)."""
     meta: dict[str, Any] = {"name": secret_name(pki_name, component), "namespace": namespace,
                             "labels": {**(current.labels if current else {}), **labels(pki_name, component)}}
     annotations = dict(current.annotations) if current else {}
@@ -175,16 +178,10 @@ def secret_object(namespace: str, pki_name: str, component: str, kind: str, data
         annotations[ANNOTATION_ADOPTED] = "true"
     if annotations:
         meta["annotations"] = annotations
-    references = [dict(r) for r in (current.owner_references if current else ())
-                  if r.get("kind") != "ClusterPKI" and not (owner and r.get("uid") == owner["uid"])]
     if owner is not None and not adopted:
-        references.append(dict(owner))
-    if references:
-        meta["ownerReferences"] = references
+        meta["ownerReferences"] = [dict(owner)]
     if current is not None:
         meta["resourceVersion"] = current.resource_version
-        if current.finalizers:
-            meta["finalizers"] = list(current.finalizers)
     return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
 
@@ -194,11 +191,23 @@ def differs(current: StoredSecret | None, wanted: Secret) -> bool:
     if current is None:
         return True
     meta = wanted["metadata"]
-    return (current.kind != wanted["type"]
+    return (current.kind != wanted["type"] or current.deleting or bool(current.finalizers)
             or current.data != {k: _decode(v) for k, v in wanted["data"].items()}
             or dict(current.labels) != meta.get("labels", {})
             or dict(current.annotations) != meta.get("annotations", {})
             or [dict(r) for r in current.owner_references] != meta.get("ownerReferences", []))
+
+
+def unblocked(current: StoredSecret, namespace: str) -> Secret:
+    """``current`` exactly as stored but for its finalizers: what lets a delete of it complete."""
+    meta = {"name": current.name, "namespace": namespace, "resourceVersion": current.resource_version,
+            "labels": dict(current.labels), "annotations": dict(current.annotations),
+            "ownerReferences": [dict(r) for r in current.owner_references], "finalizers": []}
+    found = {"apiVersion": "v1", "kind": "Secret", "type": current.kind, "metadata": meta,
+             "data": {k: base64.b64encode(v).decode() for k, v in current.data.items()}}
+    if current.immutable:
+        found["immutable"] = True
+    return found
 
 
 def _decode(value: str) -> bytes:

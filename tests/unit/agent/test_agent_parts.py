@@ -93,3 +93,30 @@ async def test_an_agent_started_again_owes_what_its_previous_run_did_not_restart
     fresh.api.lease = reports.lease("x", "ns", "m0", 90)  # made by the manifests, never renewed
     await fresh._resume(current)
     assert fresh.owed == set(), "a first run owes nothing for files that are already there"
+
+
+async def test_a_component_is_restarted_at_most_once_per_interval(tmp_path):
+    """Whoever can change a Secret makes the operator re-issue it, and the agents restart what reads it:
+    the interval bounds how often that can be."""
+    import asyncio
+
+    from clusterpki.agent.agent import NotYourTurn
+
+    world = World(clusterpki())
+    await world.reconcile()
+
+    class Api:
+        async def get_or_none(self, what, path):
+            return reports.lease("x", "ns", "etcd-0", 90)
+
+        async def request(self, *args, **kwargs):
+            return {}
+
+    agent = Agent(Api(), "ns", "x", tmp_path, "etcd-0", ["kube-scheduler"], restarters.Command("true"),
+                  Start(world.body, spec.from_resource(world.body)), restart_interval=30)
+    agent.restarted_at["kube-scheduler"] = asyncio.get_running_loop().time() - 10
+    with pytest.raises(NotYourTurn, match="kube-scheduler was restarted 10s ago"):
+        await agent._not_too_soon("kube-scheduler")
+    assert agent.restarts["kube-scheduler"].reason is reports.RestartReason.TOO_SOON
+    agent.restarted_at["kube-scheduler"] -= 21
+    await agent._not_too_soon("kube-scheduler")

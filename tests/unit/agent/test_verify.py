@@ -119,8 +119,8 @@ async def test_first_contact_refuses_a_directory_of_another_pki(tmp_path):
 
 @pytest.mark.parametrize("url, problem", [
     ("https://10.0.0.11:2379/health", None),
-    ("https://127.0.0.1:6443/readyz", None),
-    ("https://10.0.0.10:2379/health", "10.0.0.10 is not an address of member m1 (10.0.0.11, 127.0.0.1, localhost)"),
+    ("https://127.0.0.1:6443/readyz", "127.0.0.1 is not an address of member m1 (10.0.0.11)"),  # the prober's own
+    ("https://10.0.0.10:2379/health", "10.0.0.10 is not an address of member m1 (10.0.0.11)"),
     ("https://metadata.google.internal/", "metadata.google.internal is not an address of member m1"),
     ("file:///etc/shadow", "not an http(s) URL"),
 ])

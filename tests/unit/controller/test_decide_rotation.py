@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from clusterpki.controller import requests, rotation
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
-from clusterpki.kube.reports import Report
+from clusterpki.kube.reports import Report, lease_name
 from clusterpki.pki import keys, record, spec
 from cryptography import x509
 
@@ -120,7 +120,7 @@ def report(member: str, world: World, current: bool, renewed_ago: timedelta = ti
     issued = record.Record.from_status(world.status()["record"])
     revision = issued.revision(["ca"]) if current else "behind"
     return Report(member=member, renewed=world.now - renewed_ago, duration=timedelta(seconds=90),
-                  loaded={"kube-apiserver": {"ca": revision}})
+                  loaded={"kube-apiserver": {"ca": revision}}, lease=lease_name("x", member))
 
 
 async def test_a_phase_waits_for_consumers_and_a_force_moves_it_on_once():

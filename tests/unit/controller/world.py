@@ -30,7 +30,7 @@ def clusterpki(name: str = "x", annotations: dict[str, str] | None = None, **spe
     return {"apiVersion": "pki.clusterpki.dev/v1alpha1", "kind": "ClusterPKI",
             "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1,
                          "resourceVersion": "1", "creationTimestamp": times.format_time(T0),
-                         "annotations": annotations or {}},
+                         "annotations": dict(annotations or {})},
             "spec": spec}
 
 
@@ -93,12 +93,18 @@ class World:
         current = self.secrets.get(name)
         if current is None or current["metadata"]["resourceVersion"] != secret["metadata"].get("resourceVersion"):
             raise ApiError("replace", f"Secret {NAMESPACE}/{name}", 409, "Conflict")
-        if current.get("immutable") or current.get("type") != secret.get("type"):
+        if (current.get("immutable") and current.get("data") != secret.get("data")) or \
+                current.get("type") != secret.get("type"):
             raise ApiError("replace", f"Secret {NAMESPACE}/{name}", 422, "Invalid: field is immutable")
         stored = copy.deepcopy(secret)
-        stored["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"]
+        for kept in ("creationTimestamp", "deletionTimestamp"):
+            if kept in current["metadata"]:
+                stored["metadata"][kept] = current["metadata"][kept]
         self._bump(stored)
-        self.secrets[name] = stored
+        if stored["metadata"].get("deletionTimestamp") and not stored["metadata"].get("finalizers"):
+            del self.secrets[name]  # its last finalizer is off: the deletion completes
+        else:
+            self.secrets[name] = stored
         return copy.deepcopy(stored)
 
     async def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
@@ -107,14 +113,17 @@ class World:
             raise ApiError("delete", f"Secret {NAMESPACE}/{name}", 404, "NotFound")
         if resource_version and current["metadata"]["resourceVersion"] != resource_version:
             raise ApiError("delete", f"Secret {NAMESPACE}/{name}", 409, "Conflict")
-        del self.secrets[name]
+        if current["metadata"].get("finalizers"):  # held: it stays, marked for deletion
+            current["metadata"]["deletionTimestamp"] = times.format_time(self.now)
+            self._bump(current)
+        else:
+            del self.secrets[name]
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
                            resource_version: str | None = None) -> dict[str, Any]:
         if resource_version is not None and resource_version != self.body["metadata"]["resourceVersion"]:
             raise ApiError("patch", f"the status of ClusterPKI {NAMESPACE}/{name}", 409, "Conflict")
-        merged = {**(self.body.get("status") or {}), **copy.deepcopy(status)}
-        self.body["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.body["status"] = _merge(self.body.get("status") or {}, copy.deepcopy(status))
         self._bump(self.body)
         return copy.deepcopy(self.body)
 
@@ -153,3 +162,16 @@ class World:
 
     def _bump(self, obj: dict[str, Any]) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self.versions))
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the apiserver applies a merge patch: nested mappings merge, None deletes."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
