@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from cryptography import x509
 
-from clusterpki.controller.observe import Observed, wanted
+from clusterpki.controller.observe import Observed
 from clusterpki.kube import secrets
 from clusterpki.kube.secrets import StoredSecret
 from clusterpki.pki import catalog, engine, keys, record
@@ -83,9 +83,8 @@ class Custody:
 def judge(seen: Observed, now: datetime) -> Custody:
     """Judge every stored Secret of ``seen`` against its record."""
     judging = _Judging(seen, now)
-    judged = set(wanted(seen)) if seen.spec is not None else set(seen.secrets)
     for component, secret in seen.secrets.items():
-        if component in judged:  # a Secret of a member no longer in the spec is left alone
+        if component in seen.wanted:  # a Secret of a member no longer in the spec is left alone
             judging.judge(component, secret)
     recorded = set(seen.record.secrets) | set(seen.legacy)
     absent = frozenset(c for c in recorded if c not in seen.secrets and not secrets.is_rotation(c))

@@ -74,6 +74,7 @@ class Observed:
     reports: tuple[Report, ...] = ()
     holder: str = ""  # this operator's identity, for claims
     status: Mapping[str, Any] = field(default_factory=dict)  # as read, to tell whether it changes
+    wanted: frozenset[str] = frozenset()  # the components it wants a Secret for, and every rotation half
 
 
 class Reads(Protocol):
@@ -98,7 +99,7 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     base = view(body, items, neighbours, reports, holder)
     if base.spec is None or base.meta.deleting:
         return base
-    missing = {c: secrets.secret_name(name, c) for c in wanted(base) if c not in base.secrets}
+    missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
     if not missing:
         return base
     present = await reads.names(namespace)
@@ -130,7 +131,8 @@ def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: S
         claim=Claim.from_status(status.get("claim")), rotation=Rotation.from_status(status.get("caRotation")),
         secrets=own, strangers=strangers or {}, older_claims=_claims_of_older(body, neighbours) if pki_spec else {},
         impostors=tuple(impostors), imported=imported(annotations),
-        legacy={} if record else _legacy(status), reports=tuple(reports), holder=holder, status=status)
+        legacy={} if record else _legacy(status), reports=tuple(reports), holder=holder, status=status,
+        wanted=frozenset(_wanted(pki_spec)) if pki_spec else frozenset())
 
 
 def _meta(body: Mapping[str, Any]) -> Meta:
@@ -149,12 +151,11 @@ def _spec(body: Mapping[str, Any]) -> tuple[spec.Spec | None, str | None]:
         return None, str(exc)
 
 
-def wanted(seen: Observed) -> list[str]:
+def _wanted(pki_spec: spec.Spec) -> list[str]:
     """The components whose Secrets the ClusterPKI wants, and every rotation half it may write (a
     stranger at one of those names is in the way only of the rotation that writes it)."""
-    assert seen.spec is not None
     halves = [f"{target}{suffix}" for target in TARGETS for suffix in (secrets.NEXT, secrets.PREVIOUS)]
-    return [*secrets.components(seen.spec), *halves]
+    return [*secrets.components(pki_spec), *halves]
 
 
 def _may_be_its_own(component: str, found: SecretMeta, name: str, seen: Observed) -> bool:
