@@ -89,7 +89,7 @@ class AgentProcess:
     def args(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "clusterpki", "agent", "-n", self.namespace, "cp", "--dir", str(self.dir),
                 "--member", self.member, "--restart", "command", "--restart-command",
-                f'echo "$CLUSTERPKI_COMPONENT" >> {self.restarts}', "--resync", "2", *extra]
+                f'echo "$CLUSTERPKI_COMPONENT" >> {self.restarts}', "--resync", "2", "--restart-interval", "0", *extra]
 
     async def start(self, *extra: str) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -191,8 +191,10 @@ class _Judging:
     def _first_contact(self, component: str, secret: StoredSecret) -> None:
         """A Secret the record does not name yet: made before the ClusterPKI, it is taken as found (a CA
         as brought in); made after, it is not the operator's."""
+        # Whole seconds: the same second counts as before, for a user's `create secret && apply` (and gives
+        # a Secret's writer nothing she could not have by creating it a second earlier).
         before = secret.created is not None and self.seen.meta.created is not None and \
-            secret.created < self.seen.meta.created  # whole seconds: the same second is not before
+            secret.created <= self.seen.meta.created
         if not before:
             what = "CA" if component in catalog.CA_BY_COMPONENT else "certificate or key"
             self.tampered[component] = f"it holds a {what} that is not on record"
