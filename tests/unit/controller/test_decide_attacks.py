@@ -104,7 +104,7 @@ async def test_a_ca_planted_between_the_claim_and_the_write_is_replaced_not_take
     key = keys.generate(spec.KeyAlgorithm.ECDSA_P256)
     planted = certificates.create_ca("kubernetes", key, timedelta(days=1), T0)
     world.plant("x-ca", {"tls.crt": planted.public_bytes(serialization.Encoding.PEM), "tls.key": keys.private_pem(key)},
-                secrets.labels("x", "ca"))
+                secrets.labels("x", "ca"), at=T0 + timedelta(seconds=1))
     await world.reconcile(timedelta(seconds=40))
     assert world.ready()["status"] == "True" and serial(world, "ca") != planted.serial_number
     assert record.Record.from_status(world.status()["record"]).fingerprint("ca") != \

@@ -22,6 +22,8 @@ from clusterpki.kube.reports import Report
 from clusterpki.kube.secret_client import meta_of
 from clusterpki.pki import times
 
+from tests.emulator import _merge as merge_patch  # RFC 7386, as the apiserver applies a merge patch
+
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
 NAMESPACE = "ns"
 
@@ -123,7 +125,7 @@ class World:
                            resource_version: str | None = None) -> dict[str, Any]:
         if resource_version is not None and resource_version != self.body["metadata"]["resourceVersion"]:
             raise ApiError("patch", f"the status of ClusterPKI {NAMESPACE}/{name}", 409, "Conflict")
-        self.body["status"] = _merge(self.body.get("status") or {}, copy.deepcopy(status))
+        self.body["status"] = merge_patch(copy.deepcopy(self.body.get("status") or {}), status)
         self._bump(self.body)
         return copy.deepcopy(self.body)
 
@@ -163,15 +165,3 @@ class World:
     def _bump(self, obj: dict[str, Any]) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self.versions))
 
-
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the apiserver applies a merge patch: nested mappings merge, None deletes."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = _merge(merged.get(key), value)
-    return merged
