@@ -145,7 +145,11 @@ async def watch_files(agents: dict[str, AgentProcess], seconds: float) -> list[b
     seen = []
     for _ in range(int(seconds / 0.1)):
         for agent in agents.values():
-            seen += [p.read_bytes() for p in agent.dir.rglob("*") if p.is_file()]
+            for path in agent.dir.rglob("*"):  # the staged files of a write included
+                try:
+                    seen.append(path.read_bytes())
+                except (FileNotFoundError, IsADirectoryError):  # renamed into place meanwhile
+                    continue
         await asyncio.sleep(0.1)
     return seen
 
