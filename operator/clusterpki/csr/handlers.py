@@ -11,23 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
 from clusterpki.csr import rules as csr
 from clusterpki.csr.api import CsrApi
-from clusterpki.csr.metrics import CSR_DECISIONS
+from clusterpki.csr.metrics import CSR_DECISIONS, CSR_SIGNING_REFUSED
+from clusterpki.csr.names import Bounds, NodeIndex, bounds_of, node_of
+from clusterpki.kube.events import EventRecorder
+from clusterpki.pki.certificates import KeyPair
 from clusterpki.kube import resource, secrets
 from clusterpki.kube.api import ApiError, load_configuration
 from clusterpki.kube.scheduling import Scheduler
 from clusterpki.pki import spec, times
 from clusterpki.pki.record import Record
 
+SIGNING_REFUSED = "SigningRefused"
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
 RETRY_DELAY = 10  # seconds before a failed recheck is tried again
 LOGGER = logging.getLogger("clusterpki.csr")
 Key = tuple[str, str]  # (namespace, name) of a ClusterPKI
+
+
+class Policy(NamedTuple):
+    """The policy ClusterPKI, read once per version of it."""
+
+    spec: spec.Spec
+    bounds: Bounds
 
 
 class CsrState:
@@ -36,10 +47,11 @@ class CsrState:
 
     def __init__(self, api: CsrApi, policy: Key) -> None:
         self.api = api
+        self.events = EventRecorder(api)
         self.policy = policy
         self.policy_body: dict[str, Any] | None = None
-        self.policy_cache: tuple[str | None, spec.Spec | None] | None = None  # (resourceVersion, parsed)
-        self.nodes: dict[str, Any] = {}
+        self.policy_cache: tuple[str | None, Policy | None] | None = None  # (resourceVersion, read)
+        self.nodes = NodeIndex()
         self.waiting: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
         self.deciding: set[str] = set()
@@ -91,9 +103,9 @@ def track_node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     state: CsrState = memo.csr
     name = event["object"]["metadata"]["name"]
     if event["type"] == "DELETED":
-        state.nodes.pop(name, None)
+        state.nodes.remove(name)
         return
-    state.nodes[name] = csr.node_of(event["object"])
+    state.nodes.put(node_of(event["object"]))
     for pending, body in state.waiting.items():  # its serving CSRs need not wait any longer
         if body["spec"].get("username") == f"{csr.NODE_PREFIX}{name}":
             state.scheduler.after(pending, 0)
@@ -124,7 +136,7 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
         return
     if name in state.deciding:
         return
-    decision = csr.decide(body, state.nodes, policy.kubelet, policy.cert_validity)
+    decision = csr.decide(body, state.nodes, policy.spec.kubelet, policy.bounds)
     if decision is None:
         return
     if decision.verdict == csr.PENDING:
@@ -150,33 +162,61 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
 
 
 async def sign(state: CsrState, body: dict[str, Any]) -> None:
+    """Sign an approved CSR with the policy's CA, if the policy signs and the CSR passes every rule now,
+    whoever approved it; one that does not is marked Failed, told in a Warning Event, and counted."""
     policy = _policy(state)
-    if policy is None or not policy.kubelet.sign_csrs:
+    if policy is None or not policy.spec.kubelet.sign_csrs:
+        return
+    refused = csr.refusal(body, state.nodes, policy.bounds)
+    if refused is not None and refused.verdict is not csr.PENDING:
+        await _refuse(state, body, refused)
+        return
+    if refused is not None:  # its Node is not seen yet: looked at again when it is
         return
     name = body["metadata"]["name"]
-    namespace, pki_name = state.policy
     try:
-        ca_secret = await state.api.secret(namespace, secrets.secret_name(pki_name, "ca"))
-        if ca_secret is None:
-            LOGGER.warning(f"CSR {name}: not signed, the policy's CA Secret does not exist yet")
+        ca = await _recorded_ca(state)
+        if ca is None:
             return
-        stored = secrets.StoredSecret.from_object(ca_secret)
-        issued = Record.from_status(((state.policy_body or {}).get("status") or {}).get("record"))
-        if not issued.holds("ca", stored.digest):
-            LOGGER.warning(f"CSR {name}: not signed, Secret {stored.name} does not hold the CA on record")
-            return
-        ca = secrets.read_pair(stored)
-        certificate = csr.sign(body, ca, policy.cert_validity, times.now())
-        await state.api.set_certificate({**body, "status": {**(body.get("status") or {}),
-                                                              "certificate": certificate}})
+        certificate = csr.sign(body, ca, policy.spec.cert_validity, times.now())
+        await state.api.set_certificate({**body, "status": {**(body.get("status") or {}), "certificate": certificate}})
     except (ApiError, ValueError) as exc:
         LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
         return
-    LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {namespace}/{pki_name}")
+    LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {'/'.join(state.policy)}")
 
 
-def _policy(state: CsrState) -> spec.Spec | None:
-    """The policy's spec, parsed once per version of the policy ClusterPKI, not once per CSR."""
+async def _recorded_ca(state: CsrState) -> KeyPair | None:
+    """The policy's CA, if its Secret holds what the record says was issued."""
+    namespace, pki_name = state.policy
+    found = await state.api.secret(namespace, secrets.secret_name(pki_name, "ca"))
+    if found is None:
+        LOGGER.warning(f"CSRs are not signed: the CA Secret of ClusterPKI {namespace}/{pki_name} does not exist yet")
+        return None
+    stored = secrets.StoredSecret.from_object(found)
+    issued = Record.from_status(((state.policy_body or {}).get("status") or {}).get("record"))
+    if not issued.holds("ca", stored.digest):
+        LOGGER.warning(f"CSRs are not signed: Secret {stored.name} does not hold the CA on record")
+        return None
+    return secrets.read_pair(stored)
+
+
+async def _refuse(state: CsrState, body: dict[str, Any], refused: csr.Decision) -> None:
+    name, signer = body["metadata"]["name"], body["spec"]["signerName"]
+    message = f"CSR {name} ({signer}, requested by {body['spec'].get('username')}) is not signed: " \
+              f"{refused.reason.value}: {refused.message}"
+    CSR_SIGNING_REFUSED.labels(signer=signer, reason=refused.reason.value).inc()
+    LOGGER.warning(message)
+    try:
+        await state.api.set_certificate(csr.with_condition(body, "Failed", SIGNING_REFUSED, message, times.now()))
+        if state.policy_body is not None:
+            await state.events.post(state.policy_body, "Warning", SIGNING_REFUSED, message)
+    except ApiError as exc:
+        LOGGER.warning(f"CSR {name}: could not record that it is not signed: {exc}")
+
+
+def _policy(state: CsrState) -> Policy | None:
+    """The policy's spec and bounds, read once per version of the policy ClusterPKI, not once per CSR."""
     body = state.policy_body
     if body is None:
         LOGGER.warning(f"The CSR policy ClusterPKI {'/'.join(state.policy)} is not known (yet): "
@@ -188,8 +228,9 @@ def _policy(state: CsrState) -> spec.Spec | None:
         return cached[1]
     try:
         parsed = spec.from_resource(body)
+        read: Policy | None = Policy(parsed, bounds_of(parsed))
     except spec.SpecError as exc:
         LOGGER.warning(f"The CSR policy ClusterPKI is invalid, CSRs wait: {exc}")
-        parsed = None
-    state.policy_cache = (version, parsed)
-    return parsed
+        read = None
+    state.policy_cache = (version, read)
+    return read

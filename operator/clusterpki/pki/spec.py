@@ -71,10 +71,24 @@ class EtcdMember(NamedTuple):
     ips: tuple[IPAddress, ...]
 
 
+NODE = "{node}"  # in a serving DNS name pattern: the node's name
+DEFAULT_SERVING_DNS_NAMES = (NODE,)
+DEFAULT_MAX_SERVING_NAMES = 8
+
+
+class ServingNames(NamedTuple):
+    """Bounds on the names a kubelet's serving certificate may carry, beyond being its Node's."""
+
+    ip_ranges: tuple[IPNetwork, ...] = ()  # none: any address the Node reports
+    dns_names: tuple[str, ...] = DEFAULT_SERVING_DNS_NAMES  # patterns: {node} is its name, * one label
+    max_names: int = DEFAULT_MAX_SERVING_NAMES
+
+
 class KubeletPolicy(NamedTuple):
     approve_client_csrs: bool = True
     approve_serving_csrs: bool = True
     sign_csrs: bool = False
+    serving_names: ServingNames = ServingNames()
 
 
 class Spec(NamedTuple):
@@ -217,7 +231,8 @@ class _SpecReader:
         "spec.apiServer": {"certSANs"},
         "spec.etcd": {"members"},
         "spec.validity": {"ca", "certificate"},
-        "spec.kubelet": {"approveClientCSRs", "approveServingCSRs", "signCSRs"},
+        "spec.kubelet": {"approveClientCSRs", "approveServingCSRs", "signCSRs", "servingNames"},
+        "spec.kubelet.servingNames": {"ipRanges", "dnsNames", "maxNames"},
     }
 
     def __init__(self, name: str, raw: Mapping[str, Any], grace: timedelta) -> None:
@@ -270,6 +285,7 @@ class _SpecReader:
             approve_serving_csrs=self._bool("spec.kubelet.approveServingCSRs",
                                             kubelet.get("approveServingCSRs"), True),
             sign_csrs=self._bool("spec.kubelet.signCSRs", kubelet.get("signCSRs"), False),
+            serving_names=self._serving_names(kubelet.get("servingNames")),
         )
         retention = self._enum("spec.secretRetention", SecretRetention, self.raw.get("secretRetention"),
                                defaults.secret_retention)
@@ -458,6 +474,20 @@ class _SpecReader:
             return default
         return parsed
 
+    def _serving_names(self, value: Any) -> ServingNames:
+        path = "spec.kubelet.servingNames"
+        found = self._mapping(path, value)
+        ranges = [ipaddress.ip_network(c, strict=False) for c in
+                  self._string_list(f"{path}.ipRanges", found.get("ipRanges"), _is_cidr, "a CIDR")]
+        patterns = self._string_list(f"{path}.dnsNames", found.get("dnsNames"), _is_name_pattern,
+                                     "a DNS name, with {node} for the node's name and * for one label")
+        most = found.get("maxNames", DEFAULT_MAX_SERVING_NAMES)
+        if not isinstance(most, int) or isinstance(most, bool) or not 1 <= most <= 100:
+            self.fail(f"{path}.maxNames", f"{most!r} is not a number from 1 to 100")
+            most = DEFAULT_MAX_SERVING_NAMES
+        dns = tuple(p.lower() for p in patterns) if found.get("dnsNames") is not None else DEFAULT_SERVING_DNS_NAMES
+        return ServingNames(tuple(ranges), dns, most)
+
     def _bool(self, path: str, value: Any, default: bool) -> bool:
         if value is None:
             return default
@@ -493,6 +523,20 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+def _is_name_pattern(text: str) -> bool:
+    """A DNS name where ``{node}`` stands for the node's name and ``*`` for exactly one label."""
+    example = text.replace(NODE, "node").split(".")
+    return "{" not in "".join(example) and _is_dns_name(".".join("x" if label == "*" else label for label in example))
 
 
 def _is_member_dns(text: str) -> bool:
