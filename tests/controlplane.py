@@ -70,8 +70,9 @@ class ControlPlane:
         if script is None:
             raise RuntimeError(unavailable())
         directory.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["bash", str(script), "up", str(directory), str(free_port_block())],
-                                capture_output=True, text=True, timeout=300)
+        # --bootstrap-tokens: real kubelets (tests/nodes.py) join it as kubeadm's workers do.
+        command = ["bash", str(script), "up", str(directory), str(free_port_block()), "--bootstrap-tokens"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             subprocess.run(["bash", str(script), "down", str(directory)], capture_output=True, timeout=60)
             logs = "".join(f"\n--- {p.name}:\n{p.read_text()[-2000:]}" for p in sorted(directory.glob("*.log")))

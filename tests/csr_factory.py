@@ -46,7 +46,7 @@ def kubelet_csr(name: str, node: str = "node-a", serving: bool = False, **overri
                     if k in overrides}
     request_args.setdefault("cn", f"system:node:{node}")
     if serving:
-        request_args.setdefault("dns", (f"{node}.internal",))
+        request_args.setdefault("dns", (node,))
         request_args.setdefault("ips", ("10.0.0.1",))
     spec = {
         "signerName": SERVING_SIGNER if serving else CLIENT_SIGNER,
@@ -60,7 +60,10 @@ def kubelet_csr(name: str, node: str = "node-a", serving: bool = False, **overri
             "metadata": {"name": name, "creationTimestamp": "2026-11-22T12:00:00Z"}, "spec": spec}
 
 
-def node_body(name: str, hostnames: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> dict[str, Any]:
+def node_body(name: str, hostnames: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+              extra: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """A Node as its kubelet reports it: ``extra`` adds (type, address) pairs, such as ExternalDNS."""
     addresses = [{"type": "Hostname", "address": h} for h in hostnames]
     addresses += [{"type": "InternalIP", "address": i} for i in ips]
+    addresses += [{"type": kind, "address": address} for kind, address in extra]
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "status": {"addresses": addresses}}

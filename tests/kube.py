@@ -104,6 +104,14 @@ class Api:
             assert response.status == 200, await response.text()
             return await response.json()
 
+    async def replace_subresource(self, plural: str, body: dict[str, Any], subresource: str,
+                                  namespace: str | None = None) -> dict:
+        """PUT to a subresource, as ``kubectl certificate approve`` does to ``approval``."""
+        url = f"{self._url(plural, namespace, body['metadata']['name'])}/{subresource}"
+        async with self.session.put(url, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
     async def delete(self, plural: str, name: str, namespace: str | None = None, missing_ok: bool = False) -> None:
         async with self.session.delete(self._url(plural, namespace, name)) as response:
             assert response.status in (200, 202) or (missing_ok and response.status == 404), await response.text()

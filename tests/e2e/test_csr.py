@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from clusterpki.csr.metrics import CSR_SIGNING_REFUSED
 from clusterpki.csr.rules import CLIENT_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from multidict import CIMultiDict
@@ -81,15 +83,28 @@ async def csrs(api: Api) -> AsyncIterator[Csrs]:
 
 
 @pytest.fixture
-async def csr_operator(as_operator, api: Api, namespace: str, csrs: Csrs) -> AsyncIterator[Operator]:
-    await api.apply_pki(pki("policy", namespace, kubelet={"signCSRs": True}))
-    runner = Operator(csr_policy=(namespace, "policy"), namespaces=(namespace,))
-    await runner.start()
-    try:
+async def policy_operator(as_operator, api: Api, namespace: str, csrs: Csrs
+                          ) -> AsyncIterator[Callable[..., Awaitable[Operator]]]:
+    """Starts the operator with ClusterPKI ``policy`` of this ``spec.kubelet`` as its CSR policy."""
+    runners: list[Operator] = []
+
+    async def start(**kubelet: Any) -> Operator:
+        await api.apply_pki(pki("policy", namespace, kubelet=kubelet))
+        runner = Operator(csr_policy=(namespace, "policy"), namespaces=(namespace,))
+        await runner.start()
+        runners.append(runner)
         await api.ready(namespace, "policy")
-        yield runner
+        return runner
+    try:
+        yield start
     finally:
-        await runner.stop()
+        for runner in runners:
+            await runner.stop()
+
+
+@pytest.fixture
+async def csr_operator(policy_operator) -> Operator:
+    return await policy_operator(signCSRs=True)
 
 
 @pytest.fixture
@@ -208,3 +223,54 @@ async def test_csrs_seen_before_the_policy_wait_for_it(as_operator, api, namespa
         await api.wait_for(lambda: _is(csrs, name, ("Approved", "AutoApproved")), what="the decision")
     finally:
         await runner.stop()
+
+
+async def test_signing_refuses_what_an_admin_approved_by_mistake(policy_operator, api, csrs, namespace):
+    """The operator approves no client CSR, but signs what others approve: a node asks for cluster-admin's
+    certificate on the kubelet client signer, an admin approves it, and it is refused, not signed."""
+    await policy_operator(approveClientCSRs=False, signCSRs=True)
+    before = CSR_SIGNING_REFUSED.labels(signer=CLIENT_SIGNER, reason="SubjectMismatch")._value.get()
+    name = await csrs.submit("mallory", CLIENT_SIGNER, CLIENT, as_node(NODE), cn="mallory", orgs=("system:masters",))
+    await asyncio.sleep(0.5)
+    assert await csrs.decision(name) is None, "approveClientCSRs: false leaves it to others"
+    body = await api.get("certificatesigningrequests", name)
+    body["status"] = {"conditions": [{"type": "Approved", "status": "True", "reason": "ByMistake",
+                                      "message": "kubectl certificate approve"}]}
+    await api.replace_subresource("certificatesigningrequests", body, "approval")
+
+    async def failed():
+        obj = await api.get("certificatesigningrequests", name)
+        return [c for c in obj["status"].get("conditions") or [] if c["type"] == "Failed"]
+    (condition,) = await api.wait_for(failed, what="the Failed condition")
+    assert condition["reason"] == "SigningRefused"
+    assert "SubjectMismatch: the subject 'CN=mallory,O=system:masters' is not exactly" in condition["message"]
+    await asyncio.sleep(0.5)
+    assert not (await api.get("certificatesigningrequests", name))["status"].get("certificate")
+    assert await api.has_event(namespace, "SigningRefused", f"CSR {name}")
+    assert CSR_SIGNING_REFUSED.labels(signer=CLIENT_SIGNER, reason="SubjectMismatch")._value.get() == before + 1
+
+
+async def test_serving_names_are_bounded_by_the_policy(policy_operator, api, csrs):
+    node = f"{PREFIX}-bounded"
+    await api.create_node(node_body(node, (node, f"{node}.nodes.example"), ("127.0.1.9", "192.0.2.9")))
+    try:
+        await policy_operator(servingNames={"ipRanges": ["127.0.1.0/24"], "dnsNames": ["{node}.nodes.example"],
+                                            "maxNames": 2})
+        cn = f"system:node:{node}"
+        names = {
+            "fits": await csrs.submit("fits", SERVING_SIGNER, SERVING, as_node(node), cn=cn,
+                                      dns=(f"{node}.nodes.example",), ips=("127.0.1.9",)),
+            "ip": await csrs.submit("ip", SERVING_SIGNER, SERVING, as_node(node), cn=cn, ips=("192.0.2.9",)),
+            "dns": await csrs.submit("dns", SERVING_SIGNER, SERVING, as_node(node), cn=cn, dns=(node,)),
+            "many": await csrs.submit("many", SERVING_SIGNER, SERVING, as_node(node), cn=cn,
+                                      dns=(f"{node}.nodes.example",), ips=("127.0.1.9", "192.0.2.9")),
+        }
+
+        async def decided():
+            return all([await csrs.decision(n) for n in names.values()])
+        await api.wait_for(decided, what="every CSR decided")
+        assert {k: await csrs.decision(n) for k, n in names.items()} == {
+            "fits": ("Approved", "AutoApproved"), "ip": ("Denied", "SANOutsideBounds"),
+            "dns": ("Denied", "SANOutsideBounds"), "many": ("Denied", "TooManySANs")}
+    finally:
+        await api.delete("nodes", node)

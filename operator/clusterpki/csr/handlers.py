@@ -59,8 +59,20 @@ class CsrState:
         self.task: asyncio.Task | None = None  # the scheduler's
 
     async def recheck(self, name: str) -> None:
-        if name in self.waiting:
-            await decide(self, self.waiting[name])
+        body = self.waiting.get(name)
+        if body is None:
+            return
+        await (sign(self, body) if csr.needs_signature(body) else decide(self, body))
+
+    def wait(self, body: dict[str, Any], delay: float = NODE_RECHECK) -> None:
+        """Look at this CSR again after ``delay``: its Node is not seen yet."""
+        name = body["metadata"]["name"]
+        self.waiting[name] = body
+        self.scheduler.after(name, delay)
+
+    def done(self, name: str) -> None:
+        self.waiting.pop(name, None)
+        self.first_seen.pop(name, None)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -116,14 +128,14 @@ async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event["object"]
     name = body["metadata"]["name"]
     if event["type"] == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
-        state.waiting.pop(name, None)
-        state.first_seen.pop(name, None)
+        state.done(name)
         return
     if csr.concerns(body):
         await decide(state, body)
     elif csr.needs_signature(body):
-        state.waiting.pop(name, None)
         await sign(state, body)
+    else:
+        state.done(name)
 
 
 async def decide(state: CsrState, body: dict[str, Any]) -> None:
@@ -142,11 +154,9 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     if decision.verdict == csr.PENDING:
         decision = csr.node_not_found(body, now, state.first_seen[name])
         if decision is None:
-            state.waiting[name] = body
-            state.scheduler.after(name, NODE_RECHECK)
+            state.wait(body)
             return
-    state.waiting.pop(name, None)
-    state.first_seen.pop(name, None)
+    state.done(name)
     state.deciding.add(name)
     try:
         await state.api.decide(csr.with_decision(body, decision, now))
@@ -164,19 +174,30 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
 async def sign(state: CsrState, body: dict[str, Any]) -> None:
     """Sign an approved CSR with the policy's CA, if the policy signs and the CSR passes every rule now,
     whoever approved it; one that does not is marked Failed, told in a Warning Event, and counted."""
+    name = body["metadata"]["name"]
+    now = times.now()
+    state.first_seen.setdefault(name, now)
     policy = _policy(state)
-    if policy is None or not policy.spec.kubelet.sign_csrs:
+    if policy is None:  # looked at again when the policy ClusterPKI arrives
+        state.waiting[name] = body
+        return
+    if not policy.spec.kubelet.sign_csrs:
+        state.done(name)
         return
     refused = csr.refusal(body, state.nodes, policy.bounds)
-    if refused is not None and refused.verdict is not csr.PENDING:
+    if refused is not None and refused.verdict is csr.PENDING:
+        refused = csr.node_not_found(body, now, state.first_seen[name])
+        if refused is None:  # its Node is not seen yet: looked at again
+            state.wait(body)
+            return
+    state.done(name)
+    if refused is not None:
         await _refuse(state, body, refused)
         return
-    if refused is not None:  # its Node is not seen yet: looked at again when it is
-        return
-    name = body["metadata"]["name"]
     try:
         ca = await _recorded_ca(state)
-        if ca is None:
+        if ca is None:  # not issued yet, or tampered with: looked at again
+            state.wait(body, RETRY_DELAY)
             return
         certificate = csr.sign(body, ca, policy.spec.cert_validity, times.now())
         await state.api.set_certificate({**body, "status": {**(body.get("status") or {}), "certificate": certificate}})
