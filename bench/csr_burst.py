@@ -40,10 +40,10 @@ async def measure(count: int, nodes: int, rate: float | None, real: bool) -> dic
     async with bench(real) as b:
         await b.create_namespaces(["bench"])
         await b.api.apply_pki(clusterpki("bench", "policy"), defaults=not b.real)
-        await asyncio.gather(*(b.api.create_node(node_body(f"node-{i}", (f"node-{i}.internal",), (node_ip(i),)))
+        await asyncio.gather(*(b.api.create_node(node_body(f"node-{i}", (f"node-{i}",), (node_ip(i),)))
                                for i in range(nodes)))
         bodies = [kubelet_csr(f"csr-{i}", f"node-{i % nodes}", serving=i % 2 == 1,
-                              dns=(f"node-{i % nodes}.internal",), ips=(node_ip(i % nodes),)) if i % 2 else
+                              dns=(f"node-{i % nodes}",), ips=(node_ip(i % nodes),)) if i % 2 else
                   kubelet_csr(f"csr-{i}", f"node-{i % nodes}") for i in range(count)]
         operator = await b.start_operator("--csr-policy", "bench/policy")
         sent: dict[str, float] = {}

@@ -13,7 +13,8 @@ async def test_an_empty_spec_gets_the_contract_s_defaults(api, namespace):
         "apiServer": {"certSANs": []},
         "etcd": {"members": [{"name": "etcd-0", "dnsNames": ["localhost"], "ips": ["127.0.0.1"]}]},
         "keyAlgorithm": "ECDSA-P256", "validity": {"ca": "87600h", "certificate": "8760h"},
-        "kubelet": {"approveClientCSRs": True, "approveServingCSRs": True, "signCSRs": False},
+        "kubelet": {"approveClientCSRs": True, "approveServingCSRs": True, "signCSRs": False,
+                    "servingNames": {"dnsNames": ["{node}"], "maxNames": 8}},
         "secretRetention": "Retain"}
 
 

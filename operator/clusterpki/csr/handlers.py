@@ -1,34 +1,40 @@
-"""The kubelet CSR triggers: a Node index, and one decision (one API write) per CSR.
+"""The kubelet CSR approver: a watch of Nodes (an index of their names and addresses), a watch of
+CSRs, and one decision (one API write) per CSR.
 
 Registered only with ``clusterpki run --csr-policy NS/NAME``: that ClusterPKI's ``spec.kubelet``
 and ``validity.certificate`` govern the decisions, and its ``ca`` signs when ``signCSRs`` is on.
-The watches are ``on.event`` handlers: nothing is ever written onto a CSR but its decision. The
-state here is the CSR handlers' own; they share nothing with the ClusterPKI controller but the
-watch of ClusterPKIs, from which they keep the policy's latest version.
+Nodes and CSRs are followed by watches of the approver's own (:class:`clusterpki.kube.informer.Watch`),
+not Kopf's: a CSR is two watch events and one write, and Kopf's handling of an event cost twice the
+decision itself. Nothing is ever written onto a CSR but its decision (or its certificate). The
+state here is the approver's own; it shares nothing with the ClusterPKI controller but Kopf's
+watch of ClusterPKIs, from which it keeps the policy's latest version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 import kopf
 
 from clusterpki.csr import rules as csr
-from clusterpki.csr.api import CsrApi
+from clusterpki.csr.api import CSRS, CsrApi
 from clusterpki.csr.metrics import CSR_DECISIONS, CSR_SIGNING_REFUSED
 from clusterpki.csr.names import Bounds, NodeIndex, bounds_of, node_of
-from clusterpki.kube.events import EventRecorder
-from clusterpki.pki.certificates import KeyPair
 from clusterpki.kube import resource, secrets
 from clusterpki.kube.api import ApiError, load_configuration
+from clusterpki.kube.events import EventRecorder
+from clusterpki.kube.informer import Watch
 from clusterpki.kube.scheduling import Scheduler
 from clusterpki.pki import spec, times
+from clusterpki.pki.certificates import KeyPair
 from clusterpki.pki.record import Record
 
 SIGNING_REFUSED = "SigningRefused"
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
+UNSYNCED_RECHECK = 0.5  # seconds before a CSR seen before the first list of Nodes is looked at again
 RETRY_DELAY = 10  # seconds before a failed recheck is tried again
 LOGGER = logging.getLogger("clusterpki.csr")
 Key = tuple[str, str]  # (namespace, name) of a ClusterPKI
@@ -41,9 +47,15 @@ class Policy(NamedTuple):
     bounds: Bounds
 
 
+def _metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """All the watches' indexes keep of a Node or a CSR: the NodeIndex holds what a Node says."""
+    return {"metadata": obj["metadata"]}
+
+
 class CsrState:
-    """The policy ClusterPKI's latest version (and its parsed spec), a Node index, the CSRs waiting
-    for their Node or for the policy, and a scheduler to look at those again."""
+    """The policy ClusterPKI's latest version (and its parsed spec), the watches of Nodes and CSRs, a
+    Node index, the CSRs waiting for their Node or for the policy, and a scheduler to look at those
+    again."""
 
     def __init__(self, api: CsrApi, policy: Key) -> None:
         self.api = api
@@ -56,7 +68,18 @@ class CsrState:
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
         self.deciding: set[str] = set()
         self.scheduler = Scheduler(self.recheck, retry_after=RETRY_DELAY)
-        self.task: asyncio.Task | None = None  # the scheduler's
+        self.node_watch = Watch(api, [], "", lambda kind, obj, _: track_node(self, kind, obj), plural="nodes",
+                                metadata_only=False, report_first=True, keep=_metadata)
+        self.csr_watch = Watch(api, [], "", lambda kind, obj, _: track_csr(self, kind, obj),
+                               plural="certificatesigningrequests", group=CSRS.rsplit("/", 1)[0],
+                               metadata_only=False, report_first=True, keep=_metadata)
+        self.tasks: set[asyncio.Task] = set()  # decisions and signatures in flight
+        self.running: asyncio.Future | None = None  # the scheduler and both watches
+
+    @property
+    def nodes_listed(self) -> bool:
+        """Whether the first list of Nodes is in the index: before it, no Node is known not to exist."""
+        return self.node_watch.is_synced("")
 
     async def recheck(self, name: str) -> None:
         body = self.waiting.get(name)
@@ -74,23 +97,30 @@ class CsrState:
         self.waiting.pop(name, None)
         self.first_seen.pop(name, None)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
 
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.startup(registry=registry)(start)
     kopf.on.cleanup(registry=registry)(stop)
     kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)(track_policy)
-    kopf.on.event("", "v1", "nodes", registry=registry)(track_node)
-    kopf.on.event("certificates.k8s.io", "v1", "certificatesigningrequests", registry=registry)(track_csr)
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.csr = CsrState(CsrApi(load_configuration()), memo.csr_policy)
-    state.task = asyncio.create_task(state.scheduler.run())
+    state.running = asyncio.gather(state.scheduler.run(), state.node_watch.run(), state.csr_watch.run())
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     state: CsrState = memo.csr
-    await state.scheduler.stop(state.task)
+    assert state.running is not None
+    state.running.cancel()
+    for task in list(state.tasks):
+        task.cancel()
+    await asyncio.gather(state.running, *state.tasks, return_exceptions=True)
     await state.api.close()
 
 
@@ -111,29 +141,25 @@ def track_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
             state.scheduler.after(name, 0)
 
 
-def track_node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    state: CsrState = memo.csr
-    name = event["object"]["metadata"]["name"]
-    if event["type"] == "DELETED":
+def track_node(state: CsrState, kind: str, obj: dict[str, Any]) -> None:
+    name = obj["metadata"]["name"]
+    if kind == "DELETED":
         state.nodes.remove(name)
         return
-    state.nodes.put(node_of(event["object"]))
+    state.nodes.put(node_of(obj))
     for pending, body in state.waiting.items():  # its serving CSRs need not wait any longer
         if body["spec"].get("username") == f"{csr.NODE_PREFIX}{name}":
             state.scheduler.after(pending, 0)
 
 
-async def track_csr(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    state: CsrState = memo.csr
-    body = event["object"]
+def track_csr(state: CsrState, kind: str, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
-    if event["type"] == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
+    if kind == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
         state.done(name)
-        return
-    if csr.concerns(body):
-        await decide(state, body)
+    elif csr.concerns(body):
+        state.spawn(decide(state, body))
     elif csr.needs_signature(body):
-        await sign(state, body)
+        state.spawn(sign(state, body))
     else:
         state.done(name)
 
@@ -145,6 +171,9 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     policy = _policy(state)
     if policy is None:  # looked at again when the policy ClusterPKI arrives
         state.waiting[name] = body
+        return
+    if not state.nodes_listed:  # a bootstrap token's CSR for a Node not listed yet must not pass
+        state.wait(body, UNSYNCED_RECHECK)
         return
     if name in state.deciding:
         return
@@ -183,6 +212,9 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
         return
     if not policy.spec.kubelet.sign_csrs:
         state.done(name)
+        return
+    if not state.nodes_listed:
+        state.wait(body, UNSYNCED_RECHECK)
         return
     refused = csr.refusal(body, state.nodes, policy.bounds)
     if refused is not None and refused.verdict is csr.PENDING:

@@ -23,6 +23,7 @@ from kubernetes import client, config
 from clusterpki import __version__
 
 CONNECTIONS = 32  # requests in flight at once
+READ_BUFFER = 2**20  # a watch event is one line, and a Node's can be large (its images); lines up to twice this
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 AUTH_REFRESH = 60  # seconds between looks at the credentials (a projected token is rotated on disk)
 MERGE_PATCH = "application/merge-patch+json"
@@ -97,7 +98,7 @@ class Api:
             self._session = aiohttp.ClientSession(
                 base_url=configuration.host, connector=aiohttp.TCPConnector(ssl=context, limit=CONNECTIONS),
                 headers={"User-Agent": f"clusterpki/{__version__}", "Accept": "application/json"},
-                timeout=TIMEOUT, proxy=configuration.proxy or None)
+                timeout=TIMEOUT, proxy=configuration.proxy or None, read_bufsize=READ_BUFFER)
         return self._session
 
     def _headers(self, content_type: str | None, accept: str | None = None) -> dict[str, str]:

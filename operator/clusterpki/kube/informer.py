@@ -1,7 +1,8 @@
 """A watch of one kind of object, as an informer keeps one: the operator's own Secrets (metadata only,
 ``PartialObjectMetadata``: names, labels and versions are all it needs, and a fleet's Secrets with
-their data would cost the operator hundreds of MiB at start-up), and the agents' report Leases
-(whole: they are small, and what they say is in their spec and annotations).
+their data would cost the operator hundreds of MiB at start-up), the agents' report Leases (whole:
+they are small, and what they say is in their spec and annotations), and, for the CSR approver, Nodes
+and CSRs (cluster-scoped, whole as they come, but only their metadata kept).
 
 List, then watch from the list's version (label-filtered on the server); resume from the last
 version when the server ends the watch; list again when that version has expired (HTTP 410). An
@@ -32,9 +33,13 @@ class Watch:
     matching ``selector`` in ``namespaces`` (all when empty), calling ``on_event`` for each change."""
 
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
-                 plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True) -> None:
+                 plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True,
+                 report_first: bool = False, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """``report_first``: the first list reports each object as ADDED too. ``keep``: what of a whole
+        object the index retains (all of it by default), and a DELETED found by a relist reports."""
         self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
-        self.group, self.metadata_only = group, metadata_only
+        self.group, self.metadata_only, self.report_first = group, metadata_only, report_first
+        self.keep = keep or (lambda obj: obj)
         self.namespaces: list[str | None] = list(namespaces) or [None]
         # namespace -> name -> (resourceVersion, the object: its metadata alone when metadata_only)
         self.index: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
@@ -59,7 +64,7 @@ class Watch:
         while True:
             try:
                 if version is None:
-                    version = await self._list(path, what, namespace, report=not initial)
+                    version = await self._list(path, what, namespace, report=self.report_first or not initial)
                     initial = False
                     self.synced.add(namespace)
                 params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
@@ -91,8 +96,8 @@ class Watch:
         present = set()
         for item in listed.get("items") or []:
             meta = item["metadata"]
-            present.add((meta["namespace"], meta["name"]))
-            known = self.index.get(meta["namespace"], {}).get(meta["name"])
+            present.add((_namespace(meta), meta["name"]))
+            known = self.index.get(_namespace(meta), {}).get(meta["name"])
             if known is None or known[0] != meta["resourceVersion"]:
                 self._remember(item)
                 if report:
@@ -108,14 +113,19 @@ class Watch:
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        known = self.index.get(meta["namespace"], {}).get(meta["name"])
+        known = self.index.get(_namespace(meta), {}).get(meta["name"])
         if kind == "DELETED":
-            self.index.get(meta["namespace"], {}).pop(meta["name"], None)
+            self.index.get(_namespace(meta), {}).pop(meta["name"], None)
         else:
             self._remember(obj)
         self.on_event(kind, obj, known[1] if known else None)
 
     def _remember(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        kept = meta if self.metadata_only else obj
-        self.index.setdefault(meta["namespace"], {})[meta["name"]] = (meta["resourceVersion"], kept)
+        kept = meta if self.metadata_only else self.keep(obj)
+        self.index.setdefault(_namespace(meta), {})[meta["name"]] = (meta["resourceVersion"], kept)
+
+
+def _namespace(meta: dict[str, Any]) -> str:
+    """An object's namespace; "" for a cluster-scoped one (a Node, a CSR)."""
+    return meta.get("namespace", "")
