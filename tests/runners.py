@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class Operator:
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         from clusterpki.runtime import build_registry
@@ -38,13 +41,16 @@ class Operator:
         self.stop_flag = threading.Event()
         self.error = None
 
+        async def operator() -> None:
+            self.loop = asyncio.get_running_loop()
+            await kopf.operator(registry=registry, clusterwide=not self.namespaces,
+                                namespaces=list(self.namespaces), standalone=True,
+                                stop_flag=self.stop_flag, ready_flag=ready,
+                                memo=kopf.Memo(csr_policy=self.csr_policy, namespaces=list(self.namespaces)))
+
         def main() -> None:
             try:
-                asyncio.run(kopf.operator(registry=registry, clusterwide=not self.namespaces,
-                                          namespaces=list(self.namespaces), standalone=True,
-                                          stop_flag=self.stop_flag, ready_flag=ready,
-                                          memo=kopf.Memo(csr_policy=self.csr_policy,
-                                                          namespaces=list(self.namespaces))))
+                asyncio.run(operator())
             except BaseException as exc:  # reported by stop()
                 self.error = exc
 
@@ -60,8 +66,18 @@ class Operator:
         self.stop_flag.set()
         await asyncio.to_thread(self.thread.join, 20)
         thread, self.thread = self.thread, None
-        assert not thread.is_alive(), "the operator did not stop within 20 s"
+        assert not thread.is_alive(), f"the operator did not stop within 20 s:\n{self._stacks(thread)}"
         assert self.error is None, f"the operator failed: {self.error!r}"
+
+    def _stacks(self, thread: threading.Thread) -> str:
+        """Where the operator's thread and its tasks are (read from another thread: a diagnosis only)."""
+        out = io.StringIO()
+        frame = sys._current_frames().get(thread.ident or 0)
+        if frame is not None:
+            out.write("thread:\n" + "".join(traceback.format_stack(frame)))
+        for task in list(asyncio.all_tasks(self.loop)) if self.loop else []:
+            task.print_stack(file=out)
+        return out.getvalue()
 
     async def restart(self) -> None:
         await self.stop()
