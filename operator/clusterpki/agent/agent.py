@@ -141,7 +141,7 @@ class Agent:
 
     async def _fetch(self) -> dict[str, StoredSecret | None]:
         """The member's Secrets, each by name (the agent's Role names them, and no others)."""
-        names = sources(self.member)
+        names = [*sources(self.member), *placement.old_signers()]
         found = await asyncio.gather(*(self.secrets.get(self.namespace, secrets.secret_name(self.pki_name, c))
                                        for c in names))
         return {c: StoredSecret.from_object(s) if s else None for c, s in zip(names, found, strict=True)}

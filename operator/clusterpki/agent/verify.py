@@ -59,7 +59,7 @@ def verify(fetched: Mapping[str, StoredSecret | None], current: Record, claim: C
     if rejected:
         return Verification(rejected=rejected)
     try:
-        return Verification(pki=_build(fetched, current, spec, member))
+        return Verification(pki=_build(fetched, current, spec, member)._replace(on_disk=on_disk(fetched, current)))
     except _Refused as exc:
         return Verification(rejected={exc.component: exc.why})
 
@@ -88,6 +88,23 @@ def _build(fetched: Mapping[str, StoredSecret | None], current: Record, spec: Sp
     sa_key, sa_trust = _service_account(fetched, current)
     return engine.PKI(spec=spec, cas=cas, leaves=leaves, planned=planned, service_account=sa_key, issued={},
                       trust=trust, service_account_trust=sa_trust)
+
+
+def on_disk(fetched: Mapping[str, StoredSecret | None], current: Record) -> dict[str, KeyPair]:
+    """The old CA of each single-file authority whose rotation is Rotating: the record's bundle is the
+    new CA, then the ``-previous`` half's. Until Completing drops it, that CA stays the one in
+    ``pki/ca.crt`` and ``pki/ca.key``, verified as any Secret."""
+    found = {}
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        half = f"{ca.component}{placement.PREVIOUS}"
+        bundle = current.bundles.get(ca.component, ())
+        if not ca.single_file or len(bundle) < 2 or bundle[1] != current.fingerprint(half):
+            continue
+        stored = _stored(half, fetched)
+        if not current.holds(half, stored.digest):
+            raise _Refused(half, "its data is not what the operator issued (the record's digest differs)")
+        found[ca.component] = _pair(half, fetched, current)
+    return found
 
 
 def _stored(component: str, fetched: Mapping[str, StoredSecret | None]) -> StoredSecret:

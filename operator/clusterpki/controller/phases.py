@@ -19,7 +19,7 @@ from clusterpki.controller.custody import Material, Pool, fingerprint
 from clusterpki.controller.reasons import Event, Reason
 from clusterpki.controller.rotation import Phase, Rotation
 from clusterpki.kube.secrets import NEXT, PREVIOUS
-from clusterpki.pki import keys
+from clusterpki.pki import catalog, certificates, keys
 from clusterpki.pki.certificates import KeyPair
 
 Trusted = x509.Certificate | keys.PublicKey  # a CA certificate, or a service-account public key
@@ -100,18 +100,40 @@ def rotating(rotation: Rotation, authority: Authority, make: Make, now: datetime
         return replace(found, events=(restarted, *found.events))
     halves = {f"{target}{PREVIOUS}": old} if old is not None and old is not new else {}
     delete = (f"{target}{NEXT}",) if authority.spare is not None else ()
-    return Step(rotation, signer=new, trust=(old_trusted,), halves=halves, delete=delete, rotated=True)
+    return Step(rotation, signer=crossed(target, new, old, now), trust=(old_trusted,), halves=halves, delete=delete,
+                rotated=True)
+
+
+def crossed(target: str, new: Material, old: Material | None, now: datetime) -> Material:
+    """The new CA of a single-file authority with its certificate cross-signed by the old one as its
+    chain (kept when the stored one still is), so that its leaves are accepted wherever only the old CA
+    is trusted yet: kubeadm's ``pki/ca.crt`` keeps the old CA until Completing (it is kube-controller-manager's
+    signing certificate too, which must be one certificate), as do kubelets and pods until they reload."""
+    profile = catalog.CA_BY_COMPONENT.get(target)
+    if profile is None or not profile.single_file or not isinstance(new, KeyPair) or not isinstance(old, KeyPair):
+        return new
+    if new.chain and certificates.is_cross_of(new.chain[0], new.cert, old.cert, now):
+        return replace_chain(new, new.chain[:1])
+    return replace_chain(new, (certificates.cross_sign(new.cert, old, now),))
+
+
+def replace_chain(pair: KeyPair, chain: tuple[x509.Certificate, ...]) -> KeyPair:
+    return pair._replace(chain=chain)
 
 
 def settled(rotation: Rotation, authority: Authority, make: Make, now: datetime) -> Step:
     """Completing and Completed: the new CA alone; for ``sa`` the old public key stays trusted while
-    tokens it signed may live."""
+    tokens it signed may live. The new CA keeps its cross-signed chain through Completing (nodes and
+    pods may still trust the old CA alone) and drops it once Completed; leaves keep theirs until renewed."""
     trust: tuple[Trusted, ...] = ()
     until = rotation.old_key_trusted_until
     if rotation.of_service_account and until is not None and until > now:
         old = authority.trusted(rotation.old)
         trust = (old,) if old is not None and rotation.old != fingerprint(authority.current) else ()
-    return Step(rotation, signer=authority.current, trust=trust)
+    signer = authority.current
+    if rotation.phase is Phase.COMPLETED and isinstance(signer, KeyPair) and signer.chain:
+        signer = replace_chain(signer, ())
+    return Step(rotation, signer=signer, trust=trust)
 
 
 def recovery(rotation: Rotation, make: Make) -> Step:

@@ -18,7 +18,7 @@ from cryptography import x509
 from clusterpki.pki import catalog, keys, kubeconfig, record, times
 from clusterpki.pki import spec as spec_model
 from clusterpki.pki.certificates import KeyPair
-from clusterpki.pki.placement import SecretKey
+from clusterpki.pki.placement import NEXT, PREVIOUS, SecretKey
 
 GROUP = spec_model.API_GROUP
 LABEL_PKI = f"{GROUP}/cluster-pki"
@@ -28,7 +28,6 @@ MANAGER = "clusterpki"
 ANNOTATION_ADOPTED = f"{GROUP}/adopted"  # shown on a brought-in CA's Secret; the record decides, not this
 TLS = "kubernetes.io/tls"
 OPAQUE = "Opaque"
-NEXT, PREVIOUS = "-next", "-previous"  # suffixes of the components that hold a rotation's other half
 
 Secret = dict[str, Any]
 
@@ -129,10 +128,10 @@ def owned(items: list[Secret], pki_name: str) -> tuple[dict[str, StoredSecret], 
 def read_pair(secret: StoredSecret) -> KeyPair:
     """The certificate and key of a TLS Secret. Errors name the key, never its content."""
     try:
-        cert = x509.load_pem_x509_certificate(secret.value(SecretKey.CERTIFICATE))
+        cert, *chain = x509.load_pem_x509_certificates(secret.value(SecretKey.CERTIFICATE))
     except ValueError as exc:
         raise ValueError(str(exc) if "missing" in str(exc) else "tls.crt is not a PEM certificate") from None
-    return KeyPair(cert, read_key(secret, SecretKey.KEY))
+    return KeyPair(cert, read_key(secret, SecretKey.KEY), tuple(chain))
 
 
 def read_key(secret: StoredSecret, key: SecretKey) -> keys.PrivateKey:
@@ -146,7 +145,7 @@ def read_key(secret: StoredSecret, key: SecretKey) -> keys.PrivateKey:
 
 def tls_data(pair: KeyPair, bundle: list[x509.Certificate], login: bytes | None = None) -> dict[str, bytes]:
     """A TLS Secret's data: the pair, the issuer's trust bundle, and a client's kubeconfig."""
-    data = {SecretKey.CERTIFICATE.value: kubeconfig.pem_bundle([pair.cert]),
+    data = {SecretKey.CERTIFICATE.value: kubeconfig.pem_bundle(pair.certificates),
             SecretKey.KEY.value: keys.private_pem(pair.key), SecretKey.BUNDLE.value: kubeconfig.pem_bundle(bundle)}
     if login is not None:
         data[SecretKey.KUBECONFIG.value] = login

@@ -26,7 +26,8 @@ T = TypeVar("T")
 def files_for(pki: engine.PKI, member: str) -> dict[str, FileContent]:
     """Every file of one member's layout, by path below DIR, with the content and mode it should have.
     A CA's ``.crt`` is its trust bundle and ``sa.pub`` every key that verifies tokens: during a rotation,
-    consumers trust the old and the new."""
+    consumers trust the old and the new. A single-file CA's ``.crt`` (``ca``) is instead the one CA that
+    signs on disk, with its ``.key``: leaves of the new CA carry its cross-signed certificate meanwhile."""
     return {p.path: FileContent(_content(pki, p), p.mode) for p in placement.placements(member)}
 
 
@@ -35,13 +36,15 @@ def _content(pki: engine.PKI, found: Placement) -> bytes:
         return keys.private_pem(pki.service_account)
     if found.key is SecretKey.SA_PUB:
         return b"".join(keys.public_pem(k) for k in pki.service_account_keys())
+    profile = catalog.CA_BY_COMPONENT.get(found.component)
     if found.key is SecretKey.BUNDLE:
-        return kubeconfig.pem_bundle(pki.bundle(found.row))
-    pair = pki.cas.get(found.component) or pki.leaves[found.component]
+        single = profile is not None and profile.single_file
+        return kubeconfig.pem_bundle([pki.disk_pair(found.row).cert] if single else pki.bundle(found.row))
+    pair = pki.disk_pair(found.component) if profile is not None else pki.leaves[found.component]
     if found.key is SecretKey.KEY:
         return keys.private_pem(pair.key)
     if found.key is SecretKey.CERTIFICATE:
-        return kubeconfig.pem_bundle([pair.cert])
+        return kubeconfig.pem_bundle(pair.certificates)
     leaf = pki.planned[found.component]
     return kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair, pki.bundle(leaf.issuer))
 
@@ -122,7 +125,11 @@ def read_pair(out: Path, files: tuple[Placement, ...]) -> KeyPair | None:
         return None
     if not (crt.exists() and key.exists()):
         raise ValueError("its certificate or key is missing")
-    return KeyPair(read_cert(crt), keys.load_private_pem(key.read_bytes()))
+    try:
+        cert, *chain = x509.load_pem_x509_certificates(crt.read_bytes())
+    except ValueError:
+        raise ValueError(f"{crt.name} is not a PEM certificate") from None
+    return KeyPair(cert, keys.load_private_pem(key.read_bytes()), tuple(chain))
 
 
 def _read_sa_key(out: Path) -> PrivateKey | None:

@@ -48,6 +48,11 @@ class CAProfile(NamedTuple):
     component: str
     common_name: str
     file: str  # kubeadm's path below DIR, without .crt/.key
+    # Its files are a signer's too: kube-controller-manager signs kubelet CSRs with kubeadm's
+    # ``--cluster-signing-cert-file=pki/ca.crt --cluster-signing-key-file=pki/ca.key`` and refuses to
+    # start unless the .crt holds exactly one certificate, the .key's. So the .crt holds the CA that
+    # signs on disk alone, never a bundle; a rotation's trust moves through cross-signed chains instead.
+    single_file: bool = False
 
 
 class LeafProfile(NamedTuple):
@@ -67,7 +72,7 @@ class LeafProfile(NamedTuple):
 
 CERTIFICATE_AUTHORITIES: tuple[CAProfile, ...] = (
     #          component         CN                kubeadm file
-    CAProfile("ca",              "kubernetes",     "pki/ca"),
+    CAProfile("ca",              "kubernetes",     "pki/ca",              single_file=True),
     CAProfile("etcd-ca",         "etcd-ca",        "pki/etcd/ca"),
     CAProfile("front-proxy-ca",  "front-proxy-ca", "pki/front-proxy-ca"),
 )

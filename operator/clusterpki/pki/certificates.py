@@ -76,8 +76,17 @@ class Identity(NamedTuple):
 
 
 class KeyPair(NamedTuple):
+    """A certificate and its key; ``chain``: the certificates presented after it (a cross-signed CA
+    during a rotation, see :func:`cross_sign`)."""
+
     cert: x509.Certificate
     key: PrivateKey
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def certificates(self) -> list[x509.Certificate]:
+        """What its ``.crt`` holds: the certificate, then its chain."""
+        return [self.cert, *self.chain]
 
 
 def create_ca(common_name: str, key: PrivateKey, validity: timedelta, now: datetime) -> x509.Certificate:
@@ -99,6 +108,32 @@ def create_ca(common_name: str, key: PrivateKey, validity: timedelta, now: datet
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     )
     return builder.sign(key, _hash_for(key))
+
+
+def cross_sign(ca: x509.Certificate, by: KeyPair, now: datetime) -> x509.Certificate:
+    """``ca``'s subject and key, issued by ``by``: what a leaf of ``ca`` presents after itself, so that a
+    verifier trusting only ``by`` accepts it too. It never outlives either CA."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(ca.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(ca.subject)
+        .issuer_name(by.cert.subject)
+        .public_key(ca.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_second(now) - BACKDATE)
+        .not_valid_after(min(ca.not_valid_after_utc, by.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True, key_encipherment=False, cert_sign=True), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(_authority_key_identifier(by.cert), critical=False)
+    )
+    return builder.sign(by.key, _hash_for(by.key))
+
+
+def is_cross_of(cert: x509.Certificate, ca: x509.Certificate, by: x509.Certificate, now: datetime) -> bool:
+    """Whether ``cert`` is ``ca`` cross-signed by ``by`` (:func:`cross_sign`), and valid now."""
+    return cert.subject == ca.subject and keys.same_public_key(cert.public_key(), ca.public_key()) and \
+        is_ca(cert) and signed_by(cert, by) and cert.not_valid_before_utc <= now < cert.not_valid_after_utc
 
 
 def sign_leaf(identity: Identity, public_key: keys.PublicKey, issuer: KeyPair, validity: timedelta,

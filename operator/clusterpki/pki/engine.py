@@ -47,6 +47,13 @@ class PKI(NamedTuple):
     issued: dict[str, Issue]
     trust: Mapping[str, list[x509.Certificate]] = MappingProxyType({})
     service_account_trust: tuple[keys.PublicKey, ...] = ()
+    # The pair a CA's files hold when it is not the CA's own: the old CA of a single-file authority
+    # still signs on disk while its rotation is Rotating (see catalog.CAProfile.single_file).
+    on_disk: Mapping[str, KeyPair] = MappingProxyType({})
+
+    def disk_pair(self, ca: str) -> KeyPair:
+        """The CA pair kubeadm's files of ``ca`` hold."""
+        return self.on_disk.get(ca) or self.cas[ca]
 
     def bundle(self, ca: str) -> list[x509.Certificate]:
         """The trust bundle for certificates issued by ``ca``: what goes into ``ca.crt``."""
@@ -114,8 +121,9 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
     for component, reason in to_issue.items():
         leaf = planned[component]
         key = next(new_keys)
-        cert = certificates.sign_leaf(leaf.identity, key.public_key(), cas[leaf.issuer], spec.cert_validity, now)
-        leaves[component] = KeyPair(cert, key)
+        issuer = cas[leaf.issuer]
+        cert = certificates.sign_leaf(leaf.identity, key.public_key(), issuer, spec.cert_validity, now)
+        leaves[component] = KeyPair(cert, key, issuer.chain)
         issued[component] = reason
 
     service_account = existing.service_account

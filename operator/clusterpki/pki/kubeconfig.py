@@ -25,7 +25,7 @@ def render(server: str, user: str, pair: KeyPair, trust: Iterable[x509.Certifica
             "certificate-authority-data": _b64(pem_bundle(trust)),
         }}],
         "users": [{"name": user, "user": {
-            "client-certificate-data": _b64(pem_bundle([pair.cert])),
+            "client-certificate-data": _b64(pem_bundle(pair.certificates)),
             "client-key-data": _b64(keys.private_pem(pair.key)),
         }}],
         "contexts": [{"name": context, "context": {"cluster": CLUSTER_NAME, "user": user}}],
@@ -44,10 +44,10 @@ def read(data: bytes) -> tuple[str, KeyPair, list[x509.Certificate]]:
         document = documents.load(data)
         cluster = document["clusters"][0]["cluster"]
         user = document["users"][0]["user"]
-        cert = x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
+        cert, *chain = x509.load_pem_x509_certificates(base64.b64decode(user["client-certificate-data"]))
         key = keys.load_private_pem(base64.b64decode(user["client-key-data"]))
         trust = x509.load_pem_x509_certificates(base64.b64decode(cluster["certificate-authority-data"]))
-        return str(cluster["server"]), KeyPair(cert, key), trust
+        return str(cluster["server"]), KeyPair(cert, key, tuple(chain)), trust
     except (documents.Error, KeyError, IndexError, TypeError, ValueError):
         raise ValueError("not a kubeconfig with an embedded client certificate and key") from None
 

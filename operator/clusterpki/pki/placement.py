@@ -16,6 +16,7 @@ from clusterpki.pki import catalog
 
 PRIVATE = 0o600
 PUBLIC = 0o644
+NEXT, PREVIOUS = "-next", "-previous"  # suffixes of the components that hold a rotation's other half
 
 
 class SecretKey(str, enum.Enum):
@@ -98,7 +99,13 @@ def certificate_files(member: str) -> tuple[Placement, ...]:
 def secret_keys(component: str) -> tuple[SecretKey, ...]:
     """The data keys of a component's Secret: ``sa`` has the key pair, the others a TLS pair and the
     issuer's bundle, and a client's login its kubeconfig too."""
-    if component.removesuffix("-next").removesuffix("-previous") == catalog.SERVICE_ACCOUNT:
+    if component.removesuffix(NEXT).removesuffix(PREVIOUS) == catalog.SERVICE_ACCOUNT:
         return SA_KEYS
     profile = catalog.profile_of(component)
     return (*TLS_KEYS, SecretKey.KUBECONFIG) if profile is not None and profile.kubeconfig else TLS_KEYS
+
+
+def old_signers() -> tuple[str, ...]:
+    """The rotation halves whose CA a member's files may hold: a single-file CA's ``-previous`` signs on
+    disk while its rotation is Rotating (``catalog.CAProfile.single_file``)."""
+    return tuple(f"{ca.component}{PREVIOUS}" for ca in catalog.CERTIFICATE_AUTHORITIES if ca.single_file)

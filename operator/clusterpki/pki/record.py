@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clusterpki.pki import keys, times
+from clusterpki.pki import keys, placement, times
 
 FINGERPRINT = "sha256"
 
@@ -92,7 +92,7 @@ class Record:
     def known_authority(self, bundle: str, fingerprint: str) -> bool:
         """Whether a CA certificate (or ``sa`` public key) is one the record vouches for as ``bundle``:
         in its bundle now, or its ``-next`` or ``-previous`` half."""
-        halves = (self.fingerprint(f"{bundle}{suffix}") for suffix in ("", "-next", "-previous"))
+        halves = (self.fingerprint(f"{bundle}{suffix}") for suffix in ("", placement.NEXT, placement.PREVIOUS))
         return fingerprint in self.trusted(bundle) or fingerprint in set(halves)
 
     def revision(self, components: Iterable[str]) -> str:

@@ -1,0 +1,137 @@
+"""``pki/ca.crt`` is kube-apiserver's ``--client-ca-file`` and kube-controller-manager's
+``--cluster-signing-cert-file`` (kubeadm's flags, unmodified), and the second refuses to start unless it
+holds exactly one certificate, the one of ``pki/ca.key``. Through every phase of a ``ca`` rotation the
+files an agent writes keep that, and every leaf of ``ca`` still verifies wherever the old CA alone is
+trusted (kubelets' client CA, kubelet.conf, pods' kube-root-ca.crt) until Completed, and under the new
+CA from Rotating on: the new CA's leaves present it cross-signed by the old. Verified with the
+``openssl`` CLI, as a second implementation beside ``cryptography``."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from clusterpki.agent.verify import verify
+from clusterpki.controller import requests
+from clusterpki.kube.secrets import StoredSecret
+from clusterpki.kubeadm import layout
+from clusterpki.pki import documents, keys, placement, spec
+from clusterpki.pki.record import Claim, Record
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.unit.controller.world import World, clusterpki
+
+GRACE = timedelta(seconds=30)
+LEAF_FILES = ("pki/apiserver.crt", "pki/apiserver-kubelet-client.crt")
+LOGINS = ("admin.conf", "controller-manager.conf", "scheduler.conf")
+
+
+def files(world: World, member: str = "etcd-0") -> dict[str, bytes]:
+    fetched = {}
+    for component in [*dict.fromkeys(p.component for p in placement.placements(member)), *placement.old_signers()]:
+        secret = world.secrets.get(f"x-{component}")
+        fetched[component] = StoredSecret.from_object(secret) if secret else None
+    result = verify(fetched, Record.from_status(world.status()["record"]), Claim.from_status(world.status().get("claim")),
+                    spec.from_resource(world.body), member)
+    assert result.pki is not None, result
+    return {path: content.data for path, content in layout.files_for(result.pki, member).items()}
+
+
+def presented(written: dict[str, bytes], path: str) -> bytes:
+    """What a component presents: the .crt, or a kubeconfig's client-certificate-data."""
+    if path.endswith(".crt"):
+        return written[path]
+    user = documents.load(written[path])["users"][0]["user"]
+    return base64.b64decode(user["client-certificate-data"])
+
+
+def openssl_verifies(tmp: Path, root: x509.Certificate, chain: bytes, at: datetime) -> bool:
+    """``openssl verify`` of a presented chain (leaf first) against ``root`` alone, at the world's time."""
+    leaf, *rest = x509.load_pem_x509_certificates(chain)
+    (tmp / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    (tmp / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp / "chain.pem").write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in rest) or b"")
+    args = ["openssl", "verify", "-attime", str(int(at.timestamp())), "-CAfile", str(tmp / "root.pem")]
+    if rest:
+        args += ["-untrusted", str(tmp / "chain.pem")]
+    return subprocess.run([*args, str(tmp / "leaf.pem")], capture_output=True).returncode == 0
+
+
+def single_signer(written: dict[str, bytes]) -> x509.Certificate:
+    certs = x509.load_pem_x509_certificates(written["pki/ca.crt"])
+    assert len(certs) == 1, "kube-controller-manager's --cluster-signing-cert-file takes exactly one certificate"
+    assert keys.same_public_key(certs[0].public_key(), keys.load_private_pem(written["pki/ca.key"]))
+    return certs[0]
+
+
+async def test_every_phase_writes_one_signing_ca_and_leaves_every_verifier_accepts(tmp_path):
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}, validity={"ca": "8760h"}))
+    await world.reconcile()
+    old = x509.load_pem_x509_certificate(world.data("ca", "tls.crt"))
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    new = x509.load_pem_x509_certificate(world.data("ca-next", "tls.crt"))
+
+    on_disk = {}
+    for _ in range(5):
+        phase = world.status()["caRotation"]["phase"]
+        written = files(world)
+        on_disk[phase] = single_signer(written)
+        for path in (*LEAF_FILES, *LOGINS):
+            chain = presented(written, path)
+            trusted_by = {name: openssl_verifies(tmp_path, root, chain, world.now)
+                          for name, root in (("old", old), ("new", new))}
+            expected = {"Preparing": {"old": True, "new": False}, "Rotating": {"old": True, "new": True},
+                        "Completing": {"old": True, "new": True}, "Completed": {"old": True, "new": True}}[phase]
+            assert trusted_by == expected, (phase, path)
+        await world.reconcile(GRACE)
+        await world.reconcile()
+
+    signers = {"Preparing": old, "Rotating": old, "Completing": new, "Completed": new}
+    assert {"Preparing", "Rotating", "Completed"} <= set(on_disk)
+    assert on_disk == {phase: signers[phase] for phase in on_disk}
+    assert len(x509.load_pem_x509_certificates(world.data("ca", "tls.crt"))) == 1, \
+        "once Completed, the CA's Secret no longer carries the cross-signed certificate"
+
+
+async def test_the_cross_signed_certificate_is_made_once_and_kept(tmp_path):
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    stored = world.data("ca", "tls.crt")
+    assert len(x509.load_pem_x509_certificates(stored)) == 2
+    plan = await world.reconcile(timedelta(seconds=5))
+    assert world.data("ca", "tls.crt") == stored and not plan.writes, "a second look writes nothing"
+
+
+async def test_other_authorities_keep_their_bundle_files():
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: "etcd-ca"})
+    await world.reconcile()
+    written = files(world)
+    assert len(x509.load_pem_x509_certificates(written["pki/etcd/ca.crt"])) == 2
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert len(x509.load_pem_x509_certificates(world.data("etcd-ca", "tls.crt"))) == 1, "no cross-signing"
+
+
+async def test_the_old_ca_on_disk_must_be_the_recorded_one():
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    forged = keys.private_pem(keys.generate(spec.KeyAlgorithm.ECDSA_P256))
+    world.tamper("ca-previous", tls_key=forged)
+    fetched = {c: StoredSecret.from_object(world.secrets[f"x-{c}"]) if f"x-{c}" in world.secrets else None
+               for c in [*dict.fromkeys(p.component for p in placement.placements("etcd-0")), *placement.old_signers()]}
+    result = verify(fetched, Record.from_status(world.status()["record"]), None, spec.from_resource(world.body), "etcd-0")
+    assert result.pki is None and "ca-previous" in result.rejected
