@@ -1,6 +1,7 @@
-"""A control plane that consumes the agent's files: etcd, kube-apiserver and kube-controller-manager
-processes of one member, started from DIR (kubeadm's layout), and restarted by the agent's command
-restarter.
+"""A control plane that consumes the agent's files: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler processes of one member, started from DIR (kubeadm's layout) with kubeadm v1.24's flags
+where kubeadm has them (kube-controller-manager with every default controller, its CSR signer among
+them, and leader election), and restarted by the agent's command restarter.
 
 ``python -m tests.consumers restart COMPONENT STATE`` stops the component's process (SIGTERM),
 starts it again with the command in STATE/commands.json, waits until it is healthy, and appends
@@ -21,10 +22,11 @@ import urllib.request
 from pathlib import Path
 
 HEALTH_TIMEOUT = 60
+STAY = 2.0  # seconds a restarted kube-controller-manager or kube-scheduler must stay up to count as healthy
 
 
 def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[str, tuple[int, int]],
-             api_port: int | None) -> dict:
+             api_port: int | None, kcm_port: int = 0, scheduler_port: int = 0) -> dict:
     """The command line of each component of ``member``, reading kubeadm's files below ``pki``'s parent.
 
     ``members`` gives every etcd member's client and peer port; ``api_port``, when this member runs a
@@ -44,12 +46,21 @@ def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[s
                  "--trusted-ca-file", f"{p}/etcd/ca.crt", "--client-cert-auth",
                  "--peer-cert-file", f"{p}/etcd/peer.crt", "--peer-key-file", f"{p}/etcd/peer.key",
                  "--peer-trusted-ca-file", f"{p}/etcd/ca.crt", "--peer-client-cert-auth"],
-        "kube-controller-manager": [
-            str(bin_dir / "kube-controller-manager"), f"--kubeconfig={d}/controller-manager.conf",
-            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-            "--use-service-account-credentials=false", "--controllers=serviceaccount,serviceaccount-token",
-            f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
-            f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key"],
+        "kube-controller-manager": [  # kubeadm v1.24's flags, the port aside
+            str(bin_dir / "kube-controller-manager"), f"--authentication-kubeconfig={d}/controller-manager.conf",
+            f"--authorization-kubeconfig={d}/controller-manager.conf", "--bind-address=127.0.0.1",
+            f"--secure-port={kcm_port}", f"--cert-dir={state / 'kcm-certdir'}",
+            f"--client-ca-file={p}/ca.crt", "--cluster-name=kubernetes",
+            f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key",
+            "--controllers=*,bootstrapsigner,tokencleaner", f"--kubeconfig={d}/controller-manager.conf",
+            "--leader-elect=true", f"--requestheader-client-ca-file={p}/front-proxy-ca.crt",
+            f"--root-ca-file={p}/ca.crt", f"--service-account-private-key-file={p}/sa.key",
+            "--use-service-account-credentials=true"],
+        "kube-scheduler": [  # kubeadm v1.24's flags, the port aside
+            str(bin_dir / "kube-scheduler"), f"--authentication-kubeconfig={d}/scheduler.conf",
+            f"--authorization-kubeconfig={d}/scheduler.conf", "--bind-address=127.0.0.1",
+            f"--secure-port={scheduler_port}", f"--cert-dir={state / 'scheduler-certdir'}",
+            f"--kubeconfig={d}/scheduler.conf", "--leader-elect=true"],
     }
     if api_port is not None:
         found["kube-apiserver"] = [
@@ -124,14 +135,26 @@ def healthy(component: str, state: Path, process: subprocess.Popen) -> None:
                                             timeout=5) as response:
                     if response.status == 200:
                         return
-            else:
-                time.sleep(2)  # no health port (--secure-port=0): running for 2 s it is
-                if process.poll() is None:
-                    return
+            elif stays_healthy(process, config["ports"][component]):
+                return
         except (OSError, ssl.SSLError, subprocess.TimeoutExpired):
             pass
         time.sleep(0.2)
     raise SystemExit(f"{component} was not healthy within {HEALTH_TIMEOUT}s")
+
+
+def stays_healthy(process: subprocess.Popen, port: int) -> bool:
+    """``/healthz`` answers 200, and still does after STAY seconds without the process having exited:
+    kube-controller-manager answers its first /healthz before it starts its controllers, and a controller
+    that cannot start (a signing file of two certificates) makes it exit only then."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # its own self-signed certificate
+    for _ in range(2):
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=5) as response:
+            if response.status != 200 or process.poll() is not None:
+                return False
+        time.sleep(STAY)
+    return process.poll() is None
 
 
 def restart(component: str, state: Path) -> None:

@@ -1,11 +1,13 @@
 """The proof on a highly available control plane of real components: three etcd members, two kube-apiservers
-behind HAProxy (Debian's, on loopback) and a kube-controller-manager, all run from the files of three
+behind HAProxy (Debian's, on loopback), two kube-controller-managers and two kube-schedulers with kubeadm's
+flags (every default controller, the CSR signer among them; leader election), all run from the files of three
 ``clusterpki agent`` processes (one per member) and restarted by their command restarter, taking turns.
 Two operator replicas run with leader election; the leader is killed once in the middle of a rotation.
 
 Clients call through the load balancer throughout (see :mod:`tests.proof`): an automatic renewal, and
 rotations of ca, etcd-ca, front-proxy-ca and sa. Not one request may fail, every
-rotation completes, and no CA is issued twice.
+rotation completes, no CA is issued twice, and no component ever exits but to be restarted (a
+kube-controller-manager that finds two certificates in its signing file exits).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,12 +38,13 @@ from tests.helpers import REPO
 from tests.kube import Recorder, cert_of
 from tests.runners import OperatorProcess
 
-MEMBERS = {"m0": ("etcd", "kube-apiserver", "kube-controller-manager"), "m1": ("etcd", "kube-apiserver"),
-           "m2": ("etcd",)}
+MEMBERS = {"m0": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+           "m1": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"), "m2": ("etcd",)}
 TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
 CAS = ("ca", "etcd-ca", "front-proxy-ca")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 LEASE_NAMESPACE = "clusterpki-system"
+FATAL = re.compile(r"^F\d{4} ")  # klog's fatal lines: the component exits
 
 pytestmark = [pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy (.ci/run installs it)"),
               pytest.mark.xdist_group("ha-proof")]
@@ -49,21 +53,24 @@ pytestmark = [pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs hapro
 class Member:
     """One control-plane member: its kubeadm directory, its components' state, and its agent."""
 
-    def __init__(self, name: str, tmp: Path, members: dict[str, tuple[int, int]], api_port: int | None) -> None:
+    def __init__(self, name: str, tmp: Path, members: dict[str, tuple[int, int]], api_port: int | None,
+                 ports: dict[str, int]) -> None:
         self.name, self.components = name, MEMBERS[name]
         self.dir, self.state = tmp / name / "kubernetes", tmp / name / "state"
         self.dir.mkdir(parents=True)
         self.state.mkdir()
-        self.etcd_port, self.api_port = members[name][0], api_port
-        commands = consumers.commands(self.dir / "pki", proof.bin_dir(), self.state, name, members, api_port)
+        self.etcd_port, self.api_port, self.ports = members[name][0], api_port, ports
+        commands = consumers.commands(self.dir / "pki", proof.bin_dir(), self.state, name, members, api_port,
+                                      ports.get("kube-controller-manager", 0), ports.get("kube-scheduler", 0))
         (self.state / "commands.json").write_text(json.dumps({c: commands[c] for c in self.components}))
         (self.state / "config.json").write_text(json.dumps({"pki": str(self.dir / "pki"), "etcd_port": self.etcd_port,
-                                                            "api_port": api_port}))
+                                                            "api_port": api_port, "ports": ports}))
         self.agent: asyncio.subprocess.Process | None = None
 
     def health(self) -> list[str]:
         urls = {"etcd": f"etcd=https://127.0.0.1:{self.etcd_port}/health",
-                "kube-apiserver": f"kube-apiserver=https://127.0.0.1:{self.api_port}/readyz"}
+                "kube-apiserver": f"kube-apiserver=https://127.0.0.1:{self.api_port}/readyz",
+                **{c: f"{c}=https://127.0.0.1:{port}/healthz" for c, port in self.ports.items()}}
         return [arg for c in self.components if c in urls for arg in ("--health", urls[c])]
 
     async def start_agent(self, namespace: str, kubeconfig: Path) -> None:
@@ -133,11 +140,13 @@ async def consumers_current(api, namespace: str, timeout: float = 240) -> None:
 
 async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plane(
         cluster, operator_kubeconfig, api, namespace, tmp_path):
-    base = free_port_block(10)
+    base = free_port_block(14)
     etcd = {name: (base + 2 * i, base + 2 * i + 1) for i, name in enumerate(MEMBERS)}
     api_ports = {"m0": base + 6, "m1": base + 7}
     lb = base + 8
-    members = [Member(name, tmp_path, etcd, api_ports.get(name)) for name in MEMBERS]
+    ports = {"m0": {"kube-controller-manager": base + 9, "kube-scheduler": base + 10},
+             "m1": {"kube-controller-manager": base + 11, "kube-scheduler": base + 12}}
+    members = [Member(name, tmp_path, etcd, api_ports.get(name), ports.get(name, {})) for name in MEMBERS]
 
     await api.delete("leases", "clusterpki", LEASE_NAMESPACE, missing_ok=True)
     operators = [OperatorProcess(operator_kubeconfig, tmp_path / f"operator-{i}.log", "-n", namespace,
@@ -240,6 +249,10 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
         assert len(serials) == 2, f"{ca}: {len(serials)} CAs issued, one rotation makes exactly one new one"
     for member in members:
         assert "PRIVATE KEY" not in (member.state / "agent.log").read_text()
+        for component in member.components:
+            fatal = [line for line in (member.state / f"{component}.log").read_text(errors="replace").splitlines()
+                     if FATAL.match(line)]
+            assert not fatal, f"{component} on {member.name} exited: {fatal[:3]}"
 
 
 async def kill_the_leader_mid_rotation(api, namespace: str, operators: list[OperatorProcess]) -> None:

@@ -120,3 +120,24 @@ async def test_a_component_is_restarted_at_most_once_per_interval(tmp_path):
     assert agent.restarts["kube-scheduler"].reason is reports.RestartReason.TOO_SOON
     agent.restarted_at["kube-scheduler"] -= 21
     await agent._not_too_soon("kube-scheduler")
+
+
+def test_a_bundle_in_another_order_restarts_nothing_and_other_changes_do():
+    from clusterpki.agent import consumers
+    from clusterpki.pki import certificates as certs
+    from clusterpki.pki import keys as k
+    from clusterpki.pki import kubeconfig as kc
+    from clusterpki.pki import spec as s
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    a, b, c = (certs.create_ca(name, k.generate(s.KeyAlgorithm.ECDSA_P256), timedelta(days=1), now)
+               for name in ("a", "b", "c"))
+    assert not consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([b, a]))
+    assert consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([a, c]))
+    assert consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([a]))
+    assert consumers.changes_content("pki/etcd/ca.crt", None, kc.pem_bundle([a]))
+    assert consumers.changes_content("pki/apiserver.crt", kc.pem_bundle([a, b]), kc.pem_bundle([b, a])), \
+        "a leaf's file is its certificate first: order matters there"
+    assert not consumers.changes_content("pki/sa.pub", b"same", b"same")
+    assert consumers.to_restart(["etcd", "kube-apiserver"], {"pki/etcd/ca.crt"}) == ["etcd", "kube-apiserver"]
