@@ -20,6 +20,8 @@ from clusterpki.pki.certificates import DUE, FORCED, NEW, Issue, KeyPair, Why
 from clusterpki.pki.keys import PrivateKey
 from clusterpki.pki.spec import Spec
 
+KEEPS_KEY = frozenset({Why.DUE, Why.ROTATION, Why.SPEC})  # re-issues that keep the leaf's key: see _kept_key
+
 __all__ = ["DUE", "FORCED", "NEW", "PKI", "Existing", "Issue", "Why", "build", "check_ca", "problem_with"]
 
 
@@ -107,8 +109,9 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
     to_issue = {component: issue for component, leaf in planned.items()
                 if (issue := _issue(component, leaf, spec, existing, cas, force, now, renew_due))}
 
+    kept_keys = {c: key for c, issue in to_issue.items() if (key := _kept_key(existing.leaves.get(c), issue, spec))}
     need_sa = existing.service_account is None
-    new_keys = iter(keys.generate_many(spec.key_algorithm, len(missing_cas) + len(to_issue) + need_sa))
+    new_keys = iter(keys.generate_many(spec.key_algorithm, len(missing_cas) + len(to_issue) - len(kept_keys) + need_sa))
 
     issued: dict[str, Issue] = {}
     for profile in missing_cas:
@@ -120,7 +123,7 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
     leaves = {c: pair for c, pair in existing.leaves.items() if c in planned and c not in to_issue}
     for component, reason in to_issue.items():
         leaf = planned[component]
-        key = next(new_keys)
+        key = kept_keys.get(component) or next(new_keys)
         issuer = cas[leaf.issuer]
         cert = certificates.sign_leaf(leaf.identity, key.public_key(), issuer, spec.cert_validity, now)
         leaves[component] = KeyPair(cert, key, issuer.chain)
@@ -133,6 +136,16 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
 
     return PKI(spec=spec, cas=cas, leaves=leaves, planned=planned, service_account=service_account,
                issued=issued, trust=existing.trust, service_account_trust=existing.service_account_trust)
+
+
+def _kept_key(pair: KeyPair | None, issue: Issue, spec: Spec) -> PrivateKey | None:
+    """The key a re-issued leaf keeps, as ``kubeadm certs renew`` does: on renewal, rotation or a spec
+    change, a live reader of the files then sees a new certificate for the same key, never a mismatched
+    pair (a certificate and its key are two files, two renames). A renewal asked for (``renew``), a
+    missing or repaired pair, and another key algorithm get a new key."""
+    if pair is None or issue.why not in KEEPS_KEY or keys.algorithm_of(pair.key) is not spec.key_algorithm:
+        return None
+    return pair.key if keys.same_public_key(pair.cert.public_key(), pair.key) else None
 
 
 def _issue(component: str, leaf: PlannedLeaf, spec: Spec, existing: Existing, cas: Mapping[str, KeyPair],

@@ -241,3 +241,35 @@ def test_first_service_ip_for_ipv6():
     s = make_spec(serviceCIDR="fd00:10:96::/112")
     dns, ips = catalog.apiserver_sans(s, None)
     assert ipaddress.ip_address("fd00:10:96::1") in ips
+
+
+def test_a_renewal_keeps_the_key_and_a_renewal_asked_for_makes_a_new_one():
+    """As ``kubeadm certs renew``: readers of the files never see a new certificate beside an old key."""
+    s = make_spec(validity={"certificate": "2m"}, renewBefore="90s")
+    first = engine.build(s, engine.Existing(), NOW)
+    existing = engine.Existing(first.cas, first.leaves, first.service_account)
+    due = engine.build(s, existing, NOW + timedelta(seconds=45), renew_due=True)
+    assert set(due.issued) == set(EXPECTED) and due.issued["admin"] == engine.DUE
+    for component in EXPECTED:
+        assert due.leaves[component].cert.serial_number != first.leaves[component].cert.serial_number
+        assert due.leaves[component].key is first.leaves[component].key, component
+
+    asked = engine.build(s, existing, NOW, force={"admin": engine.FORCED})
+    assert not keys.same_public_key(asked.leaves["admin"].key, first.leaves["admin"].key)
+    more_sans = engine.build(make_spec(validity={"certificate": "2m"}, renewBefore="90s",
+                                       apiServer={"certSANs": ["new.corp.example"]}), existing, NOW)
+    assert more_sans.leaves["apiserver"].key is first.leaves["apiserver"].key
+    other_algorithm = engine.build(make_spec("ECDSA-P384", validity={"certificate": "2m"}, renewBefore="90s"),
+                                   existing, NOW)
+    assert keys.algorithm_of(other_algorithm.leaves["admin"].key) is spec.KeyAlgorithm.ECDSA_P384
+
+
+def test_a_repaired_pair_gets_a_new_key():
+    s = make_spec()
+    first = engine.build(s, engine.Existing(), NOW)
+    other = engine.build(s, engine.Existing(), NOW)
+    mismatched = certificates.KeyPair(first.leaves["admin"].cert, other.leaves["admin"].key)
+    again = engine.build(s, engine.Existing(first.cas, dict(first.leaves, admin=mismatched), first.service_account),
+                         NOW)
+    assert again.leaves["admin"].key is not other.leaves["admin"].key
+    assert again.leaves["admin"].key is not first.leaves["admin"].key
