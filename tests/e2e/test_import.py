@@ -11,8 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from clusterpki.agent.verify import verify
+from clusterpki.kube import secrets
+from clusterpki.kubeadm import layout
+from clusterpki.pki import spec
+from clusterpki.pki.record import Record
+
 from tests import kubeadm_openssl
-from tests.helpers import document, render
+from tests.helpers import document, openssl, render
 from tests.kube import cert_of, decode
 from tests.runners import cli
 
@@ -24,7 +30,12 @@ SELECTOR = "pki.clusterpki.dev/cluster-pki=taken"
 def kubeadm_dir(request, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp(request.param)
     if request.param == "openssl":
-        return kubeadm_openssl.make(tmp / "etc", "cp-1", "192.0.2.10", "api.example.com:6443")
+        made = kubeadm_openssl.make(tmp / "etc", "cp-1", "192.0.2.10", "api.example.com:6443")
+        for key in ("pki/apiserver.key", "pki/etcd/server.key", "pki/ca.key"):  # as `openssl genpkey` writes them
+            openssl("pkey", "-in", str(made / key), "-out", str(made / f"{key}.pkcs8"))
+            (made / f"{key}.pkcs8").replace(made / key)
+            assert b"BEGIN PRIVATE KEY" in (made / key).read_bytes()
+        return made
     body = document("demo", controlPlaneEndpoint="api.example.com:6443", apiServer={"certSANs": ["192.0.2.7"]},
                     etcd={"members": [{"name": "node-a", "ips": ["192.0.2.21"]}]})
     assert render(tmp, tmp / "etc", body) == 0
@@ -33,6 +44,15 @@ def kubeadm_dir(request, tmp_path_factory) -> Path:
 
 def file_cert(directory: Path, file: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate((directory / file).read_bytes())
+
+
+def agent_would_write(found: dict, obj: dict, directory: Path) -> set[str]:
+    """The files an agent of the node would write, from the Secrets verified against the record as it does."""
+    member = obj["spec"]["etcd"]["members"][0]["name"]
+    stored = {c: secrets.StoredSecret.from_object(s) for c, s in found.items()}
+    checked = verify(stored, Record.from_status(obj["status"]["record"]), None, spec.from_resource(obj), member)
+    assert checked.pki is not None, checked
+    return set(layout.to_write(directory, layout.files_for(checked.pki, member)))
 
 
 async def nothing_written(api, namespace: str) -> bool:
@@ -63,6 +83,9 @@ async def test_import_keeps_the_cas_and_valid_leaves_and_the_operator_renews_and
     issued = {name for kind, reason, message in await api.events(namespace) if reason == "Issued"
               for name in message.partition(": ")[2].split(", ")}
     assert issued <= {"kube-proxy"}, "nothing taken over was issued again"
+    assert agent_would_write(found, obj, kubeadm_dir) <= {"kube-proxy.conf"}, \
+        "an agent on the taken-over node rewrites nothing kubeadm wrote (so restarts nothing): keys in PKCS#8 " \
+        "and kubeconfigs laid out by kubeadm hold the same material"
 
     before = await api.serials(namespace, "taken")
     code, _, err = await cli("renew", "-n", namespace, "taken", kubeconfig=cluster.kubeconfig)

@@ -122,14 +122,13 @@ class Agent:
             await self._not_written(verification)
             return
         self.rejected = {}
-        files = layout.files_for(verification.pki, self.member)
-        before = await asyncio.to_thread(_contents, self.out, files)
-        written = await asyncio.to_thread(writer.write, self.out, files, set())
+        recovered = await asyncio.to_thread(writer.recover, self.out)  # what is compared below is whole
+        files = await asyncio.to_thread(layout.to_write, self.out, layout.files_for(verification.pki, self.member))
+        written = [*recovered, *await asyncio.to_thread(writer.write, self.out, files, set())]
         await asyncio.to_thread(_read_back, self.out, written)
         if written:
             LOGGER.info(f"{self.what}: wrote {', '.join(sorted(written))}")
-        changed = {p for p in written if consumers.changes_content(p, before.get(p), files[p].data if p in files else b"")}
-        self.owed |= set(consumers.to_restart(self.components, changed))
+        self.owed |= set(consumers.to_restart(self.components, set(written)))
         if not self.resumed:
             await self._resume(current)
         failed = await self._restart_owed(current)
@@ -335,17 +334,6 @@ class Agent:
             LOGGER.warning(f"{self.what}: the spec is invalid, the files stay as they are: {exc}")
             return
         self.changed.set()
-
-
-def _contents(out: Path, files: Mapping[str, object]) -> dict[str, bytes]:
-    """What the files to be written hold now (those that exist)."""
-    found = {}
-    for path in files:
-        try:
-            found[path] = (out / path).read_bytes()
-        except FileNotFoundError:
-            continue
-    return found
 
 
 def _read_back(out: Path, written: list[str]) -> None:

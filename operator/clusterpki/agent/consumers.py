@@ -10,19 +10,14 @@ by ``tests/e2e/test_ha.py`` through renewals and rotations on those processes:
 - kube-controller-manager and kube-scheduler read their kubeconfigs, and kube-controller-manager the
   root CA, signing CA and service-account key, once, at start.
 A file not known to reload is marked RESTART: a restart too many costs a moment, a missed one an
-outage later. A rewrite restarts only for a change of content (:func:`changes_content`): a trust
-bundle's CAs in another order are the same trust.
+outage later. A file is rewritten, and its readers restarted, only for a change of material
+(:func:`clusterpki.kubeadm.layout.to_write`): a trust bundle's CAs in another order are the same trust.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import NamedTuple
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from clusterpki.pki import placement
 
 RELOAD, RESTART = "reload", "restart"
 
@@ -69,24 +64,6 @@ CONSUMERS: tuple[Consumer, ...] = (  # in the order they are restarted: what oth
 )
 
 BY_COMPONENT = {consumer.component: consumer for consumer in CONSUMERS}
-BUNDLE_FILES = frozenset(p.path for p in placement.placements("") if p.key is placement.SecretKey.BUNDLE)
-
-
-def changes_content(path: str, before: bytes | None, after: bytes) -> bool:
-    """Whether a rewrite of ``path`` changes what its readers get: a trust bundle in another order (as
-    Rotating has it) trusts the same CAs, and a file whose mode alone changed holds the same bytes."""
-    if before is None:
-        return True
-    if path in BUNDLE_FILES:
-        try:
-            return _certificate_set(before) != _certificate_set(after)
-        except ValueError:
-            return True
-    return before != after
-
-
-def _certificate_set(pem: bytes) -> frozenset[bytes]:
-    return frozenset(c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pem))
 
 
 def to_restart(components: Iterable[str], changed: set[str]) -> list[str]:

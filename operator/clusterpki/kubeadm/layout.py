@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from clusterpki.errors import UserError
 from clusterpki.kubeadm.writer import FileContent
@@ -19,7 +20,7 @@ from clusterpki.pki.certificates import KeyPair
 from clusterpki.pki.keys import PrivateKey
 from clusterpki.pki.placement import Placement, SecretKey
 
-__all__ = ["FileContent", "files_for", "load", "pair_files", "read_cert", "read_pair"]
+__all__ = ["FileContent", "files_for", "load", "pair_files", "read_cert", "read_pair", "to_write"]
 T = TypeVar("T")
 
 
@@ -153,3 +154,54 @@ def read_cert(path: Path) -> x509.Certificate:
 
 def _rel(path: Path, root: Path) -> str:
     return str(path.relative_to(root))
+
+
+def to_write(out: Path, files: dict[str, FileContent]) -> dict[str, FileContent]:
+    """The files whose material differs from what ``out`` holds, or whose mode does. A file that holds the
+    same material in other bytes stays byte for byte as it is, so nothing that reads it is restarted for
+    it: a key in PKCS#8 (as openssl and kubeadm's own import write it) and in the traditional form, a
+    kubeconfig laid out another way, a trust bundle's CAs in another order."""
+    found = {}
+    for path, content in files.items():
+        try:
+            current = (out / path).read_bytes()
+            mode = (out / path).stat().st_mode & 0o777
+        except FileNotFoundError:
+            found[path] = content
+            continue
+        if mode != content.mode or not same_material(path, current, content.data):
+            found[path] = content
+    return found
+
+
+def same_material(path: str, a: bytes, b: bytes) -> bool:
+    """Whether two contents of the file at ``path`` give its readers the same thing."""
+    if a == b:
+        return True
+    try:
+        return _material(_KINDS.get(path), a) == _material(_KINDS.get(path), b)
+    except (ValueError, KeyError):
+        return False
+
+
+def _material(kind: SecretKey | None, data: bytes) -> object:
+    if kind in (SecretKey.KEY, SecretKey.SA_KEY):
+        return keys.private_pem(keys.load_private_pem(data))
+    if kind is SecretKey.CERTIFICATE:
+        return tuple(_der(c) for c in x509.load_pem_x509_certificates(data))
+    if kind is SecretKey.BUNDLE:
+        return frozenset(_der(c) for c in x509.load_pem_x509_certificates(data))
+    if kind is SecretKey.SA_PUB:
+        return tuple(keys.public_pem(k) for k in keys.load_public_pems(data))
+    if kind is SecretKey.KUBECONFIG:
+        server, pair, trust = kubeconfig.read(data)
+        return server, tuple(_der(c) for c in pair.certificates), keys.private_pem(pair.key), \
+            frozenset(_der(c) for c in trust)
+    raise ValueError("no material to compare")
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+_KINDS = {p.path: p.key for p in placement.placements("")}

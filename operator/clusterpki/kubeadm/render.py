@@ -59,7 +59,7 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
             for ext in ("crt", "key")}
     if existing.service_account is not None:
         keep.add(catalog.SERVICE_ACCOUNT_FILES[0])
-    written = writer.write(out, layout.files_for(pki, chosen), keep)
+    written = writer.write(out, layout.to_write(out, layout.files_for(pki, chosen)), keep)
 
     kept = ("kept", "")
     actions = [(c.component, *(kept if c.component not in pki.issued else ("created", "")))

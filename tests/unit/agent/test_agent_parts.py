@@ -122,22 +122,41 @@ async def test_a_component_is_restarted_at_most_once_per_interval(tmp_path):
     await agent._not_too_soon("kube-scheduler")
 
 
-def test_a_bundle_in_another_order_restarts_nothing_and_other_changes_do():
-    from clusterpki.agent import consumers
-    from clusterpki.pki import certificates as certs
-    from clusterpki.pki import keys as k
-    from clusterpki.pki import kubeconfig as kc
-    from clusterpki.pki import spec as s
-    from datetime import datetime, timedelta, timezone
 
-    now = datetime.now(timezone.utc)
-    a, b, c = (certs.create_ca(name, k.generate(s.KeyAlgorithm.ECDSA_P256), timedelta(days=1), now)
-               for name in ("a", "b", "c"))
-    assert not consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([b, a]))
-    assert consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([a, c]))
-    assert consumers.changes_content("pki/etcd/ca.crt", kc.pem_bundle([a, b]), kc.pem_bundle([a]))
-    assert consumers.changes_content("pki/etcd/ca.crt", None, kc.pem_bundle([a]))
-    assert consumers.changes_content("pki/apiserver.crt", kc.pem_bundle([a, b]), kc.pem_bundle([b, a])), \
+def test_only_files_whose_material_changed_are_written(tmp_path):
+    """A takeover restarts nothing for a key in PKCS#8, a kubeconfig laid out by kubeadm, or a bundle
+    in another order: the files stay byte for byte; another key, another CA set or a mode does count."""
+    from clusterpki.kubeadm import layout
+    from clusterpki.pki import documents, engine, keys, kubeconfig
+    from clusterpki.pki import spec as s
+    from cryptography.hazmat.primitives import serialization
+    from datetime import datetime, timezone
+
+    from tests.helpers import document
+
+    pki = engine.build(s.from_resource(document("t")), engine.Existing(), datetime.now(timezone.utc))
+    files = layout.files_for(pki, "etcd-0")
+    pkcs8 = pki.leaves["apiserver"].key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption())
+    login = documents.load(files["admin.conf"].data)
+    login["preferences"], login["users"][0]["name"] = {"colors": False}, "kubernetes-admin"
+    on_disk = {**{p: c.data for p, c in files.items()}, "pki/apiserver.key": pkcs8,
+               "admin.conf": documents.dump(login).encode(),
+               "pki/etcd/ca.crt": kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert])}
+    for path, data in on_disk.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+        (tmp_path / path).chmod(files[path].mode)
+    assert layout.to_write(tmp_path, files) == {}, "the same material in other bytes is kept as it is"
+
+    other = keys.private_pem(keys.generate(s.KeyAlgorithm.ECDSA_P256))
+    (tmp_path / "pki/apiserver.key").write_bytes(other)
+    (tmp_path / "pki/sa.pub").chmod(0o666)
+    assert set(layout.to_write(tmp_path, files)) == {"pki/apiserver.key", "pki/sa.pub"}
+    assert layout.same_material("pki/etcd/ca.crt", kubeconfig.pem_bundle([pki.cas["ca"].cert, pki.cas["etcd-ca"].cert]),
+                                kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert, pki.cas["ca"].cert]))
+    assert not layout.same_material("pki/apiserver.crt",
+                                    kubeconfig.pem_bundle([pki.cas["ca"].cert, pki.cas["etcd-ca"].cert]),
+                                    kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert, pki.cas["ca"].cert])), \
         "a leaf's file is its certificate first: order matters there"
-    assert not consumers.changes_content("pki/sa.pub", b"same", b"same")
-    assert consumers.to_restart(["etcd", "kube-apiserver"], {"pki/etcd/ca.crt"}) == ["etcd", "kube-apiserver"]
+    assert not layout.same_material("pki/ca.key", b"junk", other)
