@@ -189,7 +189,12 @@ class Agent:
 
     async def _restart_in_turn(self, component: str) -> None:
         """Restart ``component`` once it is this member's turn and the other members' instances are
-        healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails."""
+        healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails.
+        An instance that is down already is started at once (:meth:`_start_down`)."""
+        url = self.health_urls.get(component)
+        if url is not None and await health.down(component, url, self.out):
+            await self._start_down(component)
+            return
         await self._not_too_soon(component)
         await self._peers_healthy(component)  # not even a look at the Lease while a member is down
         holder = await self.turns.take()
@@ -211,6 +216,21 @@ class Agent:
         self.owed.discard(component)
         self.restarted_at[component] = asyncio.get_running_loop().time()
         await self.turns.give_back()
+
+    async def _start_down(self, component: str) -> None:
+        """Start an instance that does not run: it takes nothing out of service, so neither the turn nor
+        the other members' health gates it. So a new etcd cluster comes up from its agents alone: no
+        member is healthy before a quorum of them runs."""
+        LOGGER.info(f"{self.what}: starting {component}, which does not run")
+        self.restarts.pop(component, None)
+        try:
+            await self.restarter.restart(component)
+            await self._healthy_again(component, went_down=True)
+        except RestartFailed as exc:
+            self.restarts[component] = Restart(RestartState.FAILED, exc.reason, str(exc))
+            raise
+        self.owed.discard(component)
+        self.restarted_at[component] = asyncio.get_running_loop().time()
 
     async def _not_too_soon(self, component: str) -> None:
         last = self.restarted_at.get(component)
@@ -239,13 +259,13 @@ class Agent:
                 await self._wait(component, RestartReason.PEER_UNHEALTHY,
                                  f"the {component} of {member.name} is not healthy: {problem}")
 
-    async def _healthy_again(self, component: str) -> None:
+    async def _healthy_again(self, component: str, went_down: bool = False) -> None:
         url = self.health_urls.get(component)
         if url is None:
             return
         clock = asyncio.get_running_loop().time
         deadline, healthy_since = clock() + HEALTHY_WITHIN, None
-        if getattr(self.restarter, "detached", False):  # it returns before the restart happens: see it go
+        if getattr(self.restarter, "detached", False) and not went_down:  # it returns before the restart: see it go
             while await health.problem(component, url, self.out) is None:
                 if clock() > deadline:
                     raise RestartFailed(f"{component} did not go down within {HEALTHY_WITHIN:g}s of its restart",

@@ -19,15 +19,27 @@ TIMEOUT = 3.0  # seconds for one probe
 
 async def problem(component: str, url: str, out: Path) -> str | None:
     """Why the instance at ``url`` is not healthy, or None when it is."""
+    status, why = await _probe(component, url, out)
+    if status == 200:
+        return None
+    return f"{url} answers HTTP {status}" if status is not None else f"{url} does not answer ({why})"
+
+
+async def down(component: str, url: str, out: Path) -> bool:
+    """Whether nothing answers at ``url`` at all: no instance runs there (an unhealthy one still answers)."""
+    status, _ = await _probe(component, url, out)
+    return status is None
+
+
+async def _probe(component: str, url: str, out: Path) -> tuple[int | None, str]:
+    """The HTTP status ``url`` answers with, or None and why it does not answer."""
     try:
         context = _context(component, out) if url.startswith("https:") else None
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context if context else False)) as session:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT), allow_redirects=False) as response:
-                if response.status == 200:
-                    return None
-                return f"{url} answers HTTP {response.status}"
+                return response.status, ""
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-        return f"{url} does not answer ({type(exc).__name__})"
+        return None, type(exc).__name__
 
 
 def _context(component: str, out: Path) -> ssl.SSLContext:
