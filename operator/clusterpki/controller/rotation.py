@@ -123,10 +123,14 @@ def advance(rotation: Rotation, grace: timedelta, now: datetime, holding_up: str
     """The rotation once the current phase's Secrets are written, when to look again (None: nothing
     pending), and which pushes it used. A phase whose clock has not started starts it now. Preparing
     and Rotating last ``grace`` and, with consumers registered, until none holds them up
-    (``holding_up`` names those that do). Completing ends at once. Leaving ``sa``'s Rotating, the old
-    public key stays trusted for ``token_lifetime`` more, for the tokens it signed."""
+    (``holding_up`` names those that do). Completing ends as soon as no consumer holds it up: Completed
+    means every consumer runs without the old CA. Leaving ``sa``'s Rotating, the old public key stays
+    trusted for ``token_lifetime`` more, for the tokens it signed."""
     if rotation.phase is Phase.COMPLETING:
-        return replace(rotation, phase=Phase.COMPLETED, completed_at=now), None, NO_PUSH
+        if holding_up and not push.force:
+            return replace(rotation, waiting_for=holding_up), now + CONSUMER_RECHECK, NO_PUSH
+        return replace(rotation, phase=Phase.COMPLETED, completed_at=now, waiting_for=None), None, \
+            Push(force=push.force)
     if not rotation.active:
         return rotation, None, NO_PUSH
     if rotation.phase_started_at is None:  # to the second, as the status keeps it, never earlier than now

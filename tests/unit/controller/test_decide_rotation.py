@@ -235,3 +235,14 @@ def test_a_request_fires_once_per_value():
     asked = requests.Requests(renew="x", rotate="ca")
     assert asked.new_since(requests.Requests()) == asked
     assert asked.new_since(requests.Requests(renew="x")) == requests.Requests(rotate="ca")
+
+
+def test_completed_waits_until_no_consumer_holds_completing_up():
+    completing = fresh(Phase.COMPLETING)
+    held, wake, _ = rotation.advance(completing, GRACE, T0, holding_up="m0/kube-apiserver (ca)")
+    assert held.phase is Phase.COMPLETING and held.waiting_for == "m0/kube-apiserver (ca)"
+    assert wake == T0 + rotation.CONSUMER_RECHECK
+    done, wake, _ = rotation.advance(held, GRACE, T0 + timedelta(seconds=5))
+    assert done.phase is Phase.COMPLETED and done.waiting_for is None and wake is None
+    forced, _, used = rotation.advance(completing, GRACE, T0, holding_up="m0/etcd (ca)", push=Push(force=True))
+    assert forced.phase is Phase.COMPLETED and used.force
