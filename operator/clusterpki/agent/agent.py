@@ -117,7 +117,8 @@ class Agent:
     async def round(self) -> None:
         """Verify, write the files, restart what needs it, report."""
         current, claim = self._record()
-        verification = verify(await self._fetch(), current, claim, self.spec, self.member)
+        disk = await asyncio.to_thread(layout.signing_cas, self.out)
+        verification = verify(await self._fetch(), current, claim, self.spec, self.member, disk)
         if verification.pki is None:
             await self._not_written(verification)
             return
@@ -192,7 +193,8 @@ class Agent:
         healthy; raise NotYourTurn while they are not, RestartFailed (keeping the turn) if it fails.
         An instance that is down already is started at once (:meth:`_start_down`)."""
         url = self.health_urls.get(component)
-        if url is not None and await health.down(component, url, self.out):
+        if url is not None and await health.down(url):
+            await self._not_too_soon(component)
             await self._start_down(component)
             return
         await self._not_too_soon(component)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
@@ -25,10 +26,23 @@ async def problem(component: str, url: str, out: Path) -> str | None:
     return f"{url} answers HTTP {status}" if status is not None else f"{url} does not answer ({why})"
 
 
-async def down(component: str, url: str, out: Path) -> bool:
-    """Whether nothing answers at ``url`` at all: no instance runs there (an unhealthy one still answers)."""
-    status, _ = await _probe(component, url, out)
-    return status is None
+async def down(url: str, probes: int = 3, interval: float = 1.0) -> bool:
+    """Whether nothing listens at ``url``'s address: every one of ``probes`` connections, ``interval``
+    apart, is refused. An instance that is slow, unhealthy or refuses TLS still listens: not down."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    for probe in range(probes):
+        if probe:
+            await asyncio.sleep(interval)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, port), TIMEOUT)
+        except ConnectionRefusedError:
+            continue
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return False
+    return True
 
 
 async def _probe(component: str, url: str, out: Path) -> tuple[int | None, str]:

@@ -41,7 +41,7 @@ class Verification:
 
 
 def verify(fetched: Mapping[str, StoredSecret | None], current: Record, claim: Claim | None, spec: Spec,
-           member: str) -> Verification:
+           member: str, disk: Mapping[str, KeyPair] | None = None) -> Verification:
     """The member's PKI, from ``fetched`` (component -> Secret, None when missing), if every Secret is
     what ``current`` records; else what is refused, or why to wait."""
     waiting = [c for c in sources(member) if c not in current.secrets]
@@ -59,7 +59,8 @@ def verify(fetched: Mapping[str, StoredSecret | None], current: Record, claim: C
     if rejected:
         return Verification(rejected=rejected)
     try:
-        return Verification(pki=_build(fetched, current, spec, member)._replace(on_disk=on_disk(fetched, current)))
+        built = _build(fetched, current, spec, member)
+        return Verification(pki=built._replace(on_disk=on_disk(fetched, current, disk or {})))
     except _Refused as exc:
         return Verification(rejected={exc.component: exc.why})
 
@@ -90,20 +91,31 @@ def _build(fetched: Mapping[str, StoredSecret | None], current: Record, spec: Sp
                       trust=trust, service_account_trust=sa_trust)
 
 
-def on_disk(fetched: Mapping[str, StoredSecret | None], current: Record) -> dict[str, KeyPair]:
-    """The old CA of each single-file authority whose rotation is Rotating: the record's bundle is the
-    new CA, then the ``-previous`` half's. Until Completing drops it, that CA stays the one in
-    ``pki/ca.crt`` and ``pki/ca.key``, verified as any Secret."""
+def on_disk(fetched: Mapping[str, StoredSecret | None], current: Record,
+            disk: Mapping[str, KeyPair]) -> dict[str, KeyPair]:
+    """The old CA of each single-file authority whose rotation is Rotating (the record's bundle is the
+    new CA, then the old one, which is not the spare of a Preparing): until Completing drops it from
+    the bundle, it stays the one in ``pki/ca.crt`` and ``pki/ca.key``. It comes from the ``-previous``
+    half, verified as any Secret; if that Secret is gone, from what ``disk`` (the node's own files)
+    holds of exactly that CA; else nothing is written."""
     found = {}
     for ca in catalog.CERTIFICATE_AUTHORITIES:
-        half = f"{ca.component}{placement.PREVIOUS}"
         bundle = current.bundles.get(ca.component, ())
-        if not ca.single_file or len(bundle) < 2 or bundle[1] != current.fingerprint(half):
+        if not ca.single_file or len(bundle) < 2 or bundle[1] == current.fingerprint(f"{ca.component}{placement.NEXT}"):
             continue
-        stored = _stored(half, fetched)
-        if not current.holds(half, stored.digest):
-            raise _Refused(half, "its data is not what the operator issued (the record's digest differs)")
-        found[ca.component] = _pair(half, fetched, current)
+        half, old = f"{ca.component}{placement.PREVIOUS}", bundle[1]
+        kept = disk.get(ca.component)
+        if current.fingerprint(half) == old:
+            stored = _stored(half, fetched)
+            if not current.holds(half, stored.digest):
+                raise _Refused(half, "its data is not what the operator issued (the record's digest differs)")
+            found[ca.component] = _pair(half, fetched, current)._replace(chain=())
+        elif kept is not None and record.certificate_fingerprint(kept.cert) == old and \
+                keys.same_public_key(kept.cert.public_key(), kept.key):
+            found[ca.component] = kept
+        else:
+            raise _Refused(half, "the old CA, which signs on disk until Completing, is neither in this Secret "
+                                 "nor in the node's files")
     return found
 
 

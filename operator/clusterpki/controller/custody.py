@@ -28,7 +28,7 @@ from cryptography import x509
 from clusterpki.controller.observe import Observed
 from clusterpki.kube import secrets
 from clusterpki.kube.secrets import StoredSecret
-from clusterpki.pki import catalog, engine, keys, record
+from clusterpki.pki import catalog, certificates, engine, keys, placement, record
 from clusterpki.pki.certificates import KeyPair
 from clusterpki.pki.placement import SecretKey
 
@@ -161,7 +161,7 @@ class _Judging:
         except ValueError as exc:
             material, why = None, f"its Secret cannot be used ({exc})"
         if material is not None and fingerprint(material) in wanted and _whole(material):
-            self.trusted[component] = material
+            self.trusted[component] = self._vetted(component, material)
             self.tampered[component] = "its data is not what was issued"
             return
         if is_authority(component):
@@ -170,6 +170,24 @@ class _Judging:
             self.suspects[component] = Suspect(material if isinstance(material, KeyPair) else None,
                                                why or "it is not the certificate on record")
             self.tampered[component] = why or f"{SecretKey.CERTIFICATE.value} is not the certificate on record"
+
+    def _vetted(self, component: str, material: Material) -> Material:
+        """A salvaged pair with only the chain the operator itself gives it: the certificate of a recorded
+        single-file CA cross-signed by another recorded one (phases.crossed); anything else that follows the
+        certificate in its Secret is dropped."""
+        if not isinstance(material, KeyPair) or not material.chain:
+            return material
+        authority = base_of(component) if is_authority(component) else catalog.issuer_of(component)
+        profile = catalog.CA_BY_COMPONENT.get(authority or "")
+        if profile is None or not profile.single_file:
+            return unchained(material)
+        pool = _pool(self.seen.secrets)
+        recorded = [pool.certificates.get(self.seen.record.fingerprint(f"{profile.component}{half}") or "")
+                    for half in ("", placement.NEXT, placement.PREVIOUS)]
+        cas = [c for c in recorded if c is not None]
+        crossed = any(certificates.is_cross_of(material.chain[0], ca, by, self.now) for ca in cas for by in cas
+                      if ca is not by)
+        return material._replace(chain=material.chain[:1]) if crossed else unchained(material)
 
     def _salvage_authority(self, component: str, secret: StoredSecret, wanted: set[str], why: str) -> None:
         """A CA whose certificate was replaced keeps its key: the recorded certificate comes from the pool."""
@@ -210,7 +228,7 @@ class _Judging:
         if problem:
             self._unusable(component, problem)
             return
-        self.trusted[component] = material
+        self.trusted[component] = unchained(material)
         if is_authority(component):  # a CA or service-account key brought in: shown, and never rotated
             self.adopted.add(component)
 
@@ -224,6 +242,12 @@ class _Judging:
 def _whole(material: Material) -> bool:
     """A pair whose key is its certificate's (a key alone is its own)."""
     return not isinstance(material, KeyPair) or keys.same_public_key(material.cert.public_key(), material.key)
+
+
+def unchained(material: Material) -> Material:
+    """The material without the certificates its Secret carries after it: a chain is only ever the
+    operator's own (a cross-signed CA), so it is kept only where the whole Secret is on record."""
+    return material._replace(chain=()) if isinstance(material, KeyPair) and material.chain else material
 
 
 def read_material(component: str, secret: StoredSecret) -> Material:

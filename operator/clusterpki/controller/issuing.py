@@ -28,6 +28,9 @@ from clusterpki.pki.record import Claim, Record
 from clusterpki.pki.spec import SecretRetention
 
 ROTATED = Issue(Why.ROTATION, "its CA was rotated")
+# The phases in which a single-file CA carries its cross-signed certificate (phases.crossed) and its
+# new leaves do too; outside them the chain is dropped from the CA's Secret.
+CROSSED = (Phase.ROTATING, Phase.COMPLETING)
 MISSING = Issue(Why.MISSING, "its Secret was missing")
 
 
@@ -339,19 +342,21 @@ def _old_key_window(current: Rotation, now: datetime) -> bool:
 
 
 def _existing(custody: Custody, step: phases.Step | None) -> engine.Existing:
-    """What the engine builds on: the trusted CAs, leaves and key, with the rotation's signer and trust."""
+    """What the engine builds on: the trusted CAs, leaves and key, with the rotation's signer and trust.
+    A CA carries its chain only while its rotation is in a CROSSED phase."""
     trusted = custody.trusted
     cas = {c: m for c, m in trusted.items() if c in catalog.CA_BY_COMPONENT and isinstance(m, KeyPair)}
     leaves = {c: m for c, m in trusted.items() if catalog.profile_of(c) is not None and isinstance(m, KeyPair)
               and c not in custody.suspects}
     sa = trusted.get(catalog.SERVICE_ACCOUNT)
     existing = engine.Existing(cas=cas, leaves=leaves, service_account=sa if not isinstance(sa, KeyPair) else None)
-    if step is None:
-        return existing
-    target = step.rotation.target
-    if target == catalog.SERVICE_ACCOUNT:
-        return existing._replace(service_account=step.signer, service_account_trust=step.trust)
-    return existing._replace(cas={**cas, target: step.signer}, trust={target: list(step.trust)})
+    if step is not None and step.rotation.target == catalog.SERVICE_ACCOUNT:
+        existing = existing._replace(service_account=step.signer, service_account_trust=step.trust)
+    elif step is not None:
+        existing = existing._replace(cas={**cas, step.rotation.target: step.signer},
+                                     trust={step.rotation.target: list(step.trust)})
+    crossing = step.rotation.target if step is not None and step.rotation.phase in CROSSED else None
+    return existing._replace(cas={c: m if c == crossing else m._replace(chain=()) for c, m in existing.cas.items()})
 
 
 def _record(wanted: dict[str, Wanted], pki: engine.PKI, custody: Custody) -> Record:

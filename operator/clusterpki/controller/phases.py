@@ -110,30 +110,24 @@ def crossed(target: str, new: Material, old: Material | None, now: datetime) -> 
     is trusted yet: kubeadm's ``pki/ca.crt`` keeps the old CA until Completing (it is kube-controller-manager's
     signing certificate too, which must be one certificate), as do kubelets and pods until they reload."""
     profile = catalog.CA_BY_COMPONENT.get(target)
-    if profile is None or not profile.single_file or not isinstance(new, KeyPair) or not isinstance(old, KeyPair):
+    if profile is None or not profile.single_file or not isinstance(new, KeyPair) or not isinstance(old, KeyPair) \
+            or min(new.cert.not_valid_after_utc, old.cert.not_valid_after_utc) <= now:
         return new
     if new.chain and certificates.is_cross_of(new.chain[0], new.cert, old.cert, now):
-        return replace_chain(new, new.chain[:1])
-    return replace_chain(new, (certificates.cross_sign(new.cert, old, now),))
-
-
-def replace_chain(pair: KeyPair, chain: tuple[x509.Certificate, ...]) -> KeyPair:
-    return pair._replace(chain=chain)
+        return new._replace(chain=new.chain[:1])
+    return new._replace(chain=(certificates.cross_sign(new.cert, old, now),))
 
 
 def settled(rotation: Rotation, authority: Authority, make: Make, now: datetime) -> Step:
     """Completing and Completed: the new CA alone; for ``sa`` the old public key stays trusted while
     tokens it signed may live. The new CA keeps its cross-signed chain through Completing (nodes and
-    pods may still trust the old CA alone) and drops it once Completed; leaves keep theirs until renewed."""
+    pods may still trust the old CA alone; see issuing.CROSSED); leaves keep theirs until renewed."""
     trust: tuple[Trusted, ...] = ()
     until = rotation.old_key_trusted_until
     if rotation.of_service_account and until is not None and until > now:
         old = authority.trusted(rotation.old)
         trust = (old,) if old is not None and rotation.old != fingerprint(authority.current) else ()
-    signer = authority.current
-    if rotation.phase is Phase.COMPLETED and isinstance(signer, KeyPair) and signer.chain:
-        signer = replace_chain(signer, ())
-    return Step(rotation, signer=signer, trust=trust)
+    return Step(rotation, signer=authority.current, trust=trust)
 
 
 def recovery(rotation: Rotation, make: Make) -> Step:

@@ -253,7 +253,9 @@ def sign(csr: Mapping[str, Any], ca: certificates.KeyPair, max_validity: timedel
         ips=tuple(n.value for n in sans if isinstance(n, x509.IPAddress)))
     validity = min(timedelta(seconds=found.expiration), max_validity) if found.expiration else max_validity
     cert = certificates.sign_leaf(identity, found.request.public_key(), ca, validity, now)
-    return base64.b64encode(cert.public_bytes(Encoding.PEM)).decode()
+    # During a rotation the CA carries its certificate cross-signed by the old one (on record with its
+    # Secret): the kubelet presents it too, so apiservers that trust the old CA alone accept it.
+    return base64.b64encode(b"".join(c.public_bytes(Encoding.PEM) for c in [cert, *ca.chain])).decode()
 
 
 def _deny(reason: Reason, message: str) -> Decision:

@@ -156,6 +156,20 @@ def _rel(path: Path, root: Path) -> str:
     return str(path.relative_to(root))
 
 
+def signing_cas(out: Path) -> dict[str, KeyPair]:
+    """The pair each single-file CA's files hold in ``out`` (``pki/ca.crt`` and ``pki/ca.key``), where
+    they are whole: what an agent keeps writing if a rotation's old CA is no longer stored anywhere."""
+    found = {}
+    for ca in catalog.CERTIFICATE_AUTHORITIES:
+        try:
+            pair = KeyPair(read_cert(out / f"{ca.file}.crt"), _read_key(out / f"{ca.file}.key"))
+        except (OSError, ValueError):
+            continue
+        if ca.single_file and keys.same_public_key(pair.cert.public_key(), pair.key):
+            found[ca.component] = pair
+    return found
+
+
 def to_write(out: Path, files: dict[str, FileContent]) -> dict[str, FileContent]:
     """The files whose material differs from what ``out`` holds, or whose mode does. A file that holds the
     same material in other bytes stays byte for byte as it is, so nothing that reads it is restarted for
@@ -179,21 +193,25 @@ def same_material(path: str, a: bytes, b: bytes) -> bool:
     if a == b:
         return True
     try:
-        return _material(_KINDS.get(path), a) == _material(_KINDS.get(path), b)
+        return _material(path, a) == _material(path, b)
     except (ValueError, KeyError):
         return False
 
 
-def _material(kind: SecretKey | None, data: bytes) -> object:
+def _material(path: str, data: bytes) -> object:
+    kind = _KINDS.get(path)
     if kind in (SecretKey.KEY, SecretKey.SA_KEY):
         return keys.private_pem(keys.load_private_pem(data))
     if kind is SecretKey.CERTIFICATE:
         return tuple(_der(c) for c in x509.load_pem_x509_certificates(data))
     if kind is SecretKey.BUNDLE:
-        return frozenset(_der(c) for c in x509.load_pem_x509_certificates(data))
+        found = [_der(c) for c in x509.load_pem_x509_certificates(data)]
+        return tuple(found) if path in _SINGLE_FILES else frozenset(found)
     if kind is SecretKey.SA_PUB:
         return tuple(keys.public_pem(k) for k in keys.load_public_pems(data))
     if kind is SecretKey.KUBECONFIG:
+        if not kubeconfig.is_plain(data):  # a token, an exec plugin, another context...: not ours
+            raise ValueError("not a plain kubeconfig")
         server, pair, trust = kubeconfig.read(data)
         return server, tuple(_der(c) for c in pair.certificates), keys.private_pem(pair.key), \
             frozenset(_der(c) for c in trust)
@@ -205,3 +223,4 @@ def _der(cert: x509.Certificate) -> bytes:
 
 
 _KINDS = {p.path: p.key for p in placement.placements("")}
+_SINGLE_FILES = frozenset(f"{ca.file}.crt" for ca in catalog.CERTIFICATE_AUTHORITIES if ca.single_file)

@@ -101,7 +101,7 @@ def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | No
     Existing CAs and the service-account key are kept as they are; the caller has checked them with
     :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``
     (with why). ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves
-    inside their renewal window are re-issued too, with new keys.
+    inside their renewal window are re-issued too (keeping their keys: see :func:`_kept_key`).
     """
     planned = {leaf.component: leaf for leaf in catalog.plan(spec, members)}
     missing_cas = [ca for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in existing.cas]

@@ -52,6 +52,26 @@ def read(data: bytes) -> tuple[str, KeyPair, list[x509.Certificate]]:
         raise ValueError("not a kubeconfig with an embedded client certificate and key") from None
 
 
+PLAIN = {"": {"apiVersion", "kind", "clusters", "users", "contexts", "current-context", "preferences"},
+         "cluster": {"server", "certificate-authority-data"}, "user": {"client-certificate-data", "client-key-data"},
+         "context": {"cluster", "user"}}
+
+
+def is_plain(data: bytes) -> bool:
+    """Whether a kubeconfig holds one cluster, user and context, with nothing but a server, CA data and an
+    embedded client pair (as kubeadm and :func:`render` write them): no token, exec plugin, proxy or
+    other context for a reader to use."""
+    try:
+        document = documents.load(data)
+        (cluster,), (user,), (context,) = document["clusters"], document["users"], document["contexts"]
+        sections = {"": document, "cluster": cluster["cluster"], "user": user["user"], "context": context["context"]}
+        return all(isinstance(s, dict) and set(s) <= PLAIN[k] for k, s in sections.items()) and \
+            not document.get("preferences") and document.get("current-context") == context["name"] and \
+            context["context"] == {"cluster": cluster["name"], "user": user["name"]}
+    except (documents.Error, KeyError, TypeError, ValueError):
+        return False
+
+
 def pem_bundle(certs: Iterable[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 

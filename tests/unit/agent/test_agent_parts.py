@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datetime import timedelta
 
 import pytest
@@ -139,9 +141,9 @@ def test_only_files_whose_material_changed_are_written(tmp_path):
     pkcs8 = pki.leaves["apiserver"].key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption())
     login = documents.load(files["admin.conf"].data)
-    login["preferences"], login["users"][0]["name"] = {"colors": False}, "kubernetes-admin"
+    login["users"][0]["name"] = login["contexts"][0]["context"]["user"] = "admin-of-kubeadm"
     on_disk = {**{p: c.data for p, c in files.items()}, "pki/apiserver.key": pkcs8,
-               "admin.conf": documents.dump(login).encode(),
+               "admin.conf": json.dumps(login, indent=3).encode(),
                "pki/etcd/ca.crt": kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert])}
     for path, data in on_disk.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,11 @@ def test_only_files_whose_material_changed_are_written(tmp_path):
     other = keys.private_pem(keys.generate(s.KeyAlgorithm.ECDSA_P256))
     (tmp_path / "pki/apiserver.key").write_bytes(other)
     (tmp_path / "pki/sa.pub").chmod(0o666)
-    assert set(layout.to_write(tmp_path, files)) == {"pki/apiserver.key", "pki/sa.pub"}
+    login["users"][0]["user"]["token"] = "whoever-wrote-it"
+    (tmp_path / "admin.conf").write_text(json.dumps(login))
+    (tmp_path / "pki/ca.crt").write_bytes(kubeconfig.pem_bundle([pki.cas["ca"].cert] * 2))
+    assert set(layout.to_write(tmp_path, files)) == {"pki/apiserver.key", "pki/sa.pub", "admin.conf", "pki/ca.crt"}, \
+        "another key, a mode, a kubeconfig with a token, the signing CA twice: each is written again"
     assert layout.same_material("pki/etcd/ca.crt", kubeconfig.pem_bundle([pki.cas["ca"].cert, pki.cas["etcd-ca"].cert]),
                                 kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert, pki.cas["ca"].cert]))
     assert not layout.same_material("pki/apiserver.crt",

@@ -17,7 +17,7 @@ from clusterpki.agent.verify import verify
 from clusterpki.controller import requests
 from clusterpki.kube.secrets import StoredSecret
 from clusterpki.kubeadm import layout
-from clusterpki.pki import documents, keys, placement, spec
+from clusterpki.pki import certificates, documents, keys, kubeconfig, placement, spec
 from clusterpki.pki.record import Claim, Record
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -135,3 +135,59 @@ async def test_the_old_ca_on_disk_must_be_the_recorded_one():
                for c in [*dict.fromkeys(p.component for p in placement.placements("etcd-0")), *placement.old_signers()]}
     result = verify(fetched, Record.from_status(world.status()["record"]), None, spec.from_resource(world.body), "etcd-0")
     assert result.pki is None and "ca-previous" in result.rejected
+
+
+async def rotating() -> World:
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert world.status()["caRotation"]["phase"] == "Rotating"
+    return world
+
+
+def fetch(world: World) -> dict[str, StoredSecret | None]:
+    return {c: StoredSecret.from_object(world.secrets[f"x-{c}"]) if f"x-{c}" in world.secrets else None
+            for c in [*dict.fromkeys(p.component for p in placement.placements("etcd-0")), *placement.old_signers()]}
+
+
+async def test_a_certificate_appended_by_someone_else_never_reaches_a_node():
+    world = await rotating()
+    stranger = certificates.create_ca("attacker", keys.generate(spec.KeyAlgorithm.ECDSA_P256), timedelta(days=1),
+                                      world.now)
+    issued = world.data("apiserver", "tls.crt")
+    assert len(x509.load_pem_x509_certificates(issued)) == 2, "the leaf, then the new CA cross-signed by the old"
+    for component in ("apiserver", "ca"):
+        world.tamper(component, tls_crt=world.data(component, "tls.crt") + kubeconfig.pem_bundle([stranger]))
+    await world.reconcile(timedelta(seconds=1))
+    assert world.data("apiserver", "tls.crt") == issued, "restored exactly: the operator's own chain, no more"
+    assert len(x509.load_pem_x509_certificates(world.data("ca", "tls.crt"))) == 2
+    written = files(world)
+    assert stranger.subject.rfc4514_string() not in str([c.subject.rfc4514_string() for p in (*LEAF_FILES, "pki/ca.crt")
+                                                         for c in x509.load_pem_x509_certificates(written[p])])
+
+
+async def test_the_old_ca_stays_on_disk_if_its_secret_is_deleted_in_rotating(tmp_path):
+    world = await rotating()
+    old = single_signer(files(world))
+    del world.secrets["x-ca-previous"]
+    await world.reconcile(timedelta(seconds=1))
+    current = Record.from_status(world.status()["record"])
+    refused = verify(fetch(world), current, None, spec.from_resource(world.body), "etcd-0")
+    assert refused.pki is None and "ca-previous" in refused.rejected, "a fresh node has no copy: nothing is written"
+    on_disk = {"ca": certificates.KeyPair(old, keys.load_private_pem(files_of_rotation_start(world)))}
+    kept = verify(fetch(world), current, None, spec.from_resource(world.body), "etcd-0", on_disk)
+    assert kept.pki is not None
+    assert single_signer({p: c.data for p, c in layout.files_for(kept.pki, "etcd-0").items()}) == old
+
+
+def files_of_rotation_start(world: World) -> bytes:
+    """The old CA's key, as a node that wrote the Preparing files holds it: the first ``x-ca`` written."""
+    for plan in world.plans:
+        for write in plan.writes:
+            data = write.secret.get("data") or {}
+            if write.secret["metadata"]["name"] == "x-ca" and "tls.key" in data:
+                return base64.b64decode(data["tls.key"])
+    raise AssertionError("the first CA's key was never written")

@@ -246,3 +246,17 @@ def test_completed_waits_until_no_consumer_holds_completing_up():
     assert done.phase is Phase.COMPLETED and done.waiting_for is None and wake is None
     forced, _, used = rotation.advance(completing, GRACE, T0, holding_up="m0/etcd (ca)", push=Push(force=True))
     assert forced.phase is Phase.COMPLETED and used.force
+
+
+def test_no_cross_signing_by_an_expired_ca():
+    from clusterpki.controller import phases
+    from clusterpki.pki import certificates
+    now = T0
+    old_key, new_key = (keys.generate(spec.KeyAlgorithm.ECDSA_P256) for _ in range(2))
+    old = certificates.KeyPair(certificates.create_ca("kubernetes", old_key, timedelta(hours=1), now - timedelta(hours=2)),
+                               old_key)
+    new = certificates.KeyPair(certificates.create_ca("kubernetes", new_key, timedelta(days=1), now), new_key)
+    assert phases.crossed("ca", new, old, now) == new, "an expired old CA signs nothing"
+    fresh_old = certificates.KeyPair(certificates.create_ca("kubernetes", old_key, timedelta(days=1), now), old_key)
+    assert len(phases.crossed("ca", new, fresh_old, now).chain) == 1
+    assert phases.crossed("etcd-ca", new, fresh_old, now) == new, "only a single-file CA is cross-signed"

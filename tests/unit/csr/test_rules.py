@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from clusterpki.csr import rules as csr
 from clusterpki.csr.names import NodeIndex, bounds_of, node_of
-from clusterpki.pki import engine, spec
+from clusterpki.pki import certificates, engine, spec
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -250,6 +250,16 @@ def test_signing_uses_the_signer_s_usages_and_honours_expiration():
     assert cert.subject.rfc4514_string() == client.subject.rfc4514_string() == "CN=system:node:node-a,O=system:nodes"
     assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
         [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_during_a_rotation_a_signed_certificate_presents_the_new_ca_cross_signed_by_the_old():
+    old, new = (engine.build(SPEC, engine.Existing(), NOW).cas["ca"] for _ in range(2))
+    crossed = certificates.cross_sign(new.cert, old, NOW)
+    signed = x509.load_pem_x509_certificates(base64.b64decode(
+        csr.sign(kubelet_csr("c"), new._replace(chain=(crossed,)), SPEC.cert_validity, NOW)))
+    assert len(signed) == 2 and signed[1] == crossed
+    signed[0].verify_directly_issued_by(new.cert)
+    signed[1].verify_directly_issued_by(old.cert)
 
 
 def test_needs_signature():
