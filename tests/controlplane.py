@@ -39,9 +39,11 @@ def unavailable() -> str | None:
 
 
 def free_port_block(size: int = 3) -> int:
-    """A loopback port whose next ``size - 1`` ports are free too (cluster.sh uses PORT..PORT+2)."""
+    """A loopback port whose next ``size - 1`` ports are free too (cluster.sh uses PORT..PORT+2), below
+    the kernel's ephemeral range: a port in it may become the source port of any outgoing connection
+    between this check and the listener's bind (HAProxy found its port taken so in the HA proof)."""
     for _ in range(200):
-        port = random.randint(20000, 60000 - size)
+        port = random.randint(10000, _ephemeral_start() - size)
         sockets = []
         try:
             for offset in range(size):
@@ -55,6 +57,13 @@ def free_port_block(size: int = 3) -> int:
             for sock in sockets:
                 sock.close()
     raise RuntimeError("no block of free loopback ports")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class ControlPlane:

@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -94,9 +93,10 @@ async def cli(*args: str, kubeconfig: Path) -> tuple[int, str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port to listen on, outside the ephemeral range (see free_port_block)."""
+    from tests.controlplane import free_port_block
+
+    return free_port_block(1)
 
 
 class OperatorProcess:

@@ -29,12 +29,25 @@ LEAF_FILES = ("pki/apiserver.crt", "pki/apiserver-kubelet-client.crt")
 LOGINS = ("admin.conf", "controller-manager.conf", "scheduler.conf")
 
 
+async def rotating() -> World:
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert world.status()["caRotation"]["phase"] == "Rotating"
+    return world
+
+
+def fetch(world: World, member: str = "etcd-0") -> dict[str, StoredSecret | None]:
+    """The Secrets an agent of ``member`` reads, as it reads them."""
+    return {c: StoredSecret.from_object(world.secrets[f"x-{c}"]) if f"x-{c}" in world.secrets else None
+            for c in [*dict.fromkeys(p.component for p in placement.placements(member)), *placement.old_signers()]}
+
+
 def files(world: World, member: str = "etcd-0") -> dict[str, bytes]:
-    fetched = {}
-    for component in [*dict.fromkeys(p.component for p in placement.placements(member)), *placement.old_signers()]:
-        secret = world.secrets.get(f"x-{component}")
-        fetched[component] = StoredSecret.from_object(secret) if secret else None
-    result = verify(fetched, Record.from_status(world.status()["record"]), Claim.from_status(world.status().get("claim")),
+    result = verify(fetch(world, member), Record.from_status(world.status()["record"]), Claim.from_status(world.status().get("claim")),
                     spec.from_resource(world.body), member)
     assert result.pki is not None, result
     return {path: content.data for path, content in layout.files_for(result.pki, member).items()}
@@ -98,12 +111,7 @@ async def test_every_phase_writes_one_signing_ca_and_leaves_every_verifier_accep
 
 
 async def test_the_cross_signed_certificate_is_made_once_and_kept(tmp_path):
-    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
-    await world.reconcile()
-    world.annotate(**{requests.ROTATE: "ca"})
-    await world.reconcile()
-    await world.reconcile(GRACE)
-    await world.reconcile()
+    world = await rotating()
     stored = world.data("ca", "tls.crt")
     assert len(x509.load_pem_x509_certificates(stored)) == 2
     plan = await world.reconcile(timedelta(seconds=5))
@@ -123,34 +131,12 @@ async def test_other_authorities_keep_their_bundle_files():
 
 
 async def test_the_old_ca_on_disk_must_be_the_recorded_one():
-    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
-    await world.reconcile()
-    world.annotate(**{requests.ROTATE: "ca"})
-    await world.reconcile()
-    await world.reconcile(GRACE)
-    await world.reconcile()
+    world = await rotating()
     forged = keys.private_pem(keys.generate(spec.KeyAlgorithm.ECDSA_P256))
     world.tamper("ca-previous", tls_key=forged)
-    fetched = {c: StoredSecret.from_object(world.secrets[f"x-{c}"]) if f"x-{c}" in world.secrets else None
-               for c in [*dict.fromkeys(p.component for p in placement.placements("etcd-0")), *placement.old_signers()]}
-    result = verify(fetched, Record.from_status(world.status()["record"]), None, spec.from_resource(world.body), "etcd-0")
+    result = verify(fetch(world), Record.from_status(world.status()["record"]), None, spec.from_resource(world.body),
+                    "etcd-0")
     assert result.pki is None and "ca-previous" in result.rejected
-
-
-async def rotating() -> World:
-    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
-    await world.reconcile()
-    world.annotate(**{requests.ROTATE: "ca"})
-    await world.reconcile()
-    await world.reconcile(GRACE)
-    await world.reconcile()
-    assert world.status()["caRotation"]["phase"] == "Rotating"
-    return world
-
-
-def fetch(world: World) -> dict[str, StoredSecret | None]:
-    return {c: StoredSecret.from_object(world.secrets[f"x-{c}"]) if f"x-{c}" in world.secrets else None
-            for c in [*dict.fromkeys(p.component for p in placement.placements("etcd-0")), *placement.old_signers()]}
 
 
 async def test_a_certificate_appended_by_someone_else_never_reaches_a_node():
