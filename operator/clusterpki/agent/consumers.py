@@ -9,6 +9,8 @@ by ``tests/e2e/test_ha.py`` through renewals and rotations on those processes:
 - etcd reads its server and peer pairs at each handshake, its trusted CA files once, at start.
 - kube-controller-manager and kube-scheduler read their kubeconfigs, and kube-controller-manager the
   root CA, signing CA and service-account key, once, at start.
+(Kubelets, not in the table yet: v1.24 reloads its client CA file within a second, and reads its client
+certificate and kubelet.conf only at start; ``bench/kubelet_reloads.sh``.)
 A file not known to reload is marked RESTART: a restart too many costs a moment, a missed one an
 outage later. A file is rewritten, and its readers restarted, only for a change of material
 (:func:`clusterpki.kubeadm.layout.to_write`): a trust bundle's CAs in another order are the same trust.
