@@ -102,9 +102,11 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look.
-    (Kopf's initial listing at start-up comes with type None: every ClusterPKI is looked at once.)"""
+    (Kopf's initial listing at start-up comes with type None: every ClusterPKI is looked at once.)
+    Async so that it runs on the event loop: Kopf runs a sync handler in a thread of its own, and the
+    scheduler's asyncio primitives must not be touched from another thread."""
     state: State = memo.state
     obj = event["object"]
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])

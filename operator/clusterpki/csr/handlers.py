@@ -124,9 +124,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-def track_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def track_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the policy ClusterPKI's latest version; once it is known, look again at every CSR that
-    waited for it."""
+    waited for it. (Async: on the event loop, like the scheduler it wakes.)"""
     state: CsrState = memo.csr
     obj = event["object"]
     if (obj["metadata"]["namespace"], obj["metadata"]["name"]) != state.policy:
