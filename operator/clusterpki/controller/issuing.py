@@ -18,7 +18,7 @@ from clusterpki.controller.gates import failed, in_the_way, recovering
 from clusterpki.controller.observe import Observed
 from clusterpki.controller.plan import Plan, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
-from clusterpki.controller.requests import RENEW, ROTATE, Requests, renewal_targets, rotation_target
+from clusterpki.controller.requests import ABORT, RENEW, ROTATE, Requests, renewal_targets, rotation_target
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
 from clusterpki.controller.wanted import Wanted, wanted_secrets
 from clusterpki.kube import secrets
@@ -281,15 +281,20 @@ class Issuing:
 
     def _advance(self, step: phases.Step | None, holding_up: str) -> tuple[Rotation | None, datetime | None]:
         if step is None:
+            self._abort_refused(self.seen.rotation)
             return self.seen.rotation, None
         self.events.extend(step.events)
         before = step.rotation
-        push = Push(complete=self.pending.complete is not None, force=self.pending.force is not None)
+        push = Push(complete=self.pending.complete is not None, force=self.pending.force is not None,
+                    abort=self.pending.abort is not None)
         moved, step_at, used = rotation.advance(before, self.spec.rotation_grace, self.now, holding_up, push,
                                                 self.spec.token_lifetime)
         self.handled = self.handled.with_handled(
             complete=self.pending.complete if used.complete else self.handled.complete,
-            force=self.pending.force if used.force else self.handled.force)
+            force=self.pending.force if used.force else self.handled.force,
+            abort=self.pending.abort if used.abort else self.handled.abort)
+        if not used.abort:
+            self._abort_refused(before)
         if moved.phase is not before.phase:
             self.events.append(Event.normal(Reason(f"Rotation{moved.phase.value}"),
                                             f"Rotation of {moved.target}: {before.phase.value} -> {moved.phase.value}"))
@@ -298,6 +303,17 @@ class Issuing:
                                             f"waits for consumers that do not run its Secrets yet: "
                                             f"{moved.waiting_for}"))
         return moved, step_at
+
+    def _abort_refused(self, current: Rotation | None) -> None:
+        """A ``rotate-ca-abort`` value that finds nothing to take back: handled, and said so, once."""
+        value = self.pending.abort
+        if value is None:
+            return
+        self.handled = self.handled.with_handled(abort=value)
+        why = "no CA rotation is under way" if current is None or not current.active else \
+            f"the {current.target} key's rotation cannot be taken back" if current.of_service_account else \
+            f"the rotation of {current.target} is {current.phase.value}: only Preparing and Rotating can be taken back"
+        self.events.append(Event.warning(Reason.INVALID_ROTATION_REQUEST, f"{ABORT}={value!r}: {why}"))
 
     def _consumer_conditions(self, reports: consumer_reports.Consumers) -> list[dict[str, Any]]:
         seen, now, generation = self.seen, self.now, self.seen.meta.generation

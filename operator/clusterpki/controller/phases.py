@@ -61,7 +61,8 @@ Make = Callable[[], Material]  # a new CA pair or service-account key
 
 def step(rotation: Rotation, authority: Authority, make: Make, now: datetime) -> Step:
     """The Secrets the rotation's current phase puts in place."""
-    phase = {Phase.PREPARING: preparing, Phase.ROTATING: rotating}.get(rotation.phase, settled)
+    phase = {Phase.PREPARING: preparing, Phase.ROTATING: rotating, Phase.ABORTING: aborting,
+             Phase.ABORTED: aborted}.get(rotation.phase, settled)
     return phase(rotation, authority, make, now)
 
 
@@ -128,6 +129,30 @@ def settled(rotation: Rotation, authority: Authority, make: Make, now: datetime)
         old = authority.trusted(rotation.old)
         trust = (old,) if old is not None and rotation.old != fingerprint(authority.current) else ()
     return Step(rotation, signer=authority.current, trust=trust)
+
+
+def aborting(rotation: Rotation, authority: Authority, make: Make, now: datetime) -> Step:
+    """The rotation taken back: the old CA signs again from ``<target>`` and its leaves are re-issued from
+    it; the new one waits in ``<target>-next``, and bundles keep it while consumers move back. Without
+    the old CA's key there is nothing to go back to: the rotation goes on."""
+    target = rotation.target
+    old = authority.find(rotation.old, authority.current, authority.previous)
+    new = authority.find(rotation.new, authority.current, authority.spare)
+    if not isinstance(old, KeyPair) or new is None:
+        lost = Event.warning(Reason.INVALID_ROTATION_REQUEST, f"Rotation of {target}: the old CA's key is gone, so "
+                             "it cannot be taken back; it goes on")
+        found = rotating(rotation.enter(Phase.ROTATING), authority, make, now)
+        return replace(found, events=(lost, *found.events))
+    halves = {f"{target}{NEXT}": new._replace(chain=()) if isinstance(new, KeyPair) else new}
+    delete = (f"{target}{PREVIOUS}",) if authority.previous is not None and authority.previous is old else ()
+    return Step(rotation, signer=old._replace(chain=()), trust=(public(new),), halves=halves, delete=delete,
+                rotated=True)
+
+
+def aborted(rotation: Rotation, authority: Authority, make: Make, now: datetime) -> Step:
+    """Taken back: the old CA alone, and the new one deleted."""
+    delete = (f"{rotation.target}{NEXT}",) if authority.spare is not None else ()
+    return Step(rotation, signer=authority.current, delete=delete)
 
 
 def recovery(rotation: Rotation, make: Make) -> Step:

@@ -41,6 +41,8 @@ class Reason(str, enum.Enum):
     ROTATION_ROTATING = "RotationRotating"
     ROTATION_COMPLETING = "RotationCompleting"
     ROTATION_COMPLETED = "RotationCompleted"
+    ROTATION_ABORTING = "RotationAborting"
+    ROTATION_ABORTED = "RotationAborted"
     ROTATION_WAITING = "RotationWaiting"
     # Conditions other than Ready
     NO_FAILED_RESTART = "NoFailedRestart"

@@ -3,7 +3,7 @@
 Each request fires once per value: the value handled last is kept in ``status.requests``, so a
 restart does not fire it again. ``renew`` renews leaves, ``rotate-ca`` starts a rotation,
 ``rotate-ca-complete`` ends a rotation's Rotating phase early, ``rotate-ca-force`` moves a phase on
-without waiting for consumers. ``import`` pins what ``clusterpki import`` stored (see
+without waiting for consumers, ``rotate-ca-abort`` takes a CA rotation back before Completing. ``import`` pins what ``clusterpki import`` stored (see
 :mod:`clusterpki.controller.custody`).
 """
 
@@ -21,6 +21,7 @@ RENEW = f"{GROUP}/renew"
 ROTATE = f"{GROUP}/rotate-ca"
 COMPLETE = f"{GROUP}/rotate-ca-complete"
 FORCE = f"{GROUP}/rotate-ca-force"
+ABORT = f"{GROUP}/rotate-ca-abort"
 IMPORTED = f"{GROUP}/imported"  # JSON {component: data digest} of the Secrets `clusterpki import` stored
 TARGETS = (*(ca.component for ca in catalog.CERTIFICATE_AUTHORITIES), catalog.SERVICE_ACCOUNT)
 
@@ -33,10 +34,12 @@ class Requests:
     rotate: str | None = None
     complete: str | None = None
     force: str | None = None
+    abort: str | None = None
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Requests:
-        return cls(annotations.get(RENEW), annotations.get(ROTATE), annotations.get(COMPLETE), annotations.get(FORCE))
+        return cls(renew=annotations.get(RENEW), rotate=annotations.get(ROTATE), complete=annotations.get(COMPLETE),
+                   force=annotations.get(FORCE), abort=annotations.get(ABORT))
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> Requests:

@@ -10,6 +10,9 @@ Secret was in the way) still gives consumers the whole grace period.
   ``<name>-<ca>-previous``; every leaf is re-issued from the new CA; bundles stay old + new.
 - **Completing** (after ``rotate-ca-complete`` or the grace period): the old CA leaves the bundles.
 - **Completed**: stays in the status until the next rotation.
+- **Aborting** (after ``rotate-ca-abort`` in Preparing or Rotating, for a CA): the old CA signs again and
+  its leaves are re-issued from it; bundles carry old + new while consumers move back.
+- **Aborted**, once no consumer holds Aborting up: the new CA leaves the bundles and is deleted.
 
 ``old`` and ``new`` are the fingerprints of the authority replaced and of its replacement, so that a
 move cut short anywhere is finished with exactly those two. What each phase puts in place is
@@ -34,6 +37,8 @@ class Phase(str, enum.Enum):
     ROTATING = "Rotating"
     COMPLETING = "Completing"
     COMPLETED = "Completed"
+    ABORTING = "Aborting"
+    ABORTED = "Aborted"
 
     @property
     def following(self) -> Phase:
@@ -41,7 +46,9 @@ class Phase(str, enum.Enum):
         return order[min(order.index(self) + 1, len(order) - 1)]
 
 
-ACTIVE = (Phase.PREPARING, Phase.ROTATING, Phase.COMPLETING)
+ACTIVE = (Phase.PREPARING, Phase.ROTATING, Phase.COMPLETING, Phase.ABORTING)
+ABORTABLE = (Phase.PREPARING, Phase.ROTATING)
+SETTLING = {Phase.COMPLETING: Phase.COMPLETED, Phase.ABORTING: Phase.ABORTED}  # end once no consumer holds them
 
 
 class Trigger(str, enum.Enum):
@@ -113,6 +120,7 @@ class Push:
 
     complete: bool = False
     force: bool = False
+    abort: bool = False
 
 
 NO_PUSH = Push()
@@ -126,10 +134,12 @@ def advance(rotation: Rotation, grace: timedelta, now: datetime, holding_up: str
     (``holding_up`` names those that do). Completing ends as soon as no consumer holds it up: Completed
     means every consumer runs without the old CA. Leaving ``sa``'s Rotating, the old public key stays
     trusted for ``token_lifetime`` more, for the tokens it signed."""
-    if rotation.phase is Phase.COMPLETING:
+    if push.abort and rotation.phase in ABORTABLE and not rotation.of_service_account:
+        return rotation.enter(Phase.ABORTING), now, Push(abort=True)
+    if rotation.phase in SETTLING:
         if holding_up and not push.force:
             return replace(rotation, waiting_for=holding_up), now + CONSUMER_RECHECK, NO_PUSH
-        return replace(rotation, phase=Phase.COMPLETED, completed_at=now, waiting_for=None), None, \
+        return replace(rotation, phase=SETTLING[rotation.phase], completed_at=now, waiting_for=None), None, \
             Push(force=push.force)
     if not rotation.active:
         return rotation, None, NO_PUSH

@@ -177,3 +177,67 @@ def files_of_rotation_start(world: World) -> bytes:
             if write.secret["metadata"]["name"] == "x-ca" and "tls.key" in data:
                 return base64.b64decode(data["tls.key"])
     raise AssertionError("the first CA's key was never written")
+
+
+async def test_a_rotation_taken_back_in_rotating_returns_every_file_to_the_old_ca(tmp_path):
+    world = await rotating()
+    old = x509.load_pem_x509_certificate(world.data("ca-previous", "tls.crt"))
+    new = x509.load_pem_x509_certificate(world.data("ca", "tls.crt"))
+    keys_before = {c: world.data(c, "tls.key") for c in ("apiserver", "admin")}
+    world.annotate(**{requests.ABORT: "now"})
+    await world.reconcile(timedelta(seconds=1))
+    assert world.status()["caRotation"]["phase"] == "Aborting" and "RotationAborting" in world.reasons()
+    await world.reconcile()
+    assert x509.load_pem_x509_certificate(world.data("ca", "tls.crt")) == old
+    assert x509.load_pem_x509_certificate(world.data("ca-next", "tls.crt")) == new and "x-ca-previous" not in world.secrets
+    written = files(world)
+    assert single_signer(written) == old
+    for path in (*LEAF_FILES, *LOGINS):
+        chain = presented(written, path)
+        assert len(x509.load_pem_x509_certificates(chain)) == 1, path
+        assert openssl_verifies(tmp_path, old, chain, world.now), path
+    assert {c: world.data(c, "tls.key") for c in keys_before} == keys_before, "the leaves keep their keys"
+    bundle = [c.serial_number for c in x509.load_pem_x509_certificates(world.data("admin", "ca.crt"))]
+    assert bundle == [old.serial_number, new.serial_number], "consumers still trust the new CA while they move back"
+
+    await world.reconcile(timedelta(seconds=1))
+    assert world.status()["caRotation"]["phase"] == "Aborted" and "RotationAborted" in world.reasons()
+    await world.reconcile()
+    assert "x-ca-next" not in world.secrets
+    assert [c.serial_number for c in x509.load_pem_x509_certificates(world.data("admin", "ca.crt"))] == \
+        [old.serial_number]
+    assert single_signer(files(world)) == old
+    plan = await world.reconcile(timedelta(seconds=5))
+    assert not plan.writes, "taken back, it stays so"
+    world.annotate(**{requests.ROTATE: "ca@again"})
+    await world.reconcile()
+    assert world.status()["caRotation"]["phase"] == "Preparing", "a new rotation can start"
+
+
+async def test_a_rotation_taken_back_in_preparing_drops_the_new_ca():
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    serials = {c: x509.load_pem_x509_certificate(world.data(c, "tls.crt")).serial_number for c in ("ca", "apiserver")}
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    world.annotate(**{requests.ABORT: "1"})
+    for _ in range(4):
+        await world.reconcile(timedelta(seconds=1))
+    assert world.status()["caRotation"]["phase"] == "Aborted" and "x-ca-next" not in world.secrets
+    assert {c: x509.load_pem_x509_certificate(world.data(c, "tls.crt")).serial_number for c in serials} == serials, \
+        "nothing was re-issued: every leaf is the old CA's already"
+
+
+async def test_an_abort_with_nothing_to_take_back_is_refused_once():
+    world = World(clusterpki(annotations={spec.GRACE_ANNOTATION: "30s"}))
+    await world.reconcile()
+    world.annotate(**{requests.ABORT: "x"})
+    await world.reconcile()
+    await world.reconcile(timedelta(seconds=1))
+    refusals = [m for kind, reason, m in world.events if reason == "InvalidRotationRequest"]
+    assert refusals == ["pki.clusterpki.dev/rotate-ca-abort='x': no CA rotation is under way"]
+    world.annotate(**{requests.ROTATE: "sa", requests.ABORT: "y"})
+    await world.reconcile()
+    await world.reconcile(timedelta(seconds=1))
+    assert world.status()["caRotation"]["phase"] == "Preparing"
+    assert "the sa key's rotation cannot be taken back" in [m for _, r, m in world.events if r == "InvalidRotationRequest"][-1]
