@@ -217,7 +217,8 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
                     return rotation.get("request") == value and rotation.get("phase") == "Completed"
                 await api.wait_for(completed, 300, f"the rotation of {target} completed")
                 await consumers_current(api, namespace)
-            await rotate_and_take_back(api, namespace)
+                if target == "ca":  # before sa's: no rotation starts while sa's old key is still trusted
+                    await rotate_and_take_back(api, namespace)
 
             last = max(end for m in members for _, _, end in consumers.windows(m.state))
             await api.wait_for(lambda: load.served_since(last), 60, "every client served after the last restart")
