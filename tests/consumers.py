@@ -31,7 +31,7 @@ def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[s
 
     ``members`` gives every etcd member's client and peer port; ``api_port``, when this member runs a
     kube-apiserver, its port. The apiserver talks to every etcd member, and on SIGTERM it fails
-    ``/readyz`` for 1 s before it stops listening, so a load balancer takes it out of rotation first."""
+    ``/readyz`` for 2 s before it stops listening, so a load balancer takes it out of rotation first."""
     d, p = pki.parent, pki
     etcd_port, peer_port = members[member]
     found = {
@@ -69,7 +69,7 @@ def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[s
             f"--etcd-cafile={p}/etcd/ca.crt", f"--etcd-certfile={p}/apiserver-etcd-client.crt",
             f"--etcd-keyfile={p}/apiserver-etcd-client.key",
             "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none", "--shutdown-delay-duration=1s", f"--tls-cert-file={p}/apiserver.crt",
+            "--endpoint-reconciler-type=none", "--shutdown-delay-duration=2s", f"--tls-cert-file={p}/apiserver.crt",
             f"--tls-private-key-file={p}/apiserver.key", f"--client-ca-file={p}/ca.crt",
             f"--service-account-key-file={p}/sa.pub", f"--service-account-signing-key-file={p}/sa.key",
             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12",

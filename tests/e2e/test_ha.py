@@ -93,9 +93,11 @@ class Member:
 
 def haproxy_config(port: int, backends: list[int], path: Path) -> Path:
     """TCP passthrough (client certificates reach the apiservers), /readyz checked every 300 ms (down after
-    1 failure, within the apiservers' 1 s shutdown delay; up after 2, within the agents' --healthy-for 1),
+    2 failures, well within the apiservers' 2 s shutdown delay; up after 2, within the agents'
+    --healthy-for 1), a check given 2 s to answer (HAProxy's default is the interval: on two busy cores
+    a slow /readyz of the one apiserver left then took it out too, with a 500 from no apiserver at all),
     and a connection that fails retried on the other apiserver."""
-    servers = "\n".join(f"  server api{i} 127.0.0.1:{p} check check-ssl verify none inter 300ms fall 1 rise 2"
+    servers = "\n".join(f"  server api{i} 127.0.0.1:{p} check check-ssl verify none inter 300ms fall 2 rise 2"
                         for i, p in enumerate(backends))
     path.write_text(f"""global
   maxconn 2000
@@ -104,6 +106,7 @@ defaults
   timeout connect 2s
   timeout client 60s
   timeout server 60s
+  timeout check 2s
   retries 3
   option redispatch
 frontend apiserver
