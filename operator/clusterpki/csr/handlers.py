@@ -63,6 +63,7 @@ class CsrState:
         self.policy = policy
         self.policy_body: dict[str, Any] | None = None
         self.policy_cache: tuple[str | None, Policy | None] | None = None  # (resourceVersion, read)
+        self.ca_cache: tuple[str, KeyPair] | None = None  # (the record's data digest of the CA Secret, its pair)
         self.nodes = NodeIndex()
         self.waiting: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
@@ -240,18 +241,24 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
 
 
 async def _recorded_ca(state: CsrState) -> KeyPair | None:
-    """The policy's CA, if its Secret holds what the record says was issued."""
+    """The policy's CA, if its Secret holds what the record says was issued. Read once per recorded
+    version: a pair read while its data was the record's is the recorded one for as long as the record
+    says so, whatever is written to the Secret since (so a burst of CSRs costs one GET, not one each)."""
     namespace, pki_name = state.policy
+    issued = Record.from_status(((state.policy_body or {}).get("status") or {}).get("record"))
+    entry = issued.secrets.get("ca")
+    if entry is not None and state.ca_cache is not None and state.ca_cache[0] == entry.data:
+        return state.ca_cache[1]
     found = await state.api.secret(namespace, secrets.secret_name(pki_name, "ca"))
     if found is None:
         LOGGER.warning(f"CSRs are not signed: the CA Secret of ClusterPKI {namespace}/{pki_name} does not exist yet")
         return None
     stored = secrets.StoredSecret.from_object(found)
-    issued = Record.from_status(((state.policy_body or {}).get("status") or {}).get("record"))
     if not issued.holds("ca", stored.digest):
         LOGGER.warning(f"CSRs are not signed: Secret {stored.name} does not hold the CA on record")
         return None
-    return secrets.read_pair(stored)
+    state.ca_cache = (stored.digest, secrets.read_pair(stored))
+    return state.ca_cache[1]
 
 
 async def _refuse(state: CsrState, body: dict[str, Any], refused: csr.Decision) -> None:

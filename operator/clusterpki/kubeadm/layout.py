@@ -160,13 +160,14 @@ def signing_cas(out: Path) -> dict[str, KeyPair]:
     """The pair each single-file CA's files hold in ``out`` (``pki/ca.crt`` and ``pki/ca.key``), where
     they are whole: what an agent keeps writing if a rotation's old CA is no longer stored anywhere."""
     found = {}
-    for ca in catalog.CERTIFICATE_AUTHORITIES:
+    files = pair_files("")
+    for ca in (ca for ca in catalog.CERTIFICATE_AUTHORITIES if ca.single_file):
         try:
-            pair = KeyPair(read_cert(out / f"{ca.file}.crt"), _read_key(out / f"{ca.file}.key"))
+            pair = read_pair(out, files[ca.component])
         except (OSError, ValueError):
             continue
-        if ca.single_file and keys.same_public_key(pair.cert.public_key(), pair.key):
-            found[ca.component] = pair
+        if pair is not None and keys.same_public_key(pair.cert.public_key(), pair.key):
+            found[ca.component] = pair._replace(chain=())
     return found
 
 
