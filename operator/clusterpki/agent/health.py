@@ -35,10 +35,11 @@ async def down(url: str, probes: int = 3, interval: float = 1.0) -> bool:
         if probe:
             await asyncio.sleep(interval)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, port), TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                _, writer = await asyncio.open_connection(parsed.hostname, port)
         except ConnectionRefusedError:
             continue
-        except (OSError, asyncio.TimeoutError):
+        except OSError:  # TimeoutError among them
             return False
         writer.close()
         return False

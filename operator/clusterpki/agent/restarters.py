@@ -77,8 +77,9 @@ async def _run(argv: list[str], env: Mapping[str, str], component: str) -> None:
     try:
         process = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **env},
                                                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            output, _ = await process.communicate()
+    except TimeoutError:
         process.kill()
         raise RestartFailed(f"restarting {component} took longer than {COMMAND_TIMEOUT}s") from None
     except OSError as exc:

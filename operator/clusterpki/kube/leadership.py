@@ -116,9 +116,10 @@ class Elector:
             if left <= 0:
                 return f"no renewal succeeded within {TIMING.renew_deadline}s"
             try:
-                if not await asyncio.wait_for(lease.renew(), left):
-                    return f"it is no longer ours ({lease.holder() or 'nobody'} holds it)"
+                async with asyncio.timeout(left):
+                    if not await lease.renew():
+                        return f"it is no longer ours ({lease.holder() or 'nobody'} holds it)"
                 renewed = started
-            except (ApiError, asyncio.TimeoutError) as exc:
+            except (ApiError, TimeoutError) as exc:
                 logger.warning("Cannot renew the Lease %s/%s: %s", self.namespace, self.name,
                                exc if isinstance(exc, ApiError) else "the renew deadline came first")

@@ -112,8 +112,9 @@ class Lease:
     async def _bounded(self, verb: str, request: Awaitable[T]) -> T:
         """``request`` within ``timeout``; past it, an ApiError like the transport's own for a timeout."""
         try:
-            return await asyncio.wait_for(request, self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                return await request
+        except TimeoutError:
             raise ApiError(verb, self.what, 0, "TimeoutError") from None
 
 

@@ -82,7 +82,8 @@ class Scheduler:
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
             timeout = self._heap[0][0] - now if self._heap else None
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                async with asyncio.timeout(timeout):  # meets the event being set, and this loop never ends
+                    await self._changed.wait()
+            except TimeoutError:
                 pass

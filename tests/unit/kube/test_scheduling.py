@@ -64,3 +64,21 @@ async def test_a_new_earlier_time_wakes_the_sleeping_loop():
     await asyncio.sleep(0.2)
     task.cancel()
     assert fired == ["soon"]
+
+
+async def test_a_cancellation_that_meets_a_new_due_time_still_stops_the_loop():
+    """Seen in CI: the operator did not stop, its Scheduler loop cancelled yet waiting. Python 3.11's
+    ``asyncio.wait_for`` returns the inner result when the cancellation arrives as the inner wait
+    completes, so a loop built on it never ended. The cancellation must win."""
+    scheduler = Scheduler(_never)
+    scheduler.after("late", 1000)  # the loop waits with a timeout
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0)
+    scheduler.after("k", 500)   # the event is set ...
+    task.cancel()               # ... and the cancellation arrives in the same step
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled()
+
+
+async def _never(key):
+    raise AssertionError(f"nothing is due yet, but {key} fired")
