@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from clusterpki.kube.reports import Report, RestartState, lease_name
+from clusterpki.pki import nodes as node_trust
 from clusterpki.pki.record import Record
 
 
@@ -76,3 +77,36 @@ def _entries(report: Report, record: Record) -> list[dict[str, Any]]:
             entry["restart"] = restart.to_json()
         found.append(entry)
     return found
+
+
+SHOWN = 10  # nodes named in the status and in a rotation's waitingFor; the rest are counted
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """What the nodes' kubelets run, against the record: the nodes that report for this ClusterPKI, and
+    those whose revision is not the record's."""
+
+    count: int = 0
+    behind: tuple[str, ...] = ()
+
+    @property
+    def current(self) -> str:
+        """``current/all`` for the NODES column."""
+        return f"{self.count - len(self.behind)}/{self.count}"
+
+    @property
+    def holding_up(self) -> str:
+        if not self.behind:
+            return ""
+        more = len(self.behind) - SHOWN
+        return "nodes " + ", ".join(self.behind[:SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+    def to_status(self) -> dict[str, Any]:
+        return {"count": self.count, "current": self.count - len(self.behind), "behind": list(self.behind[:SHOWN])}
+
+
+def nodes(reported: Mapping[str, str], record: Record) -> Nodes:
+    """``reported``: node name -> the revision its agent reports (:mod:`clusterpki.kube.node_reports`)."""
+    expected = node_trust.revision(record)
+    return Nodes(len(reported), tuple(sorted(n for n, revision in reported.items() if revision != expected)))

@@ -33,7 +33,7 @@ from clusterpki.controller.gates import failed
 from clusterpki.controller.observe import Observed, observe, view
 from clusterpki.controller.plan import Plan, Retry
 from clusterpki.controller.reasons import Kind, Reason
-from clusterpki.kube import reports, resource, secrets
+from clusterpki.kube import node_reports, reports, resource, secrets
 from clusterpki.kube.api import Api, ApiError, load_configuration
 from clusterpki.kube.events import EventRecorder
 from clusterpki.kube.informer import Watch
@@ -60,7 +60,7 @@ class State:
     ClusterPKI and a bound on reconciles at once, the scheduler, the two watches, and the
     resourceVersions of its own Secret writes (to tell them from drift)."""
 
-    def __init__(self, api: Api, namespaces: list[str]) -> None:
+    def __init__(self, api: Api, namespaces: list[str], follow_nodes: bool = False) -> None:
         self.api, self.holder = api, identity()
         self.secrets, self.clusterpkis, self.events = SecretClient(api), ClusterPKIClient(api), EventRecorder(api)
         self.bodies: dict[Key, dict[str, Any]] = {}
@@ -78,7 +78,12 @@ class State:
                               lambda kind, obj, _: drift(self, kind, obj))
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
                              plural="leases", group=reports.LEASES, metadata_only=False)
-        self.watch: asyncio.Future | None = None  # both watches
+        # Nodes' reports (only with node agents, that is with --csr-policy: the operator signs their
+        # kubelets' client certificates): node -> (ClusterPKI, revision), metadata alone kept
+        self.nodes = Watch(api, [], "", lambda kind, obj, _: node_reported(self, kind, obj), plural="nodes",
+                           keep=_node_report_only) if follow_nodes else None
+        self.node_reports: dict[str, node_reports.NodeReport] = {}
+        self.watch: asyncio.Future | None = None  # the watches
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -88,9 +93,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
-    state = memo.state = State(Api(load_configuration()), memo.get("namespaces") or [])
+    state = memo.state = State(Api(load_configuration()), memo.get("namespaces") or [],
+                               follow_nodes=memo.get("csr_policy") is not None)
     state.task = asyncio.create_task(state.scheduler.run())
-    state.watch = asyncio.gather(state.informer.run(), state.reports.run())
+    state.watch = asyncio.gather(state.informer.run(), state.reports.run(),
+                                 *([state.nodes.run()] if state.nodes is not None else []))
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -175,6 +182,32 @@ def reported(state: State, kind: str, obj: Mapping[str, Any], before: Mapping[st
         mark_drift(state, key)
 
 
+def node_reported(state: State, kind: str, obj: Mapping[str, Any]) -> None:
+    """A Node's report changed (or the Node went): look again, a moment later, at the ClusterPKIs it
+    reported for, so that a rotation's thousands of reports make a few looks, not one each."""
+    name = obj["metadata"]["name"]
+    before = state.node_reports.pop(name, None)
+    after = None if kind == "DELETED" else node_reports.of_node(obj["metadata"])
+    if after is not None:
+        state.node_reports[name] = after
+    if before == after:
+        return
+    for key in {r.key for r in (before, after) if r is not None}:
+        if key in state.bodies:
+            state.scheduler.after(key, settings.NODE_REPORT_DELAY)
+
+
+def _node_report_only(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the Node watch's index keeps of a Node's metadata: its name, version and report."""
+    report = (meta.get("annotations") or {}).get(node_reports.ANNOTATION)
+    return {"name": meta["name"], "resourceVersion": meta["resourceVersion"],
+            **({"annotations": {node_reports.ANNOTATION: report}} if report else {})}
+
+
+def _nodes(state: State, key: Key) -> dict[str, str]:
+    return {node: r.revision for node, r in state.node_reports.items() if r.key == key}
+
+
 def mark_drift(state: State, key: Key) -> None:
     state.dirty.add(key)
     state.scheduler.after(key, settings.DRIFT_DELAY)
@@ -228,7 +261,8 @@ async def _decided(state: State, key: Key, body: dict[str, Any], clients: Client
     """What was observed, and the plan for it; a read that failed is the plan to report it."""
     neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
     try:
-        seen = await observe(clients, body, neighbours, _reports(state, key), state.holder, _none_stored(state, key))
+        seen = await observe(clients, body, neighbours, _reports(state, key), state.holder, _none_stored(state, key),
+                             _nodes(state, key))
     except ApiError as exc:
         if exc.namespace_terminating:
             raise

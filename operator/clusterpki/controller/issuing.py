@@ -22,7 +22,7 @@ from clusterpki.controller.requests import ABORT, RENEW, ROTATE, Requests, renew
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
 from clusterpki.controller.wanted import Wanted, wanted_secrets
 from clusterpki.kube import secrets
-from clusterpki.pki import catalog, certificates, engine, keys, record, times
+from clusterpki.pki import catalog, certificates, engine, keys, kubeconfig, nodes, record, times
 from clusterpki.pki.certificates import Issue, KeyPair, Why
 from clusterpki.pki.record import Claim, Record
 from clusterpki.pki.spec import SecretRetention
@@ -256,7 +256,9 @@ class Issuing:
         reports = consumer_reports.consumers(seen.reports, new_record, self.spec.name,
                                              {m.name for m in self.spec.etcd_members}, now,
                                              consumer_reports.members_of(seen.status))
-        moved, step_at = self._advance(step, reports.holding_up)
+        kubelets = consumer_reports.nodes(seen.nodes, new_record)
+        nodes_wait = kubelets.holding_up if step is not None and step.rotation.target == nodes.AUTHORITY else ""
+        moved, step_at = self._advance(step, ", ".join(h for h in (reports.holding_up, nodes_wait) if h))
         unscheduled = set(self.custody.adopted) | ({moved.target} if moved and moved.active else set())
         entries, next_renewal = status.certificates_of(pki, unscheduled)
         found: dict[str, Any] = {
@@ -265,6 +267,8 @@ class Issuing:
                            *self._consumer_conditions(reports)],
             "certificates": entries, "certificateCount": len(entries),
             "nextRenewal": times.format_time(next_renewal), "record": new_record.to_status(),
+            # public: what nodes' kubelets trust comes from here, checked against the record
+            "trustBundles": {nodes.AUTHORITY: kubeconfig.pem_bundle(pki.bundle(nodes.AUTHORITY)).decode()},
             "requests": self.handled.to_status() or None}
         if seen.claim is not None or claim is not None:
             found["claim"] = None
@@ -273,6 +277,9 @@ class Issuing:
         if reports.entries or seen.status.get("consumers"):
             found["consumers"] = list(reports.entries) or None
             found["consumersCurrent"] = reports.current if reports.entries else None
+        if kubelets.count or seen.status.get("nodes"):
+            found["nodes"] = kubelets.to_status() if kubelets.count else None
+            found["nodesCurrent"] = kubelets.current if kubelets.count else None
         retry = now + timedelta(seconds=settings.RETRY_DELAY)  # due, yet not renewed: no busy loop
         until = moved.old_key_trusted_until if moved else None
         wake = [next_renewal if next_renewal > now else retry, step_at, reports.next_stale,

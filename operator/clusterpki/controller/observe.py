@@ -72,6 +72,7 @@ class Observed:
     imported: Mapping[str, str] = field(default_factory=dict)  # component -> data digest `import` stored
     legacy: Mapping[str, str] = field(default_factory=dict)  # component -> serial, from a status without record
     reports: tuple[Report, ...] = ()
+    nodes: Mapping[str, str] = field(default_factory=dict)  # node -> the revision its kubelet runs (node reports)
     holder: str = ""  # this operator's identity, for claims
     status: Mapping[str, Any] = field(default_factory=dict)  # as read, to tell whether it changes
     wanted: frozenset[str] = frozenset()  # the components it wants a Secret for, and every rotation half
@@ -89,14 +90,15 @@ class Reads(Protocol):
 
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
-                  reports: Sequence[Report], holder: str, none_stored: bool = False) -> Observed:
+                  reports: Sequence[Report], holder: str, none_stored: bool = False,
+                  nodes: Mapping[str, str] | None = None) -> Observed:
     """Read what ``body`` needs and view it. ``none_stored`` (the watch has seen none of its Secrets)
     spares the LIST of a new ClusterPKI's Secrets; a stale watch only means a 409 later, never a
     second write."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     items = [] if none_stored else await reads.list(namespace, name)
-    base = view(body, items, neighbours, reports, holder)
+    base = view(body, items, neighbours, reports, holder, nodes=nodes)
     if base.spec is None or base.meta.deleting:
         return base
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
@@ -108,12 +110,12 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     fetched = [item for item in found if item is not None]
     strangers = {c: _stranger(missing[c], present[missing[c]]) for c in missing
                  if missing[c] in present and c not in fetch}
-    return view(body, items, neighbours, reports, holder, fetched, strangers)
+    return view(body, items, neighbours, reports, holder, fetched, strangers, nodes)
 
 
 def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: Sequence[Mapping[str, Any]] = (),
          reports: Sequence[Report] = (), holder: str = "", fetched: Sequence[dict[str, Any]] = (),
-         strangers: Mapping[str, Stranger] | None = None) -> Observed:
+         strangers: Mapping[str, Stranger] | None = None, nodes: Mapping[str, str] | None = None) -> Observed:
     """The typed view of a ClusterPKI (``body``), its labelled Secrets (``items``), the Secrets at its names
     fetched without its labels, and the rest of what was read."""
     meta = _meta(body)
@@ -131,7 +133,7 @@ def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: S
         claim=Claim.from_status(status.get("claim")), rotation=Rotation.from_status(status.get("caRotation")),
         secrets=own, strangers=strangers or {}, older_claims=_claims_of_older(body, neighbours) if pki_spec else {},
         impostors=tuple(impostors), imported=imported(annotations),
-        legacy={} if record else _legacy(status), reports=tuple(reports), holder=holder, status=status,
+        legacy={} if record else _legacy(status), reports=tuple(reports), nodes=dict(nodes or {}), holder=holder, status=status,
         wanted=frozenset(_wanted(pki_spec)) if pki_spec else frozenset())
 
 

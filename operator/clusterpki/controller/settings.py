@@ -3,6 +3,7 @@
 RETRY_DELAY = 10  # seconds before a transient failure (an API error) is retried
 CONFLICT_RETRY_DELAY = 1  # seconds before a write conflict (another writer got there first) is retried
 DRIFT_DELAY = 0.5  # seconds to gather a burst of Secret events into one reconcile
+NODE_REPORT_DELAY = 2.0  # seconds to gather nodes' reports (thousands per rotation phase) into one reconcile
 # ClusterPKIs reconciled at once. Each holds its Secrets and keys in memory while it runs, so a
 # renewal wave of a whole fleet would otherwise peak at the fleet's size; the work is CPU-bound, and
 # more at once would not finish sooner.

@@ -1,7 +1,10 @@
 """Kubelet CertificateSigningRequests: which ones the operator decides, the rules, the decision, and
 signing.
 
-Only the two kubelet signers are ever considered. :func:`check` holds a CSR to every rule: the
+Only the kubelet signers are ever considered: Kubernetes' two, and the operator's own
+:data:`ROTATION_SIGNER`, which a node agent asks for a client certificate from the CA that signs now
+(during a ``ca`` rotation, before the old CA stops being trusted). The operator approves and signs
+that one whatever the policy says of the others, since no one else signs it. :func:`check` holds a CSR to every rule: the
 requester is the node (or, for a first client certificate, a bootstrap token), the subject is exactly
 ``CN=system:node:<name>, O=system:nodes``, the key is strong, the lifetime within the policy's, the
 usages the signer's, and a serving certificate's names are its Node's and nobody else's, within the
@@ -31,7 +34,9 @@ from clusterpki.pki.spec import KubeletPolicy
 
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 SERVING_SIGNER = "kubernetes.io/kubelet-serving"
-SIGNERS = (CLIENT_SIGNER, SERVING_SIGNER)
+ROTATION_SIGNER = "pki.clusterpki.dev/kubelet-client"  # a node agent's request; only the operator signs it
+SIGNERS = (CLIENT_SIGNER, SERVING_SIGNER, ROTATION_SIGNER)
+OWN_SIGNERS = (ROTATION_SIGNER,)  # approved and signed whatever spec.kubelet says
 NODE_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
 BOOTSTRAPPERS_GROUP = "system:bootstrappers"
@@ -41,6 +46,7 @@ NODE_WAIT = timedelta(minutes=1)  # how long a serving CSR waits for its Node to
 _DS, _KE = "digital signature", "key encipherment"
 ALLOWED_USAGES = {
     CLIENT_SIGNER: ({_DS, "client auth"}, {_DS, _KE, "client auth"}),
+    ROTATION_SIGNER: ({_DS, "client auth"}, {_DS, _KE, "client auth"}),
     SERVING_SIGNER: ({_DS, "server auth"}, {_DS, _KE, "server auth"}),
 }
 
@@ -108,7 +114,7 @@ def check(csr: Mapping[str, Any], index: NodeIndex, bounds: Bounds) -> Decision:
         decision = rule(found, index, bounds)
         if decision is not None:
             return decision
-    kind = "client" if found.signer == CLIENT_SIGNER else "serving"
+    kind = "serving" if found.signer == SERVING_SIGNER else "client"
     return Decision(APPROVED, Reason.AUTO_APPROVED, f"kubelet {kind} certificate of node {found.node}")
 
 
@@ -176,7 +182,7 @@ def _usages(found: Request, index: NodeIndex, bounds: Bounds) -> Decision | None
 
 def _sans(found: Request, index: NodeIndex, bounds: Bounds) -> Decision | None:
     sans = found.sans()
-    if found.signer == CLIENT_SIGNER:
+    if found.signer != SERVING_SIGNER:
         return _deny(Reason.SANS_NOT_ALLOWED, "a kubelet client certificate has no subject alternative names") \
             if sans else None
     others = [n for n in sans if not isinstance(n, (x509.DNSName, x509.IPAddress))]
@@ -245,7 +251,7 @@ def sign(csr: Mapping[str, Any], ca: certificates.KeyPair, max_validity: timedel
     request's SANs, and ``expirationSeconds`` honoured up to the policy's validity."""
     found = parse(csr)
     assert isinstance(found, Request)  # refusal() read it first
-    usage = certificates.CLIENT_AUTH if found.signer == CLIENT_SIGNER else certificates.SERVER_AUTH
+    usage = certificates.SERVER_AUTH if found.signer == SERVING_SIGNER else certificates.CLIENT_AUTH
     sans = found.sans()
     identity = certificates.Identity(
         common_name=f"{NODE_PREFIX}{found.node}", organizations=(NODES_GROUP,), usages=(usage,),

@@ -35,8 +35,9 @@ class Watch:
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
                  plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True,
                  report_first: bool = False, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-        """``report_first``: the first list reports each object as ADDED too. ``keep``: what of a whole
-        object the index retains (all of it by default), and a DELETED found by a relist reports."""
+        """``report_first``: the first list reports each object as ADDED too. ``keep``: what of an object
+        (of its metadata, when ``metadata_only``) the index retains (all of it by default), and a DELETED
+        found by a relist reports."""
         self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
         self.group, self.metadata_only, self.report_first = group, metadata_only, report_first
         self.keep = keep or (lambda obj: obj)
@@ -122,7 +123,7 @@ class Watch:
 
     def _remember(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        kept = meta if self.metadata_only else self.keep(obj)
+        kept = self.keep(meta if self.metadata_only else obj)
         self.index.setdefault(_namespace(meta), {})[meta["name"]] = (meta["resourceVersion"], kept)
 
 

@@ -11,7 +11,7 @@ import pytest
 from clusterpki.controller import requests, rotation
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
 from clusterpki.kube.reports import Report, lease_name
-from clusterpki.pki import keys, record, spec
+from clusterpki.pki import keys, nodes, record, spec
 from cryptography import x509
 
 from tests.unit.controller.world import T0, World, clusterpki
@@ -260,3 +260,58 @@ def test_no_cross_signing_by_an_expired_ca():
     fresh_old = certificates.KeyPair(certificates.create_ca("kubernetes", old_key, timedelta(days=1), now), old_key)
     assert len(phases.crossed("ca", new, fresh_old, now).chain) == 1
     assert phases.crossed("etcd-ca", new, fresh_old, now) == new, "only a single-file CA is cross-signed"
+
+
+def node_wants(world: World) -> nodes.Wanted:
+    """What a node agent takes from the status: the published bundle, checked against the record."""
+    status = world.status()
+    return nodes.wanted(record.Record.from_status(status["record"]), status["trustBundles"]["ca"].encode())
+
+
+async def test_nodes_follow_the_control_plane_s_ca_file_and_their_client_certificate_the_signer():
+    world = await started(rotating_world())
+    old, new = serial(world, "ca"), serial(world, "ca-next")
+    wants = node_wants(world)
+    assert (wants.trusted.serial_number, wants.signer.serial_number) == (old, old), "Preparing: nothing moves yet"
+    steady = wants.revision
+    await world.reconcile(GRACE, nodes={"n1": steady})
+    await world.reconcile(nodes={"n1": steady})
+    wants = node_wants(world)
+    assert phase(world) == "Rotating"
+    assert (wants.trusted.serial_number, wants.signer.serial_number) == (old, new), \
+        "Rotating: the old CA on disk, the kubelet's client certificate from the new one"
+    assert wants.revision != steady
+    await world.reconcile(GRACE, nodes={"n1": steady})
+    assert phase(world) == "Rotating" and world.status()["caRotation"]["waitingFor"] == "nodes n1"
+    assert world.status()["nodes"] == {"count": 1, "current": 0, "behind": ["n1"]}
+    assert world.status()["nodesCurrent"] == "0/1"
+    await world.reconcile(nodes={"n1": wants.revision})
+    assert phase(world) == "Completing"
+    await world.reconcile(nodes={"n1": wants.revision})  # its work: the old CA leaves the bundle
+    assert phase(world) == "Completing", "Completed waits for the nodes as for the control plane"
+    wants = node_wants(world)
+    assert (wants.trusted.serial_number, wants.signer.serial_number) == (new, new)
+    await world.reconcile(nodes={"n1": wants.revision})
+    assert phase(world) == "Completed" and world.status()["nodesCurrent"] == "1/1"
+
+
+async def test_a_node_behind_holds_up_only_a_rotation_of_ca():
+    world = await started(rotating_world(), "etcd-ca")
+    await world.reconcile(GRACE, nodes={"n1": "behind"})
+    await world.reconcile(nodes={"n1": "behind"})
+    assert phase(world) == "Rotating"
+
+
+def test_a_published_bundle_that_is_not_the_record_s_is_refused():
+    issued = record.Record(secrets={"ca": record.Entry("a" * 64, "d")}, bundles={"ca": ("a" * 64,)})
+    with pytest.raises(ValueError, match="not the ca bundle on record"):
+        nodes.wanted(issued, _pem_of_a_new_ca())
+    with pytest.raises(ValueError, match="not issued yet"):
+        nodes.wanted(record.Record(), b"")
+
+
+def _pem_of_a_new_ca() -> bytes:
+    from clusterpki.pki import engine
+    from clusterpki.pki.kubeconfig import pem_bundle
+    from tests.unit.controller.world import T0 as now
+    return pem_bundle([engine.build(spec.from_resource(clusterpki()), engine.Existing(), now).cas["ca"].cert])

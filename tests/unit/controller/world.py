@@ -48,10 +48,11 @@ class World:
     # -- the loop ------------------------------------------------------------------------------
 
     async def reconcile(self, after: timedelta = timedelta(0), reports: tuple[Report, ...] = (),
-                        holder: str = "operator-a") -> Plan:
-        """One loop, ``after`` later than the last: observe, decide, apply (and report a failed apply)."""
+                        holder: str = "operator-a", nodes: dict[str, str] | None = None) -> Plan:
+        """One loop, ``after`` later than the last: observe, decide, apply (and report a failed apply).
+        ``nodes``: node -> the revision its node agent reports."""
         self.now += after
-        seen = await observe(self, copy.deepcopy(self.body), [], reports, holder)
+        seen = await observe(self, copy.deepcopy(self.body), [], reports, holder, nodes=nodes)
         plan = decide(seen, self.now)
         applied = await apply(plan, seen.meta, self, seen.status)
         if applied.failure is not None:

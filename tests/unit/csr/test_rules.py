@@ -274,3 +274,36 @@ def test_the_node_wait_counts_from_when_the_operator_first_saw_the_csr():
     late = NOW + timedelta(minutes=5)
     assert csr.node_not_found(pending, late, seen_since=late - timedelta(seconds=10)) is None
     assert csr.node_not_found(pending, late, seen_since=late - timedelta(minutes=1)).reason == "NodeNotFound"
+
+
+ROTATION = {"signerName": csr.ROTATION_SIGNER}
+ROTATION_CASES = [
+    ("its-own-client-certificate", kubelet_csr("r", **ROTATION), "Approved", "AutoApproved"),
+    ("another-node-s", kubelet_csr("r", cn="system:node:node-b", **ROTATION), "Denied", "NodeNameMismatch"),
+    ("with-a-bootstrap-token", kubelet_csr("r", "node-new", **BOOTSTRAP, **ROTATION), "Denied", "RequesterNotANode"),
+    ("cluster-admin", kubelet_csr("r", cn="mallory", orgs=("system:masters",), **ROTATION), "Denied",
+     "SubjectMismatch"),
+    ("with-names", kubelet_csr("r", dns=("node-a",), **ROTATION), "Denied", "SANsNotAllowed"),
+    ("serving", kubelet_csr("r", usages=["digital signature", "server auth"], **ROTATION), "Denied",
+     "UsagesNotAllowed"),
+]
+
+
+@pytest.mark.parametrize("request_, verdict, reason", [c[1:] for c in ROTATION_CASES], ids=[c[0] for c in ROTATION_CASES])
+def test_the_rotation_signer_holds_a_node_to_its_own_client_certificate(request_, verdict, reason):
+    """A node agent's request during a ca rotation: decided whatever the policy says of Kubernetes'
+    signers (the operator is its only signer), by the client rules, bootstrap tokens excluded."""
+    off = spec.KubeletPolicy(approve_client_csrs=False, approve_serving_csrs=False)
+    decision = csr.decide(request_, NODES, off, BOUNDS)
+    assert (decision.verdict, decision.reason) == (verdict, reason)
+    assert csr.concerns(request_)
+
+
+def test_the_rotation_signer_signs_a_client_certificate():
+    ca = engine.build(SPEC, engine.Existing(), NOW).cas["ca"]
+    signed = x509.load_pem_x509_certificate(base64.b64decode(
+        csr.sign(kubelet_csr("r", **ROTATION), ca, SPEC.cert_validity, NOW)))
+    signed.verify_directly_issued_by(ca.cert)
+    assert signed.subject.rfc4514_string() == "CN=system:node:node-a,O=system:nodes"
+    assert list(signed.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
