@@ -97,6 +97,36 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from clusterpki.agent import restarters
+    from clusterpki.agent.node import NodeAgent, connect_with
+    from clusterpki.kubeadm.kubelet import Files
+
+    etc = Path(args.dir)
+    kubeconfig = Path(args.kubeconfig) if args.kubeconfig else etc / "kubelet.conf"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[%(asctime)s] %(name)s [%(levelname)-7s] %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await NodeAgent(connect_with(kubeconfig), args.namespace, args.name, args.node,
+                        Files(etc, Path(args.kubelet_dir)), restarters.Command(args.restart_command), args.health,
+                        args.healthy_for, args.resync).run()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
+    return 0
+
+
 def _restarter(args: argparse.Namespace) -> Any:
     from clusterpki.agent import restarters
 
@@ -330,6 +360,25 @@ def _parser() -> argparse.ArgumentParser:
                             "to take over a running node's PKI, use clusterpki import instead")
     agent.add_argument("-v", "--verbose", action="store_true", help="log more")
     agent.set_defaults(handler=_agent)
+
+    node = commands.add_parser("node-agent", help="keep a node's kubelet on a ClusterPKI's ca through rotations, "
+                               "as the node itself (its kubelet.conf)")
+    node.add_argument("-n", "--namespace", required=True)
+    node.add_argument("name", metavar="NAME", help="the ClusterPKI")
+    node.add_argument("--node", required=True, help="this node's name (its Node object)")
+    node.add_argument("--dir", default="/etc/kubernetes", help="kubeadm's directory [/etc/kubernetes]")
+    node.add_argument("--kubelet-dir", default="/var/lib/kubelet", help="the kubelet's root [/var/lib/kubelet]")
+    node.add_argument("--kubeconfig", help="the node's credentials [DIR/kubelet.conf]")
+    node.add_argument("--restart-command", required=True, metavar="CMD",
+                      help="restarts the kubelet, e.g. 'systemctl restart kubelet'")
+    node.add_argument("--health", metavar="URL", help="the kubelet's healthz, checked after a restart, e.g. "
+                      "http://127.0.0.1:10248/healthz")
+    node.add_argument("--healthy-for", type=float, default=10.0, metavar="SECONDS",
+                      help="how long the restarted kubelet must stay healthy [10]")
+    node.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
+                      help="seconds between looks at the ClusterPKI (one GET of it) [60]")
+    node.add_argument("-v", "--verbose", action="store_true", help="log more")
+    node.set_defaults(handler=_node_agent)
 
     agent_manifests = commands.add_parser("agent-manifests", help="print the RBAC, report Leases and DaemonSets of "
                                           "a ClusterPKI's agents, one least-privileged ServiceAccount per member")

@@ -29,12 +29,12 @@ from cryptography.x509.oid import NameOID
 from clusterpki.csr import names
 from clusterpki.csr.names import Bounds, NodeIndex
 from clusterpki.csr.reasons import APPROVED, DENIED, PENDING, Reason, Verdict
-from clusterpki.pki import certificates, times
+from clusterpki.pki import certificates, nodes, times
 from clusterpki.pki.spec import KubeletPolicy
 
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 SERVING_SIGNER = "kubernetes.io/kubelet-serving"
-ROTATION_SIGNER = "pki.clusterpki.dev/kubelet-client"  # a node agent's request; only the operator signs it
+ROTATION_SIGNER = nodes.SIGNER  # a node agent's request; only the operator signs it
 SIGNERS = (CLIENT_SIGNER, SERVING_SIGNER, ROTATION_SIGNER)
 OWN_SIGNERS = (ROTATION_SIGNER,)  # approved and signed whatever spec.kubelet says
 NODE_PREFIX = "system:node:"

@@ -16,11 +16,13 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from pathlib import Path
 
 import aiohttp
 from kubernetes import client, config
 
 from clusterpki import __version__
+from clusterpki.errors import UserError
 
 CONNECTIONS = 32  # requests in flight at once
 READ_BUFFER = 2**20  # a watch event is one line, and a Node's can be large (its images); lines up to twice this
@@ -59,6 +61,16 @@ def load_configuration() -> client.Configuration:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def configuration_of(kubeconfig: Path) -> client.Configuration:
+    """The client configuration of one kubeconfig file (a node's ``kubelet.conf``), read now."""
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        raise UserError(f"cannot use {kubeconfig}: {exc}") from None
     return configuration
 
 

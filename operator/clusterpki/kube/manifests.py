@@ -5,6 +5,8 @@ files come from (the CAs, the shared leaves, its own etcd pair and ``sa``: never
 etcd keys, nor another ClusterPKI's), read its ClusterPKI, and update exactly its own report Lease and
 the restart Lease (both made here, so an agent needs no ``create``); it may read the other members'
 report Leases (their health URLs). And a DaemonSet that runs the agent on that member's node only.
+Node agents (``clusterpki node-agent``) run as their node, with its kubelet's credentials: a Role bound
+to the group ``system:nodes`` lets every node read this one ClusterPKI, nothing else.
 Pure: a spec in, objects out.
 """
 
@@ -33,7 +35,7 @@ def secret_names(pki_name: str, member: str) -> list[str]:
 
 def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str = "/etc/kubernetes") -> list[dict]:
     """Every object the agents of the ClusterPKI ``pki_spec`` (in ``namespace``) need."""
-    objects: list[dict[str, Any]] = [_restart_lease(pki_spec.name, namespace)]
+    objects: list[dict[str, Any]] = [_restart_lease(pki_spec.name, namespace), *_nodes_may_read(pki_spec.name, namespace)]
     for member in pki_spec.etcd_members:
         others = [m.name for m in pki_spec.etcd_members if m.name != member.name]
         name = agent_name(pki_spec.name, member.name)
@@ -45,6 +47,22 @@ def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str
             _daemon_set(pki_spec, namespace, member, image, directory),
         ]
     return objects
+
+
+def node_role_name(pki_name: str) -> str:
+    return f"clusterpki-nodes-{pki_name}"
+
+
+def _nodes_may_read(pki_name: str, namespace: str) -> list[dict[str, Any]]:
+    """Every node may read the ClusterPKI (its status: the record and the public trust bundle)."""
+    name = node_role_name(pki_name)
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(name, namespace),
+            "rules": [{"apiGroups": [resource.GROUP], "resources": [resource.PLURAL], "resourceNames": [pki_name],
+                       "verbs": ["get"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(name, namespace),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]}
+    return [role, binding]
 
 
 def _meta(name: str, namespace: str) -> dict[str, Any]:

@@ -26,6 +26,10 @@ from clusterpki.pki import placement
 from clusterpki.pki.record import Record, certificate_fingerprint
 
 AUTHORITY = "ca"
+# The operator's own signer: a node agent asks it for its kubelet's client certificate from the CA that
+# signs now (Kubernetes' kubelet signer is kube-controller-manager's, which signs with the old CA until
+# Completing). Only the operator signs it, and only for the node itself.
+SIGNER = "pki.clusterpki.dev/kubelet-client"
 
 
 class Wanted(NamedTuple):

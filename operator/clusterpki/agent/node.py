@@ -1,0 +1,166 @@
+"""``clusterpki node-agent``: one per node, workers and control-plane nodes alike. It keeps the kubelet's
+files of ``ca`` (:mod:`clusterpki.kubeadm.kubelet`) what the record says (:mod:`clusterpki.pki.nodes`),
+restarts the kubelet when what it reads at start changed, and reports the revision it runs on its own
+Node (:mod:`clusterpki.kube.node_reports`).
+
+It runs as the node itself, with the kubelet's own ``kubelet.conf``: it may read its ClusterPKI (a Role
+bound to ``system:nodes``, printed by ``clusterpki agent-manifests``), create CSRs, and patch its own
+Node, nothing else, and it never sees a Secret. What it trusts comes from ``status.trustBundles``,
+checked against the record. When the CA that signs is not its kubelet client certificate's issuer (a
+``ca`` rotation reached Rotating, or was taken back), it asks the operator's signer
+(:data:`clusterpki.pki.nodes.SIGNER`) for a new one, as the node, with a key made here that never
+leaves the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from clusterpki.agent import health
+from clusterpki.agent.restarters import Restarter, RestartFailed
+from clusterpki.errors import UserError
+from clusterpki.kube import node_reports, resource
+from clusterpki.kube.api import Api, ApiError, configuration_of
+from clusterpki.kubeadm.kubelet import Files
+from clusterpki.pki import certificates, keys, nodes, times
+from clusterpki.pki.record import Record
+from clusterpki.pki.spec import KeyAlgorithm
+
+LOGGER = logging.getLogger("clusterpki.node-agent")
+CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+SIGNED_WITHIN = 300.0  # seconds the operator has to sign the node's CSR
+HEALTHY_WITHIN = 120.0  # seconds the restarted kubelet has to answer its health check
+RETRY = 5.0
+COMPONENT = "kubelet"
+
+
+class NodeAgent:
+    def __init__(self, connect: Callable[[], Api], namespace: str, pki_name: str, node: str, files: Files,
+                 restarter: Restarter, health_url: str | None, healthy_for: float = 10.0, resync: float = 30.0) -> None:
+        self.connect, self.namespace, self.pki_name, self.node, self.files = connect, namespace, pki_name, node, files
+        self.restarter, self.health_url, self.healthy_for, self.resync = restarter, health_url, healthy_for, resync
+        self.api = connect()
+        self.reported: str | None = None
+
+    @property
+    def what(self) -> str:
+        return f"{self.namespace}/{self.pki_name} on node {self.node}"
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.round()
+                    await asyncio.sleep(self.resync)
+                except (ApiError, UserError, RestartFailed, ValueError) as exc:
+                    LOGGER.warning(f"{self.what}: {exc}; trying again in {RETRY:g}s")
+                    await asyncio.sleep(RETRY)
+        finally:
+            await self.api.close()
+
+    async def round(self) -> None:
+        """Read the ClusterPKI, bring the kubelet's files to what it says, restart it if it must, report."""
+        body = await self.api.request("get", f"ClusterPKI {self.namespace}/{self.pki_name}", "GET",
+                                      resource.path(self.namespace, self.pki_name))
+        status = body.get("status") or {}
+        published = ((status.get("trustBundles") or {}).get(nodes.AUTHORITY) or "").encode()
+        wanted = nodes.wanted(Record.from_status(status.get("record")), published)
+        if not self.files.control_plane and await asyncio.to_thread(self.files.write_client_ca, wanted.trusted):
+            LOGGER.info(f"{self.what}: wrote the kubelet's client CA file (it reloads it)")
+        restart = []
+        if await asyncio.to_thread(self.files.kubeconfig_cas) != [wanted.trusted]:
+            await asyncio.to_thread(self.files.write_kubeconfig_ca, wanted.trusted)
+            restart.append("kubelet.conf trusts another CA")
+        current = self.files.client_certificate()
+        if current is None or not certificates.signed_by(current, wanted.signer):
+            await self._new_client_certificate(wanted.signer)
+            restart.append("a client certificate from the CA that signs now")
+        if restart:
+            await self._restart("; ".join(restart))
+        await self._report(wanted.revision)
+
+    async def _new_client_certificate(self, signer: x509.Certificate) -> None:
+        key = keys.generate(KeyAlgorithm.ECDSA_P256)
+        name = await self._request(key)
+        chain = await self._signed(name)
+        found = x509.load_pem_x509_certificates(chain)
+        if not keys.same_public_key(found[0].public_key(), key) or not certificates.signed_by(found[0], signer) or \
+                found[0].subject.rfc4514_string() != f"CN=system:node:{self.node},O=system:nodes":
+            raise UserError(f"CSR {name} came back with a certificate that is not this node's from the signing CA")
+        path = await asyncio.to_thread(self.files.write_client_certificate, chain, key, times.now())
+        LOGGER.info(f"{self.what}: wrote {path} (serial {found[0].serial_number:X}, from CSR {name})")
+
+    async def _request(self, key: keys.PrivateKey) -> str:
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{self.node}")])
+        request = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+        pem = request.public_bytes(Encoding.PEM)
+        body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"generateName": f"clusterpki-{self.node}-"},
+                "spec": {"request": base64.b64encode(pem).decode(), "signerName": nodes.SIGNER,
+                         "usages": ["digital signature", "client auth"]}}
+        made = await self.api.request("create", "a CSR", "POST", CSRS, body)
+        return made["metadata"]["name"]
+
+    async def _signed(self, name: str) -> bytes:
+        """The certificate chain of CSR ``name``, once the operator signed it."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + SIGNED_WITHIN
+        while clock() < deadline:
+            found = await self.api.request("get", f"CSR {name}", "GET", f"{CSRS}/{name}")
+            status = found.get("status") or {}
+            if status.get("certificate"):
+                return base64.b64decode(status["certificate"])
+            refused = [c for c in status.get("conditions") or [] if c.get("type") in ("Denied", "Failed")]
+            if refused:
+                raise UserError(f"CSR {name} was {refused[0]['type'].lower()}: {refused[0].get('message', '')}")
+            await asyncio.sleep(1.0)
+        raise UserError(f"CSR {name} was not signed within {SIGNED_WITHIN:g}s: does the operator run with "
+                        f"--csr-policy {self.namespace}/{self.pki_name}?")
+
+    async def _restart(self, why: str) -> None:
+        LOGGER.info(f"{self.what}: restarting the kubelet: {why}")
+        await self.restarter.restart(COMPONENT)
+        if self.health_url is not None:
+            await self._healthy()
+        await self.api.close()  # the kubelet's files changed: so do this agent's credentials and trust
+        self.api = self.connect()
+
+    async def _healthy(self) -> None:
+        assert self.health_url is not None
+        clock = asyncio.get_running_loop().time
+        deadline, since = clock() + HEALTHY_WITHIN, None
+        while since is None or clock() - since < self.healthy_for:
+            problem = await health.problem(COMPONENT, self.health_url, Path())
+            if problem is None:
+                since = since or clock()
+            else:
+                since = None
+                if clock() > deadline:
+                    raise RestartFailed(f"the kubelet is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
+            await asyncio.sleep(0.5)
+
+    async def _report(self, revision: str) -> None:
+        report = node_reports.NodeReport(self.namespace, self.pki_name, revision)
+        if self.reported == report.value():
+            return
+        path = f"/api/v1/nodes/{self.node}"
+        await self.api.request("report", f"Node {self.node}", "PATCH", path, node_reports.patch(report),
+                               content_type="application/merge-patch+json")
+        self.reported = report.value()
+        LOGGER.info(f"{self.what}: the kubelet runs revision {revision}")
+
+
+def connect_with(kubeconfig: Path) -> Callable[[], Api]:
+    """A fresh API client from the kubelet's kubeconfig each time: its client certificate and the CA it
+    trusts change in a rotation."""
+    return lambda: Api(configuration_of(kubeconfig))
