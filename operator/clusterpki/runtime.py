@@ -11,12 +11,14 @@ import http.server
 import logging
 import os
 import threading
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import kopf
 
 from clusterpki.errors import UserError
 from clusterpki.kube.api import connection_info, load_configuration
+from clusterpki.pki import times
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,11 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.scanning.disabled = True
 
 
+RELOGIN = timedelta(minutes=5)
+
+
 def login(**_: object) -> kopf.ConnectionInfo:
-    """Kopf logs in with exactly the credentials the Secrets store uses."""
-    return kopf.ConnectionInfo(**connection_info(load_configuration()))
+    """Kopf logs in with exactly the credentials the Secrets store uses, read again every RELOGIN (Kopf
+    logs in again once they expire): a pod's token is rotated by the kubelet, and its ``ca.crt``
+    follows the cluster's CA through a rotation, so the files are read afresh, not kept."""
+    return kopf.ConnectionInfo(**connection_info(load_configuration()), expiration=times.now() + RELOGIN)

@@ -15,8 +15,8 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from kubernetes import client, config
@@ -85,7 +85,9 @@ def connection_info(configuration: client.Configuration) -> dict[str, Any]:
 
 class Api:
     """Requests to the API server with the credentials of a client configuration, over one aiohttp
-    session (made on first use, in the running loop)."""
+    session (made on first use, in the running loop). A server certificate that fails verification
+    drops the session: the next request makes a new one, reading the CA file again (in a pod, the
+    projected ``ca.crt``, which follows the cluster's CA through a rotation)."""
 
     def __init__(self, configuration: client.Configuration) -> None:
         self._configuration = configuration
@@ -139,6 +141,7 @@ class Api:
                 status = response.status
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
             status, raw, failure = 0, b"", type(exc).__name__
+            await self._drop_if_untrusted(exc)
         else:
             failure = ""
         if failure or status >= 400:
@@ -172,9 +175,15 @@ class Api:
                     yield json.loads(line)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
             failure = type(exc).__name__
+            await self._drop_if_untrusted(exc)
         else:
             return
         raise ApiError("watch", what, 0, failure)
+
+    async def _drop_if_untrusted(self, exc: BaseException) -> None:
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError) and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
 
 def _reason(raw: bytes) -> str:
