@@ -79,7 +79,9 @@ def commands(pki: Path, bin_dir: Path, state: Path, member: str, members: dict[s
             f"--proxy-client-cert-file={p}/front-proxy-client.crt", f"--proxy-client-key-file={p}/front-proxy-client.key",
             f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",
             f"--kubelet-client-key={p}/apiserver-kubelet-client.key",
-            "--authorization-mode=RBAC", f"--cert-dir={state / 'certdir'}"]
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",  # kubeadm's, as below
+            "--enable-bootstrap-token-auth=true", "--allow-privileged=true",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname", f"--cert-dir={state / 'certdir'}"]
     return found
 
 

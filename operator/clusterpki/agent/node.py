@@ -50,6 +50,7 @@ class NodeAgent:
         self.restarter, self.health_url, self.healthy_for, self.resync = restarter, health_url, healthy_for, resync
         self.api = connect()
         self.reported: str | None = None
+        self.owed: str | None = None  # why the kubelet must restart, until a restart of it succeeds
 
     @property
     def what(self) -> str:
@@ -76,16 +77,20 @@ class NodeAgent:
         wanted = nodes.wanted(Record.from_status(status.get("record")), published)
         if not self.files.control_plane and await asyncio.to_thread(self.files.write_client_ca, wanted.trusted):
             LOGGER.info(f"{self.what}: wrote the kubelet's client CA file (it reloads it)")
-        restart = []
+        written = []
         if await asyncio.to_thread(self.files.kubeconfig_cas) != [wanted.trusted]:
             await asyncio.to_thread(self.files.write_kubeconfig_ca, wanted.trusted)
-            restart.append("kubelet.conf trusts another CA")
+            written.append("kubelet.conf trusts another CA")
         current = self.files.client_certificate()
         if current is None or not certificates.signed_by(current, wanted.signer):
             await self._new_client_certificate(wanted.signer)
-            restart.append("a client certificate from the CA that signs now")
-        if restart:
-            await self._restart("; ".join(restart))
+            written.append("a client certificate from the CA that signs now")
+        if written:
+            self.owed = "; ".join(filter(None, [self.owed, *written]))
+            await self._reconnect()  # this agent's credentials and trust are the kubelet's
+        if self.owed:  # until a restart succeeds, the kubelet runs what it read before: nothing to report
+            await self._restart(self.owed)
+            self.owed = None
         await self._report(wanted.revision)
 
     async def _new_client_certificate(self, signer: x509.Certificate) -> None:
@@ -132,7 +137,9 @@ class NodeAgent:
         await self.restarter.restart(COMPONENT)
         if self.health_url is not None:
             await self._healthy()
-        await self.api.close()  # the kubelet's files changed: so do this agent's credentials and trust
+
+    async def _reconnect(self) -> None:
+        await self.api.close()
         self.api = self.connect()
 
     async def _healthy(self) -> None:

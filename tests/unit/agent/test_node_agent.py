@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from clusterpki.agent.node import NodeAgent
+from clusterpki.agent.restarters import RestartFailed
 from clusterpki.controller import requests
 from clusterpki.csr import rules
 from clusterpki.csr.names import NodeIndex, bounds_of, node_of
@@ -194,3 +195,27 @@ def world_record(world: World) -> Record:
 def reports(api: FakeApi) -> dict[str, str]:
     found = node_reports.parse(api.annotations.get(node_reports.ANNOTATION))
     return {api.node: found.revision} if found else {}
+
+
+class FailsOnce(Restarts):
+    async def restart(self, component: str) -> None:
+        await super().restart(component)
+        if self.count == 1:
+            raise RestartFailed("restarting kubelet exited 1")
+
+
+async def test_a_failed_restart_is_owed_and_nothing_is_reported_until_it_succeeds(world: World, tmp_path: Path):
+    await world.reconcile()
+    files = kubelet_files(tmp_path, world, "n1")
+    api, restarts = FakeApi(world, "n1"), FailsOnce()
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    await world.reconcile(GRACE)
+    await world.reconcile()  # Rotating: the node needs a client certificate from the new CA
+    agent = NodeAgent(lambda: api, "ns", "x", "n1", files, restarts, None)
+    with pytest.raises(RestartFailed):
+        await agent.round()
+    assert node_reports.ANNOTATION not in api.annotations, "the kubelet still runs its old certificate"
+    await agent.round()  # the files are right already, the restart is still owed
+    assert restarts.count == 2 and len(api.csrs) == 1
+    assert node_reports.parse(api.annotations[node_reports.ANNOTATION]).revision == nodes.revision(world_record(world))
