@@ -29,6 +29,8 @@ def test_names_and_scope_follow_the_contract():
 def test_printer_columns_include_the_contract_s():
     columns = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 0]
     assert columns == ["Ready", "Certificates", "Consumers", "Next Renewal", "Age"]
+    wide = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 1]
+    assert wide == ["Reason", "Nodes"], "kubectl get -o wide adds them; the default output stays the contract's"
 
 
 def test_status_keeps_unknown_fields():
