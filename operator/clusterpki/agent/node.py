@@ -50,7 +50,6 @@ class NodeAgent:
         self.restarter, self.health_url, self.healthy_for, self.resync = restarter, health_url, healthy_for, resync
         self.api = connect()
         self.reported: str | None = None
-        self.owed: str | None = None  # why the kubelet must restart, until a restart of it succeeds
 
     @property
     def what(self) -> str:
@@ -62,7 +61,7 @@ class NodeAgent:
                 try:
                     await self.round()
                     await asyncio.sleep(self.resync)
-                except (ApiError, UserError, RestartFailed, ValueError) as exc:
+                except (ApiError, UserError, RestartFailed, ValueError, OSError) as exc:
                     LOGGER.warning(f"{self.what}: {exc}; trying again in {RETRY:g}s")
                     await asyncio.sleep(RETRY)
         finally:
@@ -78,29 +77,33 @@ class NodeAgent:
         if not self.files.control_plane and await asyncio.to_thread(self.files.write_client_ca, wanted.trusted):
             LOGGER.info(f"{self.what}: wrote the kubelet's client CA file (it reloads it)")
         written = []
-        if await asyncio.to_thread(self.files.kubeconfig_cas) != [wanted.trusted]:
+        cas = await asyncio.to_thread(self.files.kubeconfig_cas)
+        if not cas or any(ca != wanted.trusted for ca in cas):
+            self.files.owe_restart("kubelet.conf trusts another CA")  # on disk first: it outlives this agent
             await asyncio.to_thread(self.files.write_kubeconfig_ca, wanted.trusted)
-            written.append("kubelet.conf trusts another CA")
-        current = self.files.client_certificate()
+            written.append("kubelet.conf")
+        current = await asyncio.to_thread(self.files.client_certificate)
         if current is None or not certificates.signed_by(current, wanted.signer):
-            await self._new_client_certificate(wanted.signer)
-            written.append("a client certificate from the CA that signs now")
+            await self._new_client_certificate(wanted)
+            written.append("the client certificate")
         if written:
-            self.owed = "; ".join(filter(None, [self.owed, *written]))
             await self._reconnect()  # this agent's credentials and trust are the kubelet's
-        if self.owed:  # until a restart succeeds, the kubelet runs what it read before: nothing to report
-            await self._restart(self.owed)
-            self.owed = None
+        owed = self.files.restart_owed()
+        if owed:  # until a restart succeeds, the kubelet runs what it read before: nothing to report
+            await self._restart(owed)
+            self.files.restart_done()
         await self._report(wanted.revision)
 
-    async def _new_client_certificate(self, signer: x509.Certificate) -> None:
+    async def _new_client_certificate(self, wanted: nodes.Wanted) -> None:
         key = keys.generate(KeyAlgorithm.ECDSA_P256)
         name = await self._request(key)
         chain = await self._signed(name)
         found = x509.load_pem_x509_certificates(chain)
-        if not keys.same_public_key(found[0].public_key(), key) or not certificates.signed_by(found[0], signer) or \
+        if not keys.same_public_key(found[0].public_key(), key) or not _chains(found, wanted) or \
                 found[0].subject.rfc4514_string() != f"CN=system:node:{self.node},O=system:nodes":
-            raise UserError(f"CSR {name} came back with a certificate that is not this node's from the signing CA")
+            raise UserError(f"CSR {name} came back with a certificate that is not this node's from the signing CA, "
+                            "or without a chain to the CA the apiservers trust now; the kubelet keeps its own")
+        self.files.owe_restart("a client certificate from the CA that signs now")
         path = await asyncio.to_thread(self.files.write_client_certificate, chain, key, times.now())
         LOGGER.info(f"{self.what}: wrote {path} (serial {found[0].serial_number:X}, from CSR {name})")
 
@@ -139,8 +142,9 @@ class NodeAgent:
             await self._healthy()
 
     async def _reconnect(self) -> None:
+        fresh = self.connect()  # first: a kubeconfig that cannot be read leaves the working client in place
         await self.api.close()
-        self.api = self.connect()
+        self.api = fresh
 
     async def _healthy(self) -> None:
         assert self.health_url is not None
@@ -171,3 +175,12 @@ def connect_with(kubeconfig: Path) -> Callable[[], Api]:
     """A fresh API client from the kubelet's kubeconfig each time: its client certificate and the CA it
     trusts change in a rotation."""
     return lambda: Api(configuration_of(kubeconfig))
+
+
+def _chains(found: list[x509.Certificate], wanted: nodes.Wanted) -> bool:
+    """The leaf is the signing CA's, and what it presents leads to the CA the control plane's files trust
+    now (the same CA in Completing; in Rotating, the new CA cross-signed by the old)."""
+    leaf, *chain = found
+    if not certificates.signed_by(leaf, wanted.signer):
+        return False
+    return wanted.signer == wanted.trusted or any(certificates.signed_by(c, wanted.trusted) for c in chain)

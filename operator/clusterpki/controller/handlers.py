@@ -60,7 +60,7 @@ class State:
     ClusterPKI and a bound on reconciles at once, the scheduler, the two watches, and the
     resourceVersions of its own Secret writes (to tell them from drift)."""
 
-    def __init__(self, api: Api, namespaces: list[str], follow_nodes: bool = False) -> None:
+    def __init__(self, api: Api, namespaces: list[str], node_policy: Key | None = None) -> None:
         self.api, self.holder = api, identity()
         self.secrets, self.clusterpkis, self.events = SecretClient(api), ClusterPKIClient(api), EventRecorder(api)
         self.bodies: dict[Key, dict[str, Any]] = {}
@@ -78,10 +78,12 @@ class State:
                               lambda kind, obj, _: drift(self, kind, obj))
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
                              plural="leases", group=reports.LEASES, metadata_only=False)
-        # Nodes' reports (only with node agents, that is with --csr-policy: the operator signs their
-        # kubelets' client certificates): node -> (ClusterPKI, revision), metadata alone kept
+        # Nodes' reports, for the --csr-policy ClusterPKI alone (the cluster the operator runs in, whose
+        # nodes' client certificates it signs): node -> (ClusterPKI, revision), metadata alone kept. The
+        # first list reports every Node, and a ca rotation does not move before it (see _nodes).
+        self.node_policy = node_policy
         self.nodes = Watch(api, [], "", lambda kind, obj, _: node_reported(self, kind, obj), plural="nodes",
-                           keep=_node_report_only) if follow_nodes else None
+                           keep=_node_report_only, report_first=True) if node_policy is not None else None
         self.node_reports: dict[str, node_reports.NodeReport] = {}
         self.watch: asyncio.Future | None = None  # the watches
 
@@ -94,7 +96,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.state = State(Api(load_configuration()), memo.get("namespaces") or [],
-                               follow_nodes=memo.get("csr_policy") is not None)
+                               node_policy=memo.get("csr_policy"))
     state.task = asyncio.create_task(state.scheduler.run())
     state.watch = asyncio.gather(state.informer.run(), state.reports.run(),
                                  *([state.nodes.run()] if state.nodes is not None else []))
@@ -204,7 +206,13 @@ def _node_report_only(meta: dict[str, Any]) -> dict[str, Any]:
             **({"annotations": {node_reports.ANNOTATION: report}} if report else {})}
 
 
-def _nodes(state: State, key: Key) -> dict[str, str]:
+def _nodes(state: State, key: Key) -> dict[str, str] | None:
+    """The nodes' reports for ``key``: only the policy ClusterPKI's count (any node may annotate its own
+    Node with any ClusterPKI's name); None until the Node watch has listed every Node once."""
+    if state.nodes is None or key != state.node_policy:
+        return {}
+    if not state.nodes.is_synced(""):
+        return None
     return {node: r.revision for node, r in state.node_reports.items() if r.key == key}
 
 

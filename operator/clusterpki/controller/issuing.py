@@ -256,8 +256,9 @@ class Issuing:
         reports = consumer_reports.consumers(seen.reports, new_record, self.spec.name,
                                              {m.name for m in self.spec.etcd_members}, now,
                                              consumer_reports.members_of(seen.status))
-        kubelets = consumer_reports.nodes(seen.nodes, new_record)
-        nodes_wait = kubelets.holding_up if step is not None and step.rotation.target == nodes.AUTHORITY else ""
+        kubelets = consumer_reports.nodes(seen.nodes or {}, new_record)
+        nodes_wait = "" if step is None or step.rotation.target != nodes.AUTHORITY else \
+            kubelets.holding_up if seen.nodes is not None else "nodes (their reports are not listed yet)"
         moved, step_at = self._advance(step, ", ".join(h for h in (reports.holding_up, nodes_wait) if h))
         unscheduled = set(self.custody.adopted) | ({moved.target} if moved and moved.active else set())
         entries, next_renewal = status.certificates_of(pki, unscheduled)
@@ -277,7 +278,7 @@ class Issuing:
         if reports.entries or seen.status.get("consumers"):
             found["consumers"] = list(reports.entries) or None
             found["consumersCurrent"] = reports.current if reports.entries else None
-        if kubelets.count or seen.status.get("nodes"):
+        if seen.nodes is not None and (kubelets.count or seen.status.get("nodes")):
             found["nodes"] = kubelets.to_status() if kubelets.count else None
             found["nodesCurrent"] = kubelets.current if kubelets.count else None
         retry = now + timedelta(seconds=settings.RETRY_DELAY)  # due, yet not renewed: no busy loop

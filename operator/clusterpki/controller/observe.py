@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from clusterpki.controller.requests import TARGETS, Requests, imported
@@ -72,7 +73,8 @@ class Observed:
     imported: Mapping[str, str] = field(default_factory=dict)  # component -> data digest `import` stored
     legacy: Mapping[str, str] = field(default_factory=dict)  # component -> serial, from a status without record
     reports: tuple[Report, ...] = ()
-    nodes: Mapping[str, str] = field(default_factory=dict)  # node -> the revision its kubelet runs (node reports)
+    # node -> the revision its kubelet runs (node reports); None: not known yet (the Node watch has not listed)
+    nodes: Mapping[str, str] | None = field(default_factory=dict)
     holder: str = ""  # this operator's identity, for claims
     status: Mapping[str, Any] = field(default_factory=dict)  # as read, to tell whether it changes
     wanted: frozenset[str] = frozenset()  # the components it wants a Secret for, and every rotation half
@@ -91,7 +93,7 @@ class Reads(Protocol):
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
                   reports: Sequence[Report], holder: str, none_stored: bool = False,
-                  nodes: Mapping[str, str] | None = None) -> Observed:
+                  nodes: Mapping[str, str] | None = MappingProxyType({})) -> Observed:
     """Read what ``body`` needs and view it. ``none_stored`` (the watch has seen none of its Secrets)
     spares the LIST of a new ClusterPKI's Secrets; a stale watch only means a 409 later, never a
     second write."""
@@ -115,7 +117,8 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
 
 def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: Sequence[Mapping[str, Any]] = (),
          reports: Sequence[Report] = (), holder: str = "", fetched: Sequence[dict[str, Any]] = (),
-         strangers: Mapping[str, Stranger] | None = None, nodes: Mapping[str, str] | None = None) -> Observed:
+         strangers: Mapping[str, Stranger] | None = None,
+         nodes: Mapping[str, str] | None = MappingProxyType({})) -> Observed:
     """The typed view of a ClusterPKI (``body``), its labelled Secrets (``items``), the Secrets at its names
     fetched without its labels, and the rest of what was read."""
     meta = _meta(body)
@@ -133,7 +136,7 @@ def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: S
         claim=Claim.from_status(status.get("claim")), rotation=Rotation.from_status(status.get("caRotation")),
         secrets=own, strangers=strangers or {}, older_claims=_claims_of_older(body, neighbours) if pki_spec else {},
         impostors=tuple(impostors), imported=imported(annotations),
-        legacy={} if record else _legacy(status), reports=tuple(reports), nodes=dict(nodes or {}), holder=holder, status=status,
+        legacy={} if record else _legacy(status), reports=tuple(reports), nodes=dict(nodes) if nodes is not None else None, holder=holder, status=status,
         wanted=frozenset(_wanted(pki_spec)) if pki_spec else frozenset())
 
 

@@ -95,8 +95,9 @@ class Api:
         self._authorization: tuple[float, str | None] = (float("-inf"), None)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -31,6 +31,9 @@ CLIENT_CA = "pki/ca.crt"  # below /etc/kubernetes
 CA_KEY = "pki/ca.key"  # present on a control-plane node only
 KUBECONFIG = "kubelet.conf"  # below /etc/kubernetes
 CLIENT_CURRENT = "pki/kubelet-client-current.pem"  # below /var/lib/kubelet
+# Below /var/lib/kubelet: why the kubelet must restart, written before what it must reread and removed once
+# a restart succeeded, so that an agent stopped in between owes that restart after its own.
+RESTART_OWED = "pki/.clusterpki-restart-owed"
 
 
 class Files(NamedTuple):
@@ -53,7 +56,13 @@ class Files(NamedTuple):
 
     def kubeconfig_cas(self) -> list[x509.Certificate]:
         """The CAs ``kubelet.conf`` trusts the apiserver with (every cluster of it)."""
-        return [c for data in _ca_data(self._kubeconfig()) for c in x509.load_pem_x509_certificates(data)]
+        found = []
+        for data in _ca_data(self._kubeconfig(), self.etc):
+            try:
+                found += x509.load_pem_x509_certificates(data)
+            except ValueError:
+                pass  # not PEM: rewritten with the CA's data
+        return found
 
     def write_kubeconfig_ca(self, ca: x509.Certificate) -> None:
         """``kubelet.conf`` with ``ca`` as every cluster's CA data, the rest as it was."""
@@ -65,11 +74,31 @@ class Files(NamedTuple):
         writer.write(self.etc, {KUBECONFIG: writer.FileContent(documents.dump(config).encode(), 0o600)}, set())
 
     def client_certificate(self) -> x509.Certificate | None:
-        """The kubelet's client certificate (the first of its file), or None when it has none readable."""
+        """The kubelet's client certificate (the first of its file), or None when it has none readable.
+        UserError when kubelet.conf does not read it from ``kubelet-client-current.pem``: a certificate
+        embedded there, or in another file, is one the agent cannot replace."""
+        users = self._kubeconfig().get("users") or []
+        paths = {str((u.get("user") or {}).get(k, "")) for u in users for k in ("client-certificate", "client-key")}
+        current = str(self.kubelet / CLIENT_CURRENT)
+        if paths != {current}:
+            raise UserError(f"{self.etc / KUBECONFIG} must read the kubelet's client certificate and key from "
+                            f"{current}, as kubeadm writes it (it names {', '.join(sorted(paths)) or 'none'})")
         try:
             return x509.load_pem_x509_certificates((self.kubelet / CLIENT_CURRENT).read_bytes())[0]
         except (OSError, ValueError):
             return None
+
+    def owe_restart(self, why: str) -> None:
+        path = self.kubelet / RESTART_OWED
+        owed = path.read_text() if path.exists() else ""
+        path.write_text("; ".join(filter(None, [owed, why])))
+
+    def restart_owed(self) -> str | None:
+        path = self.kubelet / RESTART_OWED
+        return (path.read_text() or "the agent stopped before its restart") if path.exists() else None
+
+    def restart_done(self) -> None:
+        (self.kubelet / RESTART_OWED).unlink(missing_ok=True)
 
     def write_client_certificate(self, chain: bytes, key: keys.PrivateKey, now: datetime) -> Path:
         """A new ``kubelet-client-<time>.pem`` (the certificate, its chain, the key) and the
@@ -79,7 +108,7 @@ class Files(NamedTuple):
         writer.write(directory, {name: writer.FileContent(chain + keys.private_pem(key), 0o600)}, set())
         link = directory / ".kubelet-client-current.pem.new"
         link.unlink(missing_ok=True)
-        os.symlink(directory / name, link)
+        os.symlink(name, link)  # relative: right wherever the directory is seen from
         os.replace(link, directory / Path(CLIENT_CURRENT).name)
         return directory / name
 
@@ -96,12 +125,16 @@ class Files(NamedTuple):
         return config
 
 
-def _ca_data(config: dict) -> list[bytes]:
+def _ca_data(config: dict, base: Path) -> list[bytes]:
     found = []
     for entry in config.get("clusters") or []:
         cluster = entry.get("cluster") or {}
         if cluster.get("certificate-authority-data"):
             found.append(base64.b64decode(cluster["certificate-authority-data"]))
         elif cluster.get("certificate-authority"):
-            found.append(Path(cluster["certificate-authority"]).read_bytes())
-    return found
+            path = Path(cluster["certificate-authority"])
+            try:  # relative to the kubeconfig's directory, as kubectl and client-go read it
+                found.append((path if path.is_absolute() else base / path).read_bytes())
+            except OSError:
+                found.append(b"")  # unreadable: rewritten with the CA's data
+    return [data for data in found if data]

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterpki.agent.node import NodeAgent
+from clusterpki.agent.node import NodeAgent, _chains
 from clusterpki.agent.restarters import RestartFailed
 from clusterpki.controller import requests
 from clusterpki.csr import rules
 from clusterpki.csr.names import NodeIndex, bounds_of, node_of
+from clusterpki.errors import UserError
 from clusterpki.kube import node_reports, secrets
 from clusterpki.kube.api import ApiError
 from clusterpki.kubeadm.kubelet import CLIENT_CA, CLIENT_CURRENT, KUBECONFIG, Files
-from clusterpki.pki import certificates, keys, kubeconfig, nodes, spec
+from clusterpki.pki import certificates, engine, keys, kubeconfig, nodes, spec
 from clusterpki.pki.record import Record
 from cryptography import x509
 
@@ -204,7 +205,7 @@ class FailsOnce(Restarts):
             raise RestartFailed("restarting kubelet exited 1")
 
 
-async def test_a_failed_restart_is_owed_and_nothing_is_reported_until_it_succeeds(world: World, tmp_path: Path):
+async def test_a_failed_restart_is_owed_even_by_a_new_agent_and_nothing_is_reported_until_it_succeeds(world: World, tmp_path: Path):
     await world.reconcile()
     files = kubelet_files(tmp_path, world, "n1")
     api, restarts = FakeApi(world, "n1"), FailsOnce()
@@ -216,6 +217,29 @@ async def test_a_failed_restart_is_owed_and_nothing_is_reported_until_it_succeed
     with pytest.raises(RestartFailed):
         await agent.round()
     assert node_reports.ANNOTATION not in api.annotations, "the kubelet still runs its old certificate"
-    await agent.round()  # the files are right already, the restart is still owed
+    again = NodeAgent(lambda: api, "ns", "x", "n1", files, restarts, None)  # the agent itself restarted
+    await again.round()  # the files are right already, the restart is still owed (on disk)
     assert restarts.count == 2 and len(api.csrs) == 1
     assert node_reports.parse(api.annotations[node_reports.ANNOTATION]).revision == nodes.revision(world_record(world))
+
+
+async def test_a_kubelet_conf_with_an_embedded_client_certificate_is_refused_in_words(world: World, tmp_path: Path):
+    """Its certificate is one the agent cannot replace: it says so rather than report a kubelet current."""
+    await world.reconcile()
+    files = kubelet_files(tmp_path, world, "n1")
+    conf = files.etc / KUBECONFIG
+    conf.write_text(conf.read_text().replace("client-certificate: ", "client-certificate-data: x\n    old: "))
+    agent = NodeAgent(lambda: FakeApi(world, "n1"), "ns", "x", "n1", files, Restarts(), None)
+    with pytest.raises(UserError, match="must read the kubelet's client certificate and key from"):
+        await agent.round()
+
+
+def test_a_returned_certificate_must_lead_to_the_ca_the_apiservers_trust_now(world: World):
+    old, new = (engine.build(spec.from_resource(clusterpki()), engine.Existing(), world.now).cas["ca"] for _ in range(2))
+    key = keys.generate(spec.KeyAlgorithm.ECDSA_P256)
+    leaf = certificates.sign_leaf(certificates.Identity("system:node:n1", ("system:nodes",), (certificates.CLIENT_AUTH,)),
+                                  key.public_key(), new, timedelta(days=1), world.now)
+    rotating = nodes.Wanted(trusted=old.cert, signer=new.cert, revision="r")
+    assert not _chains([leaf], rotating), "no cross-signed certificate: apiservers that trust the old CA refuse it"
+    assert _chains([leaf, certificates.cross_sign(new.cert, old, world.now)], rotating)
+    assert _chains([leaf], nodes.Wanted(trusted=new.cert, signer=new.cert, revision="r"))

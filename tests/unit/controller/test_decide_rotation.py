@@ -315,3 +315,14 @@ def _pem_of_a_new_ca() -> bytes:
     from clusterpki.pki.kubeconfig import pem_bundle
     from tests.unit.controller.world import T0 as now
     return pem_bundle([engine.build(spec.from_resource(clusterpki()), engine.Existing(), now).cas["ca"].cert])
+
+
+async def test_a_ca_rotation_does_not_move_before_the_nodes_reports_are_listed():
+    """After an operator's start, until its Node watch has listed every Node once, no node is known
+    to be behind, and none to be current either: a ca rotation waits."""
+    world = await started(rotating_world())
+    await world.reconcile(GRACE, nodes=None)
+    assert phase(world) == "Preparing"
+    assert world.status()["caRotation"]["waitingFor"] == "nodes (their reports are not listed yet)"
+    await world.reconcile(nodes={})
+    assert phase(world) == "Rotating"

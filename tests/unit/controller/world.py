@@ -48,11 +48,11 @@ class World:
     # -- the loop ------------------------------------------------------------------------------
 
     async def reconcile(self, after: timedelta = timedelta(0), reports: tuple[Report, ...] = (),
-                        holder: str = "operator-a", nodes: dict[str, str] | None = None) -> Plan:
+                        holder: str = "operator-a", nodes: dict[str, str] | None | bool = False) -> Plan:
         """One loop, ``after`` later than the last: observe, decide, apply (and report a failed apply).
-        ``nodes``: node -> the revision its node agent reports."""
+        ``nodes``: node -> the revision its node agent reports (None: not listed yet; none by default)."""
         self.now += after
-        seen = await observe(self, copy.deepcopy(self.body), [], reports, holder, nodes=nodes)
+        seen = await observe(self, copy.deepcopy(self.body), [], reports, holder, nodes={} if nodes is False else nodes)
         plan = decide(seen, self.now)
         applied = await apply(plan, seen.meta, self, seen.status)
         if applied.failure is not None:
