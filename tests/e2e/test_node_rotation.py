@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,7 +186,7 @@ async def test_a_worker_s_kubelet_stays_ready_through_a_ca_rotation(tmp_path):
              "--member", MEMBER, *[a for c in COMPONENTS for a in ("--component", c)],
              *[a for c, url in health.items() for a in ("--health", f"{c}={url}")], "--healthy-for", "1",
              "--restart-interval", "0", "--restart", "command", "--restart-command", restart],
-            cwd=REPO, stdout=agent_log, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "KUBECONFIG": str(following_the_ca(credentials[MEMBER], directory / "pki" / "ca.crt"))})
 
         token = subprocess.run(["bash", str(node_sh()), "token", str(admin), "--auto-approve"], capture_output=True,
@@ -238,10 +239,12 @@ async def test_a_worker_s_kubelet_stays_ready_through_a_ca_rotation(tmp_path):
     finally:
         if watcher is not None:
             watcher.stopped.set()
-        for process in (node_agent_process, agent):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
+        if node_agent_process is not None:
+            node_agent_process.terminate()
+            node_agent_process.wait(timeout=30)
+        if agent is not None:  # its group: a restart it runs must not start a component after the stops below
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(timeout=30)
         node.down()
         if operator is not None:
             operator.stop()
