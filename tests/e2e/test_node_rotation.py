@@ -44,7 +44,10 @@ from tests.runners import OperatorProcess
 NAMESPACE, NAME, MEMBER, NODE = "kube-system", "cluster", "cp0", "worker-1"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 
-pytestmark = pytest.mark.skipif(shutil.which("nsenter") is None, reason="needs nsenter (util-linux)")
+# On the HA proof's worker, one after the other: the two heaviest proofs at once on two cores would
+# time each other's restarts and health checks, not the PKI's.
+pytestmark = [pytest.mark.skipif(shutil.which("nsenter") is None, reason="needs nsenter (util-linux)"),
+              pytest.mark.xdist_group("ha-proof")]
 
 
 def kubectl(admin: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
