@@ -69,9 +69,12 @@ class Kubelet:
 
     def _pki(self, name: str) -> Path:
         """A file of the node's /var/lib/kubelet/pki, as the host sees it (the kubelet's ``*-current.pem``
-        links are absolute inside the node)."""
+        links are absolute inside the node; the node agent's are relative)."""
         path = self.directory / "root" / "var" / "lib" / "kubelet" / "pki" / name
-        return self.directory / "root" / os.readlink(path).lstrip("/") if path.is_symlink() else path
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        return self.directory / "root" / target.lstrip("/") if target.startswith("/") else path.parent / target
 
     def _current(self, kind: str) -> x509.Certificate | None:
         try:
