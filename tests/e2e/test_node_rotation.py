@@ -1,24 +1,26 @@
-"""A ``ca`` rotation with a real kubelet on a worker node, on a control plane the operator itself runs in.
+"""A ``ca`` rotation with real kubelets on two worker nodes, on a control plane the operator itself runs in.
 
 The control plane is a kubeadm one's, run from files: ``clusterpki render`` writes the control-plane
 node's ``/etc/kubernetes``, and etcd, kube-apiserver and kube-controller-manager start from it with
 kubeadm v1.24's flags (``tests/consumers.py``: the Node authorizer, NodeRestriction, bootstrap tokens,
 kube-controller-manager signing with ``pki/ca.crt``). It is taken over as a user would: the README's
 install, ``clusterpki import``, the operator as its ServiceAccount with ``--csr-policy``, the
-control-plane agent with its command restarter. A worker joins with a bootstrap token
-(``../shared/k8s/node.sh``: a real kubelet v1.24 and containerd), and ``clusterpki node-agent`` runs in the
-node's own mount namespace, as the node, restarting the kubelet as its systemd unit would.
+control-plane agent with its command restarter. Two workers join with a bootstrap token
+(``../shared/k8s/node.sh``: real kubelets v1.24 and containerd; the first runs a static pod), and a
+``clusterpki node-agent`` runs in each node's own mount and pid namespaces, as the node, restarting the
+kubelet as its systemd unit would.
 
-Then ``rotate-ca=ca``. Required: the Node is Ready at every look and its Lease keeps being renewed; the
-kubelet ends with a client certificate from the new CA and a kubelet.conf that trusts it; the apiserver
-reaches the kubelet (``proxy/healthz``) after; the kubelet was restarted exactly twice; the operator's
-status counted the node and held the phases for it. The operator and agents trust the apiserver through
+Then ``rotate-ca=ca``. Required: every Node is Ready at every look and its Lease keeps being renewed;
+each kubelet ends with a client certificate from the new CA and a kubelet.conf that trusts it alone;
+the apiserver reaches each kubelet (``proxy/healthz``) and reads the static pod's logs after; each
+kubelet was restarted exactly twice; the operator's status counted the nodes. The operator and agents trust the apiserver through
 ``pki/ca.crt`` (as a pod through its projected ``ca.crt``) and follow it through the rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -41,7 +43,8 @@ from tests.helpers import REPO
 from tests.nodes import Kubelet, next_address, node_sh
 from tests.runners import OperatorProcess
 
-NAMESPACE, NAME, MEMBER, NODE = "kube-system", "cluster", "cp0", "worker-1"
+NAMESPACE, NAME, MEMBER = "kube-system", "cluster", "cp0"
+WORKERS = ("worker-1", "worker-2")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 # On the HA proof's worker, one after the other: the two heaviest proofs at once on two cores would
@@ -69,25 +72,26 @@ def following_the_ca(kubeconfig: Path, ca_file: Path) -> Path:
 
 
 class Watcher(threading.Thread):
-    """Looks at the Node's Ready condition and its Lease every second, through admin.conf (re-read each
+    """Looks at every worker's Ready condition and Lease every second, through admin.conf (re-read each
     time: the agent rewrites it in the rotation)."""
 
     def __init__(self, admin: Path) -> None:
         super().__init__(daemon=True)
         self.admin, self.stopped = admin, threading.Event()
-        self.ready: list[tuple[float, str]] = []
-        self.renewals: set[str] = set()
+        self.ready: dict[str, list[tuple[float, str]]] = {n: [] for n in WORKERS}
+        self.renewals: dict[str, set[str]] = {n: set() for n in WORKERS}
 
     def run(self) -> None:
         while not self.stopped.wait(1.0):
-            node = kubectl(self.admin, "get", "node", NODE, "-o", "json", check=False)
-            if node.returncode == 0:
-                status = next(c["status"] for c in json.loads(node.stdout)["status"]["conditions"] if c["type"] == "Ready")
-                self.ready.append((time.time(), status))
-            lease = kubectl(self.admin, "-n", "kube-node-lease", "get", "lease", NODE, "-o",
-                            "jsonpath={.spec.renewTime}", check=False)
-            if lease.returncode == 0:
-                self.renewals.add(lease.stdout)
+            for name in WORKERS:
+                node = kubectl(self.admin, "get", "node", name, "-o", "json", check=False)
+                if node.returncode == 0:
+                    conditions = json.loads(node.stdout)["status"]["conditions"]
+                    self.ready[name].append((time.time(), next(c["status"] for c in conditions if c["type"] == "Ready")))
+                lease = kubectl(self.admin, "-n", "kube-node-lease", "get", "lease", name, "-o",
+                                "jsonpath={.spec.renewTime}", check=False)
+                if lease.returncode == 0:
+                    self.renewals[name].add(lease.stdout)
 
 
 async def wait_for(probe, timeout: float, what: str):
@@ -139,7 +143,7 @@ def node_agent(node: Kubelet, restart_script: Path) -> subprocess.Popen:
     log = open(node.directory / "node-agent.log", "ab")
     return subprocess.Popen(
         ["nsenter", "-t", pid, "-m", "-p", "--", sys.executable, "-m", "clusterpki", "node-agent", "-n", NAMESPACE, NAME,
-         "--node", NODE, "--restart-command", f"bash {restart_script}", "--health",
+         "--node", node.name, "--restart-command", f"bash {restart_script}", "--health",
          f"http://{node.ip}:10248/healthz", "--healthy-for", "2", "--resync", "2"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
 
@@ -156,12 +160,44 @@ while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
     return script
 
 
-async def test_a_worker_s_kubelet_stays_ready_through_a_ca_rotation(tmp_path):
+STATIC_POD = """apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+  namespace: default
+spec:
+  hostNetwork: true
+  containers:
+  - name: probe
+    image: registry.k8s.io/pause:3.7
+"""
+
+
+def join(node: Kubelet, server: str, ca: Path, token: str, static_pods: Path | None = None) -> None:
+    extra = ["--static-pods", str(static_pods)] if static_pods else []
+    joined = subprocess.run(["bash", str(node_sh()), "up", str(node.directory), node.name, node.ip, server, str(ca),
+                             "--bootstrap-token", token, "--wait", "ready", *extra], capture_output=True, text=True,
+                            timeout=240)
+    assert joined.returncode == 0, f"{joined.stderr}\n{node.log()[-3000:]}"
+
+
+def reached(admin: Path, node: str) -> bool:
+    """The apiserver reaches the kubelet (its apiserver-kubelet-client against the kubelet's client CA)."""
+    return kubectl(admin, "get", "--raw", f"/api/v1/nodes/{node}/proxy/healthz", check=False).stdout == "ok"
+
+
+def logs_read(admin: Path) -> bool:
+    """``kubectl logs`` of worker-1's static pod: the apiserver streams from the kubelet."""
+    return kubectl(admin, "logs", f"probe-{WORKERS[0]}", check=False).returncode == 0
+
+
+async def test_workers_kubelets_stay_ready_through_a_ca_rotation(tmp_path):
     root = Path(tempfile.mkdtemp(prefix="cpki-self-"))
-    node = Kubelet(Path(tempfile.mkdtemp(prefix="cpki-node-")), NODE, next_address())
+    workers = [Kubelet(Path(tempfile.mkdtemp(prefix="cpki-node-")), name, next_address()) for name in WORKERS]
     directory, state, health = start_control_plane(root)
     admin = directory / "admin.conf"
-    operator = agent = node_agent_process = watcher = None
+    operator = agent = watcher = None
+    agents: list[subprocess.Popen] = []
     try:
         cluster = ControlPlane(admin)
         installed = cluster.install()
@@ -194,47 +230,56 @@ async def test_a_worker_s_kubelet_stays_ready_through_a_ca_rotation(tmp_path):
 
         token = subprocess.run(["bash", str(node_sh()), "token", str(admin), "--auto-approve"], capture_output=True,
                                text=True, timeout=60, check=True).stdout.strip().splitlines()[-1]
-        joined = subprocess.run(["bash", str(node_sh()), "up", str(node.directory), NODE, node.ip,
-                                 f"https://{health['kube-apiserver'].split('/')[2]}", str(directory / "pki" / "ca.crt"),
-                                 "--bootstrap-token", token, "--wait", "ready"], capture_output=True, text=True,
-                                timeout=240)
-        assert joined.returncode == 0, f"{joined.stderr}\n{node.log()[-3000:]}"
-        await wait_for(lambda: kubectl(admin, "get", "--raw", f"/api/v1/nodes/{NODE}/proxy/healthz",
-                                       check=False).stdout == "ok", 90, "the apiserver reaching the kubelet")
+        static = root / "static-pods"
+        static.mkdir()
+        (static / "probe.yaml").write_text(STATIC_POD)
+        server = f"https://{health['kube-apiserver'].split('/')[2]}"
+        for index, node in enumerate(workers):
+            await asyncio.to_thread(join, node, server, directory / "pki" / "ca.crt", token,
+                                    static if index == 0 else None)
+        for node in workers:
+            await wait_for(lambda node=node: reached(admin, node.name), 90, f"the apiserver reaching {node.name}")
+        await wait_for(lambda: logs_read(admin), 90, "the logs of a static pod of worker-1")
         old_ca = x509.load_pem_x509_certificate((directory / "pki" / "ca.crt").read_bytes())
 
         await wait_for(lambda: status_of(admin).get("consumersCurrent") == f"{len(COMPONENTS)}/{len(COMPONENTS)}",
                        90, "the control-plane agent reporting")
-        node_agent_process = node_agent(node, restart_script(node))
-        await wait_for(lambda: status_of(admin).get("nodesCurrent") == "1/1", 90, "the node reporting")
+        agents = [node_agent(node, restart_script(node)) for node in workers]
+        every = f"{len(workers)}/{len(workers)}"
+        await wait_for(lambda: status_of(admin).get("nodesCurrent") == every, 90, "the nodes reporting")
         watcher = Watcher(admin)
         watcher.start()
 
         kubectl(admin, "-n", NAMESPACE, "annotate", "clusterpki", NAME, "pki.clusterpki.dev/rotate-ca=ca@node-proof")
         await wait_for(lambda: (status_of(admin).get("caRotation") or {}).get("phase") == "Completed", 480,
                        "the ca rotation Completed")
-        await wait_for(lambda: status_of(admin).get("nodesCurrent") == "1/1", 60, "the node current")
-        renewals_before = len(watcher.renewals)
-        await asyncio.sleep(15)  # the node lives on after it: Ready, its Lease renewed
+        await wait_for(lambda: status_of(admin).get("nodesCurrent") == every, 60, "the nodes current")
+        renewals_before = {n: len(r) for n, r in watcher.renewals.items()}
+        await asyncio.sleep(15)  # the nodes live on after it: Ready, their Leases renewed
         watcher.stopped.set()
         watcher.join()
 
-        assert watcher.ready and all(status == "True" for _, status in watcher.ready), \
-            [r for r in watcher.ready if r[1] != "True"]
-        assert len(watcher.renewals) > renewals_before, "the node's Lease was renewed after the rotation"
+        for node in workers:
+            looks = watcher.ready[node.name]
+            assert looks and all(status == "True" for _, status in looks), [r for r in looks if r[1] != "True"]
+            assert len(watcher.renewals[node.name]) > renewals_before[node.name], f"{node.name}'s Lease renewed"
         new_ca = x509.load_pem_x509_certificate((directory / "pki" / "ca.crt").read_bytes())
         assert new_ca.serial_number != old_ca.serial_number, (state / "agent.log").read_text()[-3000:]
-        client = node.client_certificate()
-        assert client is not None and certificates.signed_by(client, new_ca), "the kubelet's client certificate"
-        kubelet_conf = yaml.safe_load((node.directory / "root" / "etc" / "kubernetes" / "kubelet.conf").read_text())
-        assert kubelet_conf["clusters"][0]["cluster"]["certificate-authority-data"]
-        assert kubectl(admin, "get", "--raw", f"/api/v1/nodes/{NODE}/proxy/healthz").stdout == "ok"
+        for node in workers:
+            client = node.client_certificate()
+            assert client is not None and certificates.signed_by(client, new_ca), f"{node.name}'s client certificate"
+            conf = yaml.safe_load((node.directory / "root" / "etc" / "kubernetes" / "kubelet.conf").read_text())
+            trusted = x509.load_pem_x509_certificates(base64.b64decode(
+                conf["clusters"][0]["cluster"]["certificate-authority-data"]))
+            assert trusted == [new_ca], f"{node.name}'s kubelet.conf trusts the new CA alone"
+            assert reached(admin, node.name)
+            said = (node.directory / "node-agent.log").read_text()
+            assert said.count("restarting the kubelet") == 2, said[-3000:]
+            assert "PRIVATE KEY" not in said
+        assert logs_read(admin)
         restarts = [(c, round(end - start, 1)) for c, start, end in consumers.windows(state)]
-        print(f"control-plane restarts (component, seconds): {restarts}; kubelet restarts: 2; "
-              f"Ready looks: {len(watcher.ready)}, all True")
-        said = (node.directory / "node-agent.log").read_text()
-        assert said.count("restarting the kubelet") == 2, said[-3000:]
-        assert "PRIVATE KEY" not in said
+        print(f"control-plane restarts (component, seconds): {restarts}; kubelet restarts: 2 per node; "
+              f"Ready looks: {sum(len(v) for v in watcher.ready.values())}, all True")
         for component in COMPONENTS:
             fatal = [line for line in (state / f"{component}.log").read_text(errors="replace").splitlines()
                      if line.startswith("F1") or line.startswith("F0")]
@@ -242,16 +287,18 @@ async def test_a_worker_s_kubelet_stays_ready_through_a_ca_rotation(tmp_path):
     finally:
         if watcher is not None:
             watcher.stopped.set()
-        if node_agent_process is not None:
-            node_agent_process.terminate()
-            node_agent_process.wait(timeout=30)
+        for process in agents:
+            process.terminate()
+            process.wait(timeout=30)
         if agent is not None:  # its group: a restart it runs must not start a component after the stops below
             os.killpg(agent.pid, signal.SIGTERM)
             agent.wait(timeout=30)
-        node.down()
+        for node in workers:
+            node.down()
         if operator is not None:
             operator.stop()
         for component in reversed(COMPONENTS):
             consumers.stop(component, state)
     shutil.rmtree(root, ignore_errors=True)  # kept for a look when the test fails
-    shutil.rmtree(node.directory, ignore_errors=True)
+    for node in workers:
+        shutil.rmtree(node.directory, ignore_errors=True)
