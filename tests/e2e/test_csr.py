@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from clusterpki.csr.metrics import CSR_SIGNING_REFUSED
-from clusterpki.csr.rules import CLIENT_SIGNER, SERVING_SIGNER
+from clusterpki.csr.rules import CLIENT_SIGNER, ROTATION_SIGNER, SERVING_SIGNER
 from cryptography import x509
 from multidict import CIMultiDict
 
@@ -149,6 +149,14 @@ MATRIX = [
      ("Denied", "UsagesNotAllowed")),
     ("rsa-1024", CLIENT_SIGNER, CLIENT, as_node(NODE), {"cn": NODE_CN, "key_kind": "rsa1024"}, ("Denied", "WeakKey")),
     ("bootstrap-takeover", CLIENT_SIGNER, CLIENT, BOOTSTRAP, {"cn": NODE_CN}, ("Denied", "BootstrapForExistingNode")),
+    # The operator's own signer, which node agents ask in a ca rotation: the node itself, nobody else
+    ("rotation-own", ROTATION_SIGNER, CLIENT, as_node(NODE), {"cn": NODE_CN}, ("Approved", "AutoApproved")),
+    ("rotation-other-cn", ROTATION_SIGNER, CLIENT, as_node(NODE), {"cn": "system:node:node-b"},
+     ("Denied", "NodeNameMismatch")),
+    ("rotation-bootstrap", ROTATION_SIGNER, CLIENT, BOOTSTRAP, {"cn": "system:node:node-new"},
+     ("Denied", "RequesterNotANode")),
+    ("rotation-masters", ROTATION_SIGNER, CLIENT, as_node(NODE), {"cn": NODE_CN, "orgs": ("system:masters",)},
+     ("Denied", "SubjectMismatch")),
 ]
 
 
