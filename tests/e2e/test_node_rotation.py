@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clusterpki.agent import restarters
 from clusterpki.pki import certificates
 from cryptography import x509
 
@@ -191,6 +192,30 @@ def logs_read(admin: Path) -> bool:
     return kubectl(admin, "logs", f"probe-{WORKERS[0]}", check=False).returncode == 0
 
 
+def probe_container(admin: Path) -> tuple[str, bool]:
+    """The static pod's container, as its mirror pod says: its ID, and whether it is ready."""
+    found = kubectl(admin, "get", "pod", f"probe-{WORKERS[0]}", "-o", "json", check=False)
+    if found.returncode != 0:
+        return "", False
+    statuses = (json.loads(found.stdout).get("status") or {}).get("containerStatuses") or [{}]
+    return statuses[0].get("containerID", ""), bool(statuses[0].get("ready"))
+
+
+async def restarted_by_its_manifest(admin: Path, manifests: Path) -> float:
+    """kubeadm's restart, as the agent's ``--restart static-pod`` makes it (a new annotation in the
+    manifest), on a real kubelet: a new container runs, ready. Returns how long it took."""
+    before, _ = await asyncio.to_thread(probe_container, admin)
+    assert before, "the static pod runs"
+    started = time.monotonic()
+    await restarters.StaticPods(manifests).restart("probe")
+
+    def recreated() -> bool:
+        container, ready = probe_container(admin)
+        return bool(container) and container != before and ready
+    await wait_for(recreated, 90, "the static pod recreated by its kubelet")
+    return time.monotonic() - started
+
+
 async def test_workers_kubelets_stay_ready_through_a_ca_rotation(tmp_path):
     root = Path(tempfile.mkdtemp(prefix="cpki-self-"))
     workers = [Kubelet(Path(tempfile.mkdtemp(prefix="cpki-node-")), name, next_address()) for name in WORKERS]
@@ -277,9 +302,11 @@ async def test_workers_kubelets_stay_ready_through_a_ca_rotation(tmp_path):
             assert said.count("restarting the kubelet") == 2, said[-3000:]
             assert "PRIVATE KEY" not in said
         assert logs_read(admin)
+        recreated = await restarted_by_its_manifest(admin, static)
         restarts = [(c, round(end - start, 1)) for c, start, end in consumers.windows(state)]
         print(f"control-plane restarts (component, seconds): {restarts}; kubelet restarts: 2 per node; "
-              f"Ready looks: {sum(len(v) for v in watcher.ready.values())}, all True")
+              f"Ready looks: {sum(len(v) for v in watcher.ready.values())}, all True; "
+              f"a static pod recreated by the agent's static-pod restarter in {recreated:.1f}s")
         for component in COMPONENTS:
             fatal = [line for line in (state / f"{component}.log").read_text(errors="replace").splitlines()
                      if line.startswith("F1") or line.startswith("F0")]
