@@ -41,7 +41,7 @@ from cryptography import x509
 from tests import consumers, proof
 from tests.controlplane import ControlPlane, free_port_block
 from tests.helpers import REPO
-from tests.nodes import Kubelet, next_address, node_sh
+from tests.nodes import Kubelet, next_address, node_sh, token
 from tests.runners import OperatorProcess
 
 NAMESPACE, NAME, MEMBER = "kube-system", "cluster", "cp0"
@@ -253,14 +253,13 @@ async def test_workers_kubelets_stay_ready_through_a_ca_rotation(tmp_path):
             cwd=REPO, stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "KUBECONFIG": str(following_the_ca(credentials[MEMBER], directory / "pki" / "ca.crt"))})
 
-        token = subprocess.run(["bash", str(node_sh()), "token", str(admin), "--auto-approve"], capture_output=True,
-                               text=True, timeout=60, check=True).stdout.strip().splitlines()[-1]
+        joining = token(admin, "--auto-approve")
         static = root / "static-pods"
         static.mkdir()
         (static / "probe.yaml").write_text(STATIC_POD)
         server = f"https://{health['kube-apiserver'].split('/')[2]}"
         for index, node in enumerate(workers):
-            await asyncio.to_thread(join, node, server, directory / "pki" / "ca.crt", token,
+            await asyncio.to_thread(join, node, server, directory / "pki" / "ca.crt", joining,
                                     static if index == 0 else None)
         for node in workers:
             await wait_for(lambda node=node: reached(admin, node.name), 90, f"the apiserver reaching {node.name}")
