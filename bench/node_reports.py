@@ -80,11 +80,13 @@ async def measure(b: Bench, count: int, concurrency: int) -> dict[str, float]:
     await asyncio.sleep(20)
     idle = {k: v for k, v in (await b.operator_requests(idle_since)).items() if k[0] != "GET"}
     watch.cancel()
+    rss = operator.peak_rss_mb()
+    await operator.stop()
     return {"nodes": count, "floor_s": floor, "reports_s": reports, "counted_s": counted,
             "operator_cpu_s": used, "cpu_ms_per_node": 1000 * used / count,
             "operator_requests": sum(requests.values()), "status_patches": len(patches),
             "idle_writes": sum(idle.values()), "idle": idle, "idle_cpu_s": b.operator_cpu() - idle_cpu,
-            "rss_mb": operator.peak_rss_mb()}
+            "rss_mb": rss}
 
 
 async def run(args: argparse.Namespace) -> None:
