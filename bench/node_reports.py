@@ -78,14 +78,15 @@ async def measure(b: Bench, count: int, concurrency: int) -> dict[str, float]:
 
     idle_since, idle_cpu = await b.mark(), b.operator_cpu()
     await asyncio.sleep(20)
-    idle = {k: v for k, v in (await b.operator_requests(idle_since)).items() if k[0] != "GET"}
+    idle = {k: v for k, v in (await b.operator_requests(idle_since)).items() if k[0] not in ("GET", "LIST")}
+    idle_cpu_used = b.operator_cpu() - idle_cpu
     watch.cancel()
     rss = operator.peak_rss_mb()
     await operator.stop()
     return {"nodes": count, "floor_s": floor, "reports_s": reports, "counted_s": counted,
             "operator_cpu_s": used, "cpu_ms_per_node": 1000 * used / count,
             "operator_requests": sum(requests.values()), "status_patches": len(patches),
-            "idle_writes": sum(idle.values()), "idle": idle, "idle_cpu_s": b.operator_cpu() - idle_cpu,
+            "idle_writes": sum(idle.values()), "idle": idle, "idle_cpu_s": idle_cpu_used,
             "rss_mb": rss}
 
 
