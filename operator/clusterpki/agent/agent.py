@@ -266,23 +266,14 @@ class Agent:
         if url is None:
             return
         clock = asyncio.get_running_loop().time
-        deadline, healthy_since = clock() + HEALTHY_WITHIN, None
+        deadline = clock() + HEALTHY_WITHIN
         if getattr(self.restarter, "detached", False) and not went_down:  # it returns before the restart: see it go
             while await health.problem(component, url, self.out) is None:
                 if clock() > deadline:
                     raise RestartFailed(f"{component} did not go down within {HEALTHY_WITHIN:g}s of its restart",
                                         RestartReason.UNHEALTHY)
                 await asyncio.sleep(0.5)
-        while healthy_since is None or clock() - healthy_since < self.healthy_for:
-            problem = await health.problem(component, url, self.out)
-            if problem is None:
-                healthy_since = healthy_since or clock()
-            else:
-                healthy_since = None
-                if clock() > deadline:
-                    raise RestartFailed(f"{component} is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}",
-                                        RestartReason.UNHEALTHY)
-            await asyncio.sleep(0.5)
+        await health.stays_healthy(component, url, self.out, self.healthy_for, deadline, HEALTHY_WITHIN)
 
     async def _report(self) -> None:
         """Renew the report Lease when what it says changed, or when a resync has passed (the heartbeat)."""

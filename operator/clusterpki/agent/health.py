@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 
 from clusterpki.agent import consumers
+from clusterpki.agent.restarters import RestartFailed
+from clusterpki.kube.reports import RestartReason
 
 TIMEOUT = 3.0  # seconds for one probe
 
@@ -24,6 +26,25 @@ async def problem(component: str, url: str, out: Path) -> str | None:
     if status == 200:
         return None
     return f"{url} answers HTTP {status}" if status is not None else f"{url} does not answer ({why})"
+
+
+async def stays_healthy(component: str, url: str, out: Path, duration: float, deadline: float,
+                        within: float) -> None:
+    """Return once the instance at ``url`` has been healthy for ``duration`` seconds in a row (a component
+    may answer once and exit); RestartFailed when it is still not healthy once the event loop's clock
+    passes ``deadline``, ``within`` seconds after its restart."""
+    clock = asyncio.get_running_loop().time
+    since: float | None = None
+    while since is None or clock() - since < duration:
+        found = await problem(component, url, out)
+        if found is None:
+            since = since or clock()
+        else:
+            since = None
+            if clock() > deadline:
+                raise RestartFailed(f"{component} is not healthy {within:g}s after its restart: {found}",
+                                    RestartReason.UNHEALTHY)
+        await asyncio.sleep(0.5)
 
 
 async def down(url: str, probes: int = 3, interval: float = 1.0) -> bool:

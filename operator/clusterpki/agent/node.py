@@ -148,17 +148,8 @@ class NodeAgent:
 
     async def _healthy(self) -> None:
         assert self.health_url is not None
-        clock = asyncio.get_running_loop().time
-        deadline, since = clock() + HEALTHY_WITHIN, None
-        while since is None or clock() - since < self.healthy_for:
-            problem = await health.problem(COMPONENT, self.health_url, Path())
-            if problem is None:
-                since = since or clock()
-            else:
-                since = None
-                if clock() > deadline:
-                    raise RestartFailed(f"the kubelet is not healthy {HEALTHY_WITHIN:g}s after its restart: {problem}")
-            await asyncio.sleep(0.5)
+        deadline = asyncio.get_running_loop().time() + HEALTHY_WITHIN
+        await health.stays_healthy(COMPONENT, self.health_url, Path(), self.healthy_for, deadline, HEALTHY_WITHIN)
 
     async def _report(self, revision: str) -> None:
         report = node_reports.NodeReport(self.namespace, self.pki_name, revision)

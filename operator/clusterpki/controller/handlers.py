@@ -84,7 +84,7 @@ class State:
         self.node_policy = node_policy
         self.nodes = Watch(api, [], "", lambda kind, obj, _: node_reported(self, kind, obj), plural="nodes",
                            keep=_node_report_only, report_first=True) if node_policy is not None else None
-        self.node_reports: dict[str, node_reports.NodeReport] = {}
+        self.node_reports: dict[str, str] = {}  # node -> the revision it reports for the policy ClusterPKI
         self.watch: asyncio.Future | None = None  # the watches
 
 
@@ -185,18 +185,17 @@ def reported(state: State, kind: str, obj: Mapping[str, Any], before: Mapping[st
 
 
 def node_reported(state: State, kind: str, obj: Mapping[str, Any]) -> None:
-    """A Node's report changed (or the Node went): look again, a moment later, at the ClusterPKIs it
-    reported for, so that a rotation's thousands of reports make a few looks, not one each."""
+    """A Node's report for the policy ClusterPKI changed (or the Node went): look at it again a moment
+    later, so that a rotation's thousands of reports make a few looks, not one each. A report for any
+    other ClusterPKI is not kept: any node may annotate its own Node with any name."""
     name = obj["metadata"]["name"]
+    found = None if kind == "DELETED" else node_reports.of_node(obj["metadata"])
+    after = found.revision if found is not None and found.key == state.node_policy else None
     before = state.node_reports.pop(name, None)
-    after = None if kind == "DELETED" else node_reports.of_node(obj["metadata"])
     if after is not None:
         state.node_reports[name] = after
-    if before == after:
-        return
-    for key in {r.key for r in (before, after) if r is not None}:
-        if key in state.bodies:
-            state.scheduler.after(key, settings.NODE_REPORT_DELAY)
+    if before != after and state.node_policy in state.bodies:
+        state.scheduler.after(state.node_policy, settings.NODE_REPORT_DELAY)
 
 
 def _node_report_only(meta: dict[str, Any]) -> dict[str, Any]:
@@ -211,9 +210,7 @@ def _nodes(state: State, key: Key) -> dict[str, str] | None:
     Node with any ClusterPKI's name); None until the Node watch has listed every Node once."""
     if state.nodes is None or key != state.node_policy:
         return {}
-    if not state.nodes.is_synced(""):
-        return None
-    return {node: r.revision for node, r in state.node_reports.items() if r.key == key}
+    return dict(state.node_reports) if state.nodes.is_synced("") else None
 
 
 def mark_drift(state: State, key: Key) -> None:

@@ -136,7 +136,8 @@ def view(body: Mapping[str, Any], items: Sequence[dict[str, Any]], neighbours: S
         claim=Claim.from_status(status.get("claim")), rotation=Rotation.from_status(status.get("caRotation")),
         secrets=own, strangers=strangers or {}, older_claims=_claims_of_older(body, neighbours) if pki_spec else {},
         impostors=tuple(impostors), imported=imported(annotations),
-        legacy={} if record else _legacy(status), reports=tuple(reports), nodes=dict(nodes) if nodes is not None else None, holder=holder, status=status,
+        legacy={} if record else _legacy(status), reports=tuple(reports),
+        nodes=dict(nodes) if nodes is not None else None, holder=holder, status=status,
         wanted=frozenset(_wanted(pki_spec)) if pki_spec else frozenset())
 
 

@@ -46,10 +46,6 @@ class Files(NamedTuple):
     def control_plane(self) -> bool:
         return (self.etc / CA_KEY).exists()
 
-    def client_ca(self) -> bytes | None:
-        path = self.etc / CLIENT_CA
-        return path.read_bytes() if path.exists() else None
-
     def write_client_ca(self, ca: x509.Certificate) -> bool:
         """Write the kubelet's client CA file if it is not ``ca`` alone; whether it was written."""
         return bool(writer.write(self.etc, {CLIENT_CA: writer.FileContent(pem_bundle([ca]), 0o644)}, set()))
