@@ -9,14 +9,19 @@ network, and each listens on its address's port 10250.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
 from cryptography import x509
 
 from tests.controlplane import ControlPlane, harness
+from tests.helpers import REPO
 
 _NEXT = itertools.count(1)
 
@@ -112,3 +117,75 @@ class Kubelet:
         assert pids, f"no kubelet among {listed}"
         for pid in pids:
             os.kill(pid, number)
+
+
+def _kubectl(admin: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["kubectl", f"--kubeconfig={admin}", "--request-timeout=10s", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def reached(admin: Path, node: str) -> bool:
+    """The apiserver reaches the kubelet (its apiserver-kubelet-client against the kubelet's client CA)."""
+    return _kubectl(admin, "get", "--raw", f"/api/v1/nodes/{node}/proxy/healthz").stdout == "ok"
+
+
+def node_agent(node: Kubelet, namespace: str, name: str) -> subprocess.Popen:
+    """``clusterpki node-agent`` inside the node's mount and pid namespaces (its /etc/kubernetes,
+    /var/lib/kubelet and processes), with the node's own kubelet.conf; it restarts the kubelet as its
+    systemd unit would (stopped from inside the node, the node starts it again 5 s later)."""
+    script = node.directory / "restart-kubelet.sh"
+    script.write_text("set -e\npid=$(pgrep -f '/kubelet --config' | head -1)\nkill \"$pid\"\n"
+                      "while kill -0 \"$pid\" 2>/dev/null; do sleep 0.2; done\n")
+    listed = subprocess.run(["bash", str(node_sh()), "ps", str(node.directory)], capture_output=True, text=True,
+                            timeout=30).stdout
+    pid = next(line.split()[0] for line in listed.splitlines() if "/kubelet --config" in line)
+    return subprocess.Popen(
+        ["nsenter", "-t", pid, "-m", "-p", "--", sys.executable, "-m", "clusterpki", "node-agent", "-n", namespace, name,
+         "--node", node.name, "--restart-command", f"bash {script}", "--health", f"http://{node.ip}:10248/healthz",
+         "--healthy-for", "2", "--resync", "2"],
+        cwd=REPO, stdout=open(node.directory / "node-agent.log", "ab"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
+
+
+
+class NodeWatch(threading.Thread):
+    """A watch of Nodes (``kubectl get nodes -w``, started again whenever the one apiserver restarts), and
+    the node Leases' renewTimes, looked at every 5 s."""
+
+    def __init__(self, admin: Path) -> None:
+        super().__init__(daemon=True)
+        self.admin, self.stopped = admin, threading.Event()
+        self.seen: list[tuple[float, str, str, str]] = []  # (when, node, Ready's status, its reason)
+        self.renewals: dict[str, set[str]] = {}
+        self.process: subprocess.Popen | None = None
+
+    def run(self) -> None:
+        leases = threading.Thread(target=self._leases, daemon=True)
+        leases.start()
+        while not self.stopped.is_set():
+            self.process = subprocess.Popen(
+                ["kubectl", f"--kubeconfig={self.admin}", "get", "nodes", "-w", "--no-headers", "-o",
+                 'custom-columns=N:.metadata.name,R:.status.conditions[?(@.type=="Ready")].status,'
+                 'W:.status.conditions[?(@.type=="Ready")].reason'],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for line in self.process.stdout:
+                name, status, reason = line.split()
+                self.seen.append((time.time(), name, status, reason))
+            self.process.wait()
+            self.stopped.wait(1)
+        leases.join()
+
+    def _leases(self) -> None:
+        while not self.stopped.wait(5):
+            found = _kubectl(self.admin, "-n", "kube-node-lease", "get", "leases", "-o", "json")
+            if found.returncode == 0:
+                for lease in json.loads(found.stdout)["items"]:
+                    self.renewals.setdefault(lease["metadata"]["name"], set()).add(lease["spec"].get("renewTime"))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.process is not None:
+            self.process.terminate()
+        self.join(timeout=30)
+
+

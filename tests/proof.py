@@ -24,6 +24,16 @@ import yaml
 
 from tests.helpers import REPO
 
+def following_the_ca(kubeconfig: Path, ca_file: Path) -> Path:
+    """The kubeconfig with its cluster's CA read from ``ca_file`` (as a pod reads its projected ca.crt)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"].pop("certificate-authority-data", None)
+        cluster["cluster"]["certificate-authority"] = str(ca_file)
+    kubeconfig.write_text(yaml.safe_dump(config))
+    return kubeconfig
+
+
 def bin_dir() -> Path:
     return next(p.parent for p in Path.home().glob(".cache/clusterpki-k8s/*/kube-apiserver"))
 

@@ -144,10 +144,12 @@ def _agent_manifests(args: argparse.Namespace) -> int:
     from clusterpki.kubeadm import render
     from clusterpki.pki import documents
 
-    pki_spec, namespace = render.load_spec_file(Path(args.file)), args.namespace
+    pki_spec, in_file = render.load_spec_and_namespace(Path(args.file))
+    namespace = args.namespace or in_file
     if namespace is None:
         raise UserError(f"{args.file} names no namespace: give the ClusterPKI's namespace with -n")
-    sys.stdout.write(documents.dump_all(manifests.manifests(pki_spec, namespace, args.image, args.dir)))
+    sys.stdout.write(documents.dump_all(manifests.manifests(pki_spec, namespace, args.image, args.dir,
+                                                             args.node_agents)))
     return 0
 
 
@@ -386,6 +388,9 @@ def _parser() -> argparse.ArgumentParser:
     agent_manifests.add_argument("-n", "--namespace", help="the ClusterPKI's namespace [the file's]")
     agent_manifests.add_argument("--image", default="ghcr.io/clusterpki/clusterpki:0.1.0", help="the agent's image")
     agent_manifests.add_argument("--dir", default="/etc/kubernetes", help="kubeadm's directory on the nodes")
+    agent_manifests.add_argument("--node-agents", action=argparse.BooleanOptionalAction, default=True,
+                                 help="include the node agents' DaemonSet (every node; it restarts the kubelet with "
+                                      "systemctl) [yes]")
     agent_manifests.set_defaults(handler=_agent_manifests)
 
     render = commands.add_parser("render", help="render a ClusterPKI's whole PKI into kubeadm's layout")

@@ -27,8 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-    # The longest test first, in an xdist group of its own: one worker spends the run on it while the
-    # other takes the rest (pyproject's addopts: -n 2 --dist loadgroup).
+    # The longest tests first, each in an xdist group of its own: one worker spends the run on each while
+    # the third takes the rest (pyproject's addopts: -n 3 --dist loadgroup).
     items.sort(key=lambda item: not item.get_closest_marker("xdist_group"))
 
 

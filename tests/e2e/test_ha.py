@@ -48,7 +48,7 @@ LEASE_NAMESPACE = "clusterpki-system"
 FATAL = re.compile(r"^F\d{4} ")  # klog's fatal lines: the component exits
 
 pytestmark = [pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy (.ci/run installs it)"),
-              pytest.mark.xdist_group("ha-proof")]
+              pytest.mark.xdist_group("ha-proof"), pytest.mark.proof]
 
 
 class Member:

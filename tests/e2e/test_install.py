@@ -4,10 +4,13 @@ the apiserver enforces it; and ``clusterpki run`` as a process, with its metrics
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.controlplane import INSTALL, INSTALL_KUSTOMIZE, REPO, ControlPlane, harness
@@ -46,6 +49,19 @@ def test_server_side_dry_runs_accept_the_crd_and_the_manifests(installed, cluste
     cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(REPO / "crds"))
     out = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(REPO / "manifests")).stdout
     assert "deployment.apps/clusterpki" in out
+
+
+def test_the_agent_manifests_pass_a_server_side_dry_run(installed, cluster, namespace, tmp_path):
+    """What ``clusterpki agent-manifests`` prints, DaemonSets included, as the apiserver validates it."""
+    spec_file = tmp_path / "pki.yaml"
+    body = pki("dry", namespace, controlPlaneEndpoint="10.0.0.1:6443",
+               etcd={"members": [{"name": "m0", "ips": ["10.0.0.10"]}, {"name": "m1", "ips": ["10.0.0.11"]}]})
+    spec_file.write_text(yaml.safe_dump(body))
+    printed = subprocess.run([sys.executable, "-m", "clusterpki", "agent-manifests", "-f", str(spec_file)],
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=printed).stdout
+    assert "daemonset.apps/clusterpki-node-agent-dry serverside-applied" in out, out
+    assert out.count("daemonset.apps/clusterpki-agent-dry-") == 2, out
 
 
 async def test_clusterpki_run_serves_its_metrics(operator_kubeconfig, api, namespace, tmp_path):

@@ -274,6 +274,8 @@ class Agent:
                                         RestartReason.UNHEALTHY)
                 await asyncio.sleep(0.5)
         await health.stays_healthy(component, url, self.out, self.healthy_for, deadline, HEALTHY_WITHIN)
+        LOGGER.info(f"{self.what}: {component} is healthy again, {clock() - deadline + HEALTHY_WITHIN:.1f}s after "
+                    f"its restart (healthy for {self.healthy_for:g}s)")
 
     async def _report(self) -> None:
         """Renew the report Lease when what it says changed, or when a resync has passed (the heartbeat)."""

@@ -22,6 +22,9 @@ from clusterpki.kube.api import PARTIAL_METADATA, PARTIAL_METADATA_WATCH, Api, A
 
 WATCH_TIMEOUT = 300  # seconds the server keeps one watch open before the next one resumes it
 BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a row
+# A watch that stayed open this long before it broke was working: a load balancer's idle timeout (HAProxy's
+# `timeout server`) or an apiserver's restart ended it, and it is resumed at once, not after a growing backoff.
+HEALTHY_WATCH = 10.0
 LOGGER = logging.getLogger("clusterpki.kube.informer")
 
 # (ADDED | MODIFIED | DELETED, the object, the version seen before it, if any)
@@ -62,7 +65,9 @@ class Watch:
         what = f"the {self.plural} of {namespace or 'all namespaces'}"
         version: str | None = None
         initial, failures = True, 0
+        clock = asyncio.get_running_loop().time
         while True:
+            opened = clock()
             try:
                 if version is None:
                     version = await self._list(path, what, namespace, report=self.report_first or not initial)
@@ -83,6 +88,8 @@ class Watch:
                         self._seen(kind, obj)
                     failures = 0
             except ApiError as exc:
+                if clock() - opened >= HEALTHY_WATCH:
+                    failures = 0
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 failures += 1
                 (LOGGER.warning if failures > 1 else LOGGER.info)(f"{exc}; watching again in {delay}s")

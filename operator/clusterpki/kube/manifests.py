@@ -6,7 +6,8 @@ etcd keys, nor another ClusterPKI's), read its ClusterPKI, and update exactly it
 the restart Lease (both made here, so an agent needs no ``create``); it may read the other members'
 report Leases (their health URLs). And a DaemonSet that runs the agent on that member's node only.
 Node agents (``clusterpki node-agent``) run as their node, with its kubelet's credentials: a Role bound
-to the group ``system:nodes`` lets every node read this one ClusterPKI, nothing else.
+to the group ``system:nodes`` lets every node read this one ClusterPKI, nothing else; and a DaemonSet runs
+one on every node, restarting the kubelet through the host's systemd.
 Pure: a spec in, objects out.
 """
 
@@ -21,6 +22,8 @@ from clusterpki.pki.spec import EtcdMember, Spec
 IMAGE = "ghcr.io/clusterpki/clusterpki:0.1.0"
 PORTS = {"kube-apiserver": (6443, "readyz"), "etcd": (2379, "health")}
 REPORT_SECONDS = 90  # three resyncs of the agent: after that its report no longer counts
+KUBELET_PKI = "/var/lib/kubelet/pki"  # where kubelet.conf's client certificate is, on the host and in the pod
+RESTART_KUBELET = "nsenter -t 1 -m -u -i -n -p -- systemctl restart kubelet"  # kubeadm's kubelet unit, from the host's pid 1
 
 
 def agent_name(pki_name: str, member: str) -> str:
@@ -33,9 +36,13 @@ def secret_names(pki_name: str, member: str) -> list[str]:
     return [secrets.secret_name(pki_name, c) for c in components]
 
 
-def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str = "/etc/kubernetes") -> list[dict]:
-    """Every object the agents of the ClusterPKI ``pki_spec`` (in ``namespace``) need."""
+def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str = "/etc/kubernetes",
+              node_agents: bool = True) -> list[dict]:
+    """Every object the agents of the ClusterPKI ``pki_spec`` (in ``namespace``) need; with ``node_agents``,
+    the node agents' DaemonSet too."""
     objects: list[dict[str, Any]] = [_restart_lease(pki_spec.name, namespace), *_nodes_may_read(pki_spec.name, namespace)]
+    if node_agents:
+        objects.append(_node_agents(pki_spec.name, namespace, image, directory))
     for member in pki_spec.etcd_members:
         others = [m.name for m in pki_spec.etcd_members if m.name != member.name]
         name = agent_name(pki_spec.name, member.name)
@@ -132,3 +139,35 @@ def _daemon_set(pki_spec: Spec, namespace: str, member: EtcdMember, image: str, 
             "spec": {"selector": {"matchLabels": labels}, "updateStrategy": {"type": "RollingUpdate"},
                      "template": {"metadata": {"labels": labels}, "spec": spec}}}
 
+
+
+def node_agents_name(pki_name: str) -> str:
+    return f"clusterpki-node-agent-{pki_name}"
+
+
+def _node_agents(pki_name: str, namespace: str, image: str, directory: str) -> dict[str, Any]:
+    """``clusterpki node-agent`` on every node, as the node: no ServiceAccount token, the kubelet's own
+    kubelet.conf and client certificate (mounted where kubelet.conf names them). It restarts the kubelet
+    with ``systemctl`` in the host's namespaces (hostPID, privileged: what a restart of the host's kubelet
+    takes), and checks the kubelet's healthz on the host's network. Every node, tainted ones included."""
+    name = node_agents_name(pki_name)
+    labels = {"app.kubernetes.io/name": "clusterpki-node-agent", "app.kubernetes.io/instance": name}
+    container = {
+        "name": "node-agent", "image": image, "command": ["clusterpki"],
+        "args": ["node-agent", "-n", namespace, pki_name, "--node", "$(NODE_NAME)", "--dir", directory,
+                 "--restart-command", RESTART_KUBELET, "--health", "http://127.0.0.1:10248/healthz"],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "securityContext": {"runAsUser": 0, "privileged": True, "readOnlyRootFilesystem": True},
+        "resources": {"requests": {"cpu": "5m", "memory": "48Mi"}, "limits": {"memory": "192Mi"}},
+        "volumeMounts": [{"name": "kubernetes", "mountPath": directory},
+                         {"name": "kubelet-pki", "mountPath": KUBELET_PKI}],
+    }
+    spec = {"hostNetwork": True, "hostPID": True, "automountServiceAccountToken": False,
+            "priorityClassName": "system-node-critical", "tolerations": [{"operator": "Exists"}],
+            "containers": [container],
+            "volumes": [{"name": "kubernetes", "hostPath": {"path": directory, "type": "Directory"}},
+                        {"name": "kubelet-pki", "hostPath": {"path": KUBELET_PKI, "type": "Directory"}}]}
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _meta(name, namespace) | {"labels": labels},
+            "spec": {"selector": {"matchLabels": labels},
+                     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}

@@ -22,6 +22,17 @@ class Outcome(NamedTuple):
 
 def load_spec_file(path: Path) -> spec.Spec:
     """The ClusterPKI in a YAML file (the same document ``kubectl apply`` takes), validated."""
+    return _validated(path, _load_resource(path))
+
+
+def load_spec_and_namespace(path: Path) -> tuple[spec.Spec, str | None]:
+    """The ClusterPKI in a YAML file, validated, and the namespace its metadata names (None if none)."""
+    resource = _load_resource(path)
+    namespace = (resource.get("metadata") or {}).get("namespace")
+    return _validated(path, resource), namespace if isinstance(namespace, str) and namespace else None
+
+
+def _load_resource(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -35,8 +46,12 @@ def load_spec_file(path: Path) -> spec.Spec:
     found = [d for d in found if isinstance(d, dict) and d.get("kind") == spec.KIND]
     if len(found) != 1:
         raise UserError(f"{path} must hold exactly one {spec.KIND} document, it holds {len(found)}")
+    return found[0]
+
+
+def _validated(path: Path, resource: dict) -> spec.Spec:
     try:
-        return spec.from_resource(found[0])
+        return spec.from_resource(resource)
     except spec.SpecError as exc:
         raise UserError(f"{path} is not a valid {spec.KIND}: {exc}") from None
 

@@ -1,0 +1,49 @@
+"""The watch's backoff: a watch a load balancer's idle timeout ends (HAProxy's ``timeout server``, after a
+while without events) is resumed at once; only watches that fail as they open back off further and further."""
+
+import asyncio
+import logging
+
+from clusterpki.kube import informer
+from clusterpki.kube.api import ApiError
+
+
+class Streams:
+    """An API whose list is empty and whose every watch stays open ``open_for`` seconds, then breaks
+    the way a closed connection does (no event at all: an idle CSR or Node watch)."""
+
+    def __init__(self, open_for: float) -> None:
+        self.open_for, self.watches = open_for, 0
+
+    async def request(self, verb, what, method, path, params=None, accept=None):
+        return {"metadata": {"resourceVersion": "1"}, "items": []}
+
+    async def stream(self, what, path, params, timeout, accept=None):
+        self.watches += 1
+        await asyncio.sleep(self.open_for)
+        raise ApiError("watch", what, 0, "ClientPayloadError")
+        yield  # an async generator, as Api.stream is
+
+
+async def delays(open_for: float, monkeypatch, caplog, watches: int) -> list[str]:
+    monkeypatch.setattr(informer, "BACKOFF", (0.01, 0.02, 0.03, 0.04, 0.05))
+    monkeypatch.setattr(informer, "HEALTHY_WATCH", 0.05)
+    api = Streams(open_for)
+    watch = informer.Watch(api, [], "", lambda *_: None, plural="certificatesigningrequests")
+    task = asyncio.create_task(watch.run())
+    with caplog.at_level(logging.INFO, logger="clusterpki.kube.informer"):
+        while api.watches < watches:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records if "watching again" in r.getMessage()]
+
+
+async def test_a_watch_that_was_open_a_while_is_resumed_at_once(monkeypatch, caplog):
+    said = await delays(0.06, monkeypatch, caplog, watches=5)
+    assert said and set(said) == {"0.01s"}, said
+
+
+async def test_watches_that_break_as_they_open_back_off_further_each_time(monkeypatch, caplog):
+    said = await delays(0.0, monkeypatch, caplog, watches=6)
+    assert said[:5] == ["0.01s", "0.02s", "0.03s", "0.04s", "0.05s"], said
