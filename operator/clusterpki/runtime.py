@@ -133,7 +133,10 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.scanning.disabled = True
 
 
-RELOGIN = timedelta(minutes=5)
+# A minute: after a rotation's Completing, the apiservers' new serving certificates keep the old CA's
+# cross-signature only while it is in use; a client that still trusts the old CA alone fails at the next
+# one re-issued without it (a rotation taken back, the next rotation). Reading the files costs no request.
+RELOGIN = timedelta(minutes=1)
 
 
 def login(**_: object) -> kopf.ConnectionInfo:
