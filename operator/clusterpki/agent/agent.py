@@ -116,12 +116,13 @@ class Agent:
 
     async def round(self) -> None:
         """Verify, write the files, restart what needs it, report."""
-        current, claim = self._record()
-        disk = await asyncio.to_thread(layout.signing_cas, self.out)
-        verification = verify(await self._fetch(), current, claim, self.spec, self.member, disk)
+        verification = await self._verified()
+        if verification.pki is None and await self._refreshed():
+            verification = await self._verified()  # the watch was behind the operator's last commit
         if verification.pki is None:
             await self._not_written(verification)
             return
+        current, _ = self._record()
         self.rejected = {}
         recovered = await asyncio.to_thread(writer.recover, self.out)  # what is compared below is whole
         files = await asyncio.to_thread(layout.to_write, self.out, layout.files_for(verification.pki, self.member))
@@ -136,6 +137,19 @@ class Agent:
         await self._report()
         if failed is not None:
             raise failed
+
+    async def _verified(self) -> Verification:
+        current, claim = self._record()
+        disk = await asyncio.to_thread(layout.signing_cas, self.out)
+        return verify(await self._fetch(), current, claim, self.spec, self.member, disk)
+
+    async def _refreshed(self) -> bool:
+        """The ClusterPKI read afresh, when its Secrets did not verify against the record the watch gave
+        (Secrets newer than the last event seen, or a watch stuck on a connection that went quiet):
+        whether its record, claim or spec were other than the watch's."""
+        body = await self.api.request("get", f"ClusterPKI {self.what}", "GET",
+                                      resource.path(self.namespace, self.pki_name))
+        return self._take(body)
 
     def _record(self) -> tuple[Record, Claim | None]:
         found = self.body.get("status") or {}
@@ -335,20 +349,21 @@ class Agent:
                 LOGGER.debug(f"watch ended ({exc}); listing again")
                 await asyncio.sleep(1)
 
-    def _take(self, body: dict[str, Any]) -> None:
-        """A new version of the ClusterPKI: a round when its record, claim or spec changed."""
+    def _take(self, body: dict[str, Any]) -> bool:
+        """A new version of the ClusterPKI: a round when its record, claim or spec changed (returned)."""
         before, after = self.body.get("status") or {}, body.get("status") or {}
         same = all(before.get(k) == after.get(k) for k in ("record", "claim")) and \
             self.body.get("spec") == body.get("spec")
         self.body = body
         if same:
-            return
+            return False
         try:
             self.spec = spec.from_resource(body)
         except spec.SpecError as exc:
             LOGGER.warning(f"{self.what}: the spec is invalid, the files stay as they are: {exc}")
-            return
+            return False
         self.changed.set()
+        return True
 
 
 def _read_back(out: Path, written: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 from datetime import timedelta
@@ -11,6 +12,7 @@ import yaml
 from clusterpki.agent import consumers, restarters
 from clusterpki.agent.agent import Agent
 from clusterpki.agent.startup import Start
+from clusterpki.controller import requests
 from clusterpki.kube import reports
 from clusterpki.pki import placement, record, spec, times
 
@@ -166,3 +168,33 @@ def test_only_files_whose_material_changed_are_written(tmp_path):
                                     kubeconfig.pem_bundle([pki.cas["etcd-ca"].cert, pki.cas["ca"].cert])), \
         "a leaf's file is its certificate first: order matters there"
     assert not layout.same_material("pki/ca.key", b"junk", other)
+
+
+async def test_secrets_newer_than_the_watched_record_are_checked_against_the_record_read_afresh(tmp_path):
+    """The watch gave the record before a renewal (it is behind, or its connection went quiet); the
+    Secrets are the renewal's. The agent reads the ClusterPKI again before it refuses anything."""
+    world = World(clusterpki(etcd={"members": [{"name": "m0"}, {"name": "m1"}]}))
+    await world.reconcile()
+    watched = copy.deepcopy(world.body)
+    world.annotate(**{requests.RENEW: "apiserver@now"})
+    await world.reconcile()
+    assert world.status()["record"] != watched["status"]["record"]
+
+    class Api:
+        gets = 0
+
+        async def get_or_none(self, what, path):
+            return copy.deepcopy(world.secrets.get(path.rsplit("/", 1)[-1]))
+
+        async def request(self, verb, what, method, path, body=None, **_):
+            assert (verb, method) == ("get", "GET") and path.endswith("/clusterpkis/x"), (verb, method, path)
+            self.gets += 1
+            return copy.deepcopy(world.body)
+
+    api = Api()
+    agent = Agent(api, "ns", "x", tmp_path, "m0", ["kube-apiserver"], restarters.Command("true"),
+                  Start(watched, spec.from_resource(watched)))
+    assert (await agent._verified()).pki is None, "the renewed Secrets do not verify against the old record"
+    assert await agent._refreshed() and api.gets == 1
+    assert (await agent._verified()).pki is not None
+    assert not await agent._refreshed(), "the same record again is no change"
