@@ -329,6 +329,11 @@ def control_plane_agent(cluster: ControlPlane, etc: Path, node: Kubelet, tmp: Pa
     kubeadm's static pods; health checked on the node's own address, as kubeadm's probes do."""
     body = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "clusterpki", NAME, "-o", "json").stdout)
     credentials = proof.agent_kubeconfigs(cluster, body, tmp)
+    (tmp / "cluster.yaml").write_text(yaml.safe_dump(body))  # the README's recipe, checked by the apiserver
+    printed = subprocess.run([sys.executable, "-m", "clusterpki", "agent-manifests", "-f", str(tmp / "cluster.yaml")],
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
+    dry = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=printed).stdout
+    assert f"daemonset.apps/clusterpki-node-agent-{NAME} serverside-applied" in dry, dry
     member = body["spec"]["etcd"]["members"][0]["name"]
     health = {"etcd": f"https://{node.ip}:2379/health", "kube-apiserver": f"https://{node.ip}:6443/readyz",
               "kube-controller-manager": f"https://{node.ip}:10257/healthz",
