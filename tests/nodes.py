@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -109,6 +110,13 @@ class Kubelet:
         """Its client certificate and key (one file), as whoever roots the node has them."""
         return self._pki("kubelet-client-current.pem")
 
+    def restarts(self) -> list[float]:
+        """When ``node_agent`` restarted this node's kubelet (epoch seconds), from its log."""
+        path = self.directory / "node-agent.log"
+        said = path.read_text() if path.exists() else ""
+        return [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                for line in said.splitlines() if "restarting the kubelet" in line]
+
     def signal(self, number: int) -> None:
         """Signal the kubelet process (SIGSTOP: it stops updating its Node; SIGCONT: it goes on)."""
         listed = subprocess.run(["bash", str(node_sh()), "ps", str(self.directory)], capture_output=True, text=True,
@@ -181,6 +189,17 @@ class NodeWatch(threading.Thread):
             if found.returncode == 0:
                 for lease in json.loads(found.stdout)["items"]:
                     self.renewals.setdefault(lease["metadata"]["name"], set()).add(lease["spec"].get("renewTime"))
+
+    def not_ready_but_after_own_restart(self, nodes: list[Kubelet], within: float = 30) -> list[tuple]:
+        """What the watch saw of the nodes that was not Ready, but for what a kubelet v1.24 reports of
+        itself as it starts ("container runtime status check may not have completed yet": False,
+        KubeletNotReady, a second or two) within ``within`` seconds of its node agent restarting it.
+        An Unknown (the node controller lost the node) is never excused."""
+        restarted = {node.name: node.restarts() for node in nodes}
+        return [(at, name, status, reason) for at, name, status, reason in self.seen
+                if name in restarted and status != "True"
+                and not (status == "False" and reason == "KubeletNotReady"
+                         and any(r <= at <= r + within for r in restarted[name]))]
 
     def stop(self) -> None:
         self.stopped.set()
