@@ -1,8 +1,8 @@
 """The node agent through a whole ``ca`` rotation, without a server: the controller's loop on the
 in-memory world (tests/unit/controller/world.py) makes the ClusterPKI and its status, a fake API answers
 the node agent's requests from it (its CSR signed by the CSR rules with the world's signing CA), and
-the kubelet's files are real files in a kubeadm layout. The proof on a real kubelet is
-tests/e2e/test_node_rotation.py; this one checks every phase's files, restarts and reports, fast."""
+the kubelet's files are real files in a kubeadm layout. The proofs on real kubelets are
+tests/e2e/test_kubeadm_cluster.py and test_ha.py; this one checks every phase's files, restarts and reports, fast."""
 
 from __future__ import annotations
 
