@@ -29,6 +29,7 @@ from typing import Any
 from cryptography import x509
 
 from clusterpki.agent import consumers, health
+from clusterpki.agent.restart_lock import one_restart_at_a_time
 from clusterpki.agent.restarters import Restarter, RestartFailed
 from clusterpki.agent.startup import Start, health_url_problem
 from clusterpki.agent.verify import Verification, sources, verify
@@ -221,27 +222,24 @@ class Agent:
         except NotYourTurn:
             await self.turns.give_back()
             raise
-        LOGGER.info(f"{self.what}: restarting {component}")
-        self.restarts.pop(component, None)
-        try:
-            await self.restarter.restart(component)
-            await self._healthy_again(component)
-        except RestartFailed as exc:
-            self.restarts[component] = Restart(RestartState.FAILED, exc.reason, str(exc))
-            raise
-        self.owed.discard(component)
-        self.restarted_at[component] = asyncio.get_running_loop().time()
+        await self._restart_and_wait(component, f"restarting {component}")
         await self.turns.give_back()
 
     async def _start_down(self, component: str) -> None:
         """Start an instance that does not run: it takes nothing out of service, so neither the turn nor
         the other members' health gates it. So a new etcd cluster comes up from its agents alone: no
         member is healthy before a quorum of them runs."""
-        LOGGER.info(f"{self.what}: starting {component}, which does not run")
+        await self._restart_and_wait(component, f"starting {component}, which does not run", went_down=True)
+
+    async def _restart_and_wait(self, component: str, saying: str, went_down: bool = False) -> None:
+        """Restart ``component`` and wait for it to be healthy, holding the node's restart lock (the node
+        agent restarts the kubelet under it); a failure is recorded and raised."""
         self.restarts.pop(component, None)
         try:
-            await self.restarter.restart(component)
-            await self._healthy_again(component, went_down=True)
+            async with one_restart_at_a_time(self.out, self.what):
+                LOGGER.info(f"{self.what}: {saying}")
+                await self.restarter.restart(component)
+                await self._healthy_again(component, went_down=went_down)
         except RestartFailed as exc:
             self.restarts[component] = Restart(RestartState.FAILED, exc.reason, str(exc))
             raise

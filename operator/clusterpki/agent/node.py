@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from clusterpki.agent import health
+from clusterpki.agent.restart_lock import one_restart_at_a_time
 from clusterpki.agent.restarters import Restarter, RestartFailed
 from clusterpki.errors import UserError
 from clusterpki.kube import node_reports, resource
@@ -136,10 +137,11 @@ class NodeAgent:
                         f"--csr-policy {self.namespace}/{self.pki_name}?")
 
     async def _restart(self, why: str) -> None:
-        LOGGER.info(f"{self.what}: restarting the kubelet: {why}")
-        await self.restarter.restart(COMPONENT)
-        if self.health_url is not None:
-            await self._healthy()
+        async with one_restart_at_a_time(self.files.etc, self.what):
+            LOGGER.info(f"{self.what}: restarting the kubelet: {why}")
+            await self.restarter.restart(COMPONENT)
+            if self.health_url is not None:
+                await self._healthy()
 
     async def _reconnect(self) -> None:
         fresh = self.connect()  # first: a kubeconfig that cannot be read leaves the working client in place
