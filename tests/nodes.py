@@ -27,6 +27,11 @@ from tests.helpers import REPO
 _NEXT = itertools.count(1)
 
 
+def log_time(stamp: str) -> float:
+    """Epoch seconds of an agent's log time stamp (``[%(asctime)s]``, the host's local time)."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def node_sh() -> Path:
     script = harness()
     assert script is not None, "no ../shared/k8s harness"
@@ -114,8 +119,7 @@ class Kubelet:
         """When ``node_agent`` restarted this node's kubelet (epoch seconds), from its log."""
         path = self.directory / "node-agent.log"
         said = path.read_text() if path.exists() else ""
-        return [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                for line in said.splitlines() if "restarting the kubelet" in line]
+        return [log_time(line[1:24]) for line in said.splitlines() if "restarting the kubelet" in line]
 
     def signal(self, number: int) -> None:
         """Signal the kubelet process (SIGSTOP: it stops updating its Node; SIGCONT: it goes on)."""
@@ -153,7 +157,6 @@ def node_agent(node: Kubelet, namespace: str, name: str) -> subprocess.Popen:
          "--healthy-for", "2", "--resync", "2"],
         cwd=REPO, stdout=open(node.directory / "node-agent.log", "ab"), stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
-
 
 
 class NodeWatch(threading.Thread):
@@ -206,5 +209,3 @@ class NodeWatch(threading.Thread):
         if self.process is not None:
             self.process.terminate()
         self.join(timeout=30)
-
-

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,8 @@ from cryptography import x509
 from tests import kubeadm_openssl, proof
 from tests.controlplane import ControlPlane, harness
 from tests.helpers import REPO, openssl
-from tests.nodes import Kubelet, NodeWatch, next_address, node_agent, node_sh, reached, token
+from tests.nodes import Kubelet, NodeWatch, log_time, next_address, node_agent, node_sh, reached, token
+from tests.runners import OperatorProcess
 
 NAMESPACE, NAME, CONTROL_PLANE = "clusterpki-system", "cluster", "cp1"  # the manifests' --csr-policy
 WORKERS = ("worker-1", "worker-2")
@@ -151,14 +151,12 @@ def files_of(etc: Path) -> dict[str, bytes]:
 
 def restarts_of(agent_log: str) -> list[tuple[str, float, float]]:
     """The agent's restarts: (component, started, healthy again), from its log."""
-    def at(stamp: str) -> float:
-        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     found, started = [], {}
     for line in agent_log.splitlines():
         if match := RESTARTING.match(line):
-            started[match[2]] = at(match[1])
+            started[match[2]] = log_time(match[1])
         elif (match := HEALTHY.match(line)) and match[2] in started:
-            found.append((match[2], started.pop(match[2]), at(match[1])))
+            found.append((match[2], started.pop(match[2]), log_time(match[1])))
     return found
 
 
@@ -306,8 +304,7 @@ def minted_token(admin: Path) -> str:
     return kubectl(admin, "-n", "default", "create", "token", "default", "--duration=1h").stdout.strip()
 
 
-def proof_operator(cluster: ControlPlane, etc: Path, tmp: Path):
-    from tests.runners import OperatorProcess
+def proof_operator(cluster: ControlPlane, etc: Path, tmp: Path) -> OperatorProcess:
     kubeconfig = proof.following_the_ca(cluster.token_kubeconfig(tmp / "operator.kubeconfig"), etc / "pki" / "ca.crt")
     operator = OperatorProcess(kubeconfig, tmp / "operator.log", "-n", NAMESPACE, "--csr-policy", f"{NAMESPACE}/{NAME}")
     operator.start()

@@ -118,7 +118,7 @@ class Agent:
     async def round(self) -> None:
         """Verify, write the files, restart what needs it, report."""
         verification = await self._verified()
-        if verification.pki is None and await self._refreshed():
+        if verification.rejected and await self._refreshed():
             verification = await self._verified()  # the watch was behind the operator's last commit
         if verification.pki is None:
             await self._not_written(verification)

@@ -140,7 +140,6 @@ def _daemon_set(pki_spec: Spec, namespace: str, member: EtcdMember, image: str, 
                      "template": {"metadata": {"labels": labels}, "spec": spec}}}
 
 
-
 def node_agents_name(pki_name: str) -> str:
     return f"clusterpki-node-agent-{pki_name}"
 

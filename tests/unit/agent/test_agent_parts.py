@@ -194,7 +194,8 @@ async def test_secrets_newer_than_the_watched_record_are_checked_against_the_rec
     api = Api()
     agent = Agent(api, "ns", "x", tmp_path, "m0", ["kube-apiserver"], restarters.Command("true"),
                   Start(watched, spec.from_resource(watched)))
-    assert (await agent._verified()).pki is None, "the renewed Secrets do not verify against the old record"
+    stale = await agent._verified()
+    assert stale.pki is None and stale.rejected, "the renewed Secrets do not verify against the old record"
     assert await agent._refreshed() and api.gets == 1
     assert (await agent._verified()).pki is not None
     assert not await agent._refreshed(), "the same record again is no change"
