@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from cryptography import x509
@@ -159,6 +160,27 @@ def node_agent(node: Kubelet, namespace: str, name: str) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
 
 
+class Seen(NamedTuple):
+    """One Node as a watch saw it: when, and its Ready condition as its kubelet (or the node controller) set it."""
+    at: float
+    node: str
+    status: str
+    reason: str
+    since: float  # the condition's lastTransitionTime
+    message: str
+
+
+_READY = '{.status.conditions[?(@.type=="Ready")].'
+_SEEN = ('jsonpath={.metadata.name}{"\\t"}' + _READY + 'status}{"\\t"}' + _READY + 'reason}{"\\t"}'
+         + _READY + 'lastTransitionTime}{"\\t"}' + _READY + 'message}{"\\n"}')
+
+
+def _seen(line: str) -> Seen:
+    name, status, reason, since, message = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+    when = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() if since else 0.0
+    return Seen(time.time(), name, status, reason, when, message)
+
+
 class NodeWatch(threading.Thread):
     """A watch of Nodes (``kubectl get nodes -w``, started again whenever the one apiserver restarts), and
     the node Leases' renewTimes, looked at every 5 s."""
@@ -166,7 +188,7 @@ class NodeWatch(threading.Thread):
     def __init__(self, admin: Path) -> None:
         super().__init__(daemon=True)
         self.admin, self.stopped = admin, threading.Event()
-        self.seen: list[tuple[float, str, str, str]] = []  # (when, node, Ready's status, its reason)
+        self.seen: list[Seen] = []
         self.renewals: dict[str, set[str]] = {}
         self.process: subprocess.Popen | None = None
 
@@ -175,13 +197,10 @@ class NodeWatch(threading.Thread):
         leases.start()
         while not self.stopped.is_set():
             self.process = subprocess.Popen(
-                ["kubectl", f"--kubeconfig={self.admin}", "get", "nodes", "-w", "--no-headers", "-o",
-                 'custom-columns=N:.metadata.name,R:.status.conditions[?(@.type=="Ready")].status,'
-                 'W:.status.conditions[?(@.type=="Ready")].reason'],
+                ["kubectl", f"--kubeconfig={self.admin}", "get", "nodes", "-w", "-o", _SEEN],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             for line in self.process.stdout:
-                name, status, reason = line.split()
-                self.seen.append((time.time(), name, status, reason))
+                self.seen.append(_seen(line))
             self.process.wait()
             self.stopped.wait(1)
         leases.join()
@@ -193,16 +212,18 @@ class NodeWatch(threading.Thread):
                 for lease in json.loads(found.stdout)["items"]:
                     self.renewals.setdefault(lease["metadata"]["name"], set()).add(lease["spec"].get("renewTime"))
 
-    def not_ready_but_after_own_restart(self, nodes: list[Kubelet], within: float = 30) -> list[tuple]:
+    def not_ready_but_after_own_restart(self, nodes: list[Kubelet], within: float = 30) -> list[Seen]:
         """What the watch saw of the nodes that was not Ready, but for what a kubelet v1.24 reports of
         itself as it starts ("container runtime status check may not have completed yet": False,
-        KubeletNotReady, a second or two) within ``within`` seconds of its node agent restarting it.
-        An Unknown (the node controller lost the node) is never excused."""
+        KubeletNotReady, a second or two): such a condition is excused when the kubelet set it (its
+        lastTransitionTime) within ``within`` seconds of its node agent restarting it. The time the watch
+        saw it is no measure: after an apiserver restart the watch lists again what the kubelets posted
+        meanwhile. An Unknown (the node controller lost the node) is never excused."""
         restarted = {node.name: node.restarts() for node in nodes}
-        return [(at, name, status, reason) for at, name, status, reason in self.seen
-                if name in restarted and status != "True"
-                and not (status == "False" and reason == "KubeletNotReady"
-                         and any(r <= at <= r + within for r in restarted[name]))]
+        return [seen for seen in self.seen
+                if seen.node in restarted and seen.status != "True"
+                and not (seen.status == "False" and seen.reason == "KubeletNotReady"
+                         and any(r - 1 <= seen.since <= r + within for r in restarted[seen.node]))]
 
     def stop(self) -> None:
         self.stopped.set()

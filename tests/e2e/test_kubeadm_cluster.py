@@ -264,10 +264,11 @@ async def test_a_kubeadm_cluster_is_taken_over_and_rotated_with_its_static_pods_
     # A kubelet v1.24 that starts reports its own Node NotReady for a second or two ("container runtime
     # status check may not have completed yet"), whoever restarts it: allowed just after that node's own
     # kubelet restarts, nowhere else, and never Unknown (the node controller never lost a node).
-    assert watch.seen and watch.not_ready_but_after_own_restart([cp, *workers]) == []
-    not_ready = [s for s in watch.seen if s[2] != "True"]
-    print(f"Node events seen: {len(watch.seen)}; NotReady, each just after its own kubelet's restart: "
-          f"{[(name, time.strftime('%H:%M:%S', time.gmtime(at))) for at, name, _, _ in not_ready]}")
+    kubelets = {node.name: [clock(r) for r in node.restarts()] for node in (cp, *workers)}
+    assert watch.seen and watch.not_ready_but_after_own_restart([cp, *workers]) == [], (
+        f"kubelets restarted at {kubelets}; components at {[(c, clock(s), clock(e)) for c, s, e in restarts]}")
+    not_ready = [(s.node, clock(s.since), s.message) for s in watch.seen if s.status != "True"]
+    print(f"Node events seen: {len(watch.seen)}; NotReady, each just after its own kubelet's restart: {not_ready}")
     for name in (cp.name, *WORKERS):
         assert len(watch.renewals.get(name, ())) > renewed_before[name], f"{name}'s Lease renewed"
     new_ca = x509.load_pem_x509_certificate((etc / "pki" / "ca.crt").read_bytes())
@@ -287,6 +288,10 @@ async def test_a_kubeadm_cluster_is_taken_over_and_rotated_with_its_static_pods_
     shutil.rmtree(cp.directory, ignore_errors=True)  # kept for a look when the test fails
     for node in workers:
         shutil.rmtree(node.directory, ignore_errors=True)
+
+
+def clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch))
 
 
 def served_again(load: proof.Load, client: str, healthy: float) -> float:
