@@ -39,8 +39,8 @@ class Api:
         self.url, self.session = url, session
 
     @classmethod
-    def session_for(cls, kubeconfig: Path, limit: int = 100, trace_configs: list | None = None
-                    ) -> tuple[str, aiohttp.ClientSession]:
+    def session_for(cls, kubeconfig: Path, limit: int = 100, trace_configs: list | None = None,
+                    force_close: bool = False) -> tuple[str, aiohttp.ClientSession]:
         """The server URL and an aiohttp session with a kubeconfig's credentials (client certificate or
         token), loaded by the official client as the operator loads its own."""
         from kubernetes import client, config
@@ -55,7 +55,7 @@ class Api:
         if token:
             headers["Authorization"] = token
         connector = aiohttp.TCPConnector(ssl=context if configuration.host.startswith("https") else False,
-                                         limit=limit)
+                                         limit=limit, force_close=force_close)
         return configuration.host, aiohttp.ClientSession(connector=connector, headers=headers,
                                                          trace_configs=trace_configs)
 
@@ -170,12 +170,36 @@ class Api:
                 if "tls.crt" in (s.get("data") or {})}
 
 
+class FollowingApi(Api):
+    """An admin who reads its kubeconfig again whenever it changes, as each kubectl run does: the
+    admin.conf of a cluster whose own PKI rotates. No connection is kept (each request opens its own),
+    so none is left on an apiserver that restarted."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig, self.url = kubeconfig, ""
+        self._stamp: int | None = None
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        stamp = self.kubeconfig.stat().st_mtime_ns
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self.url, made = self.session_for(self.kubeconfig, force_close=True)
+            self._sessions.append(made)
+        return self._sessions[-1]
+
+    async def close(self) -> None:
+        for session in self._sessions:
+            await session.close()
+
+
 class Recorder:
     """Every watch event of one kind of object, from the moment it starts: what a test needs to count
     writes on a real apiserver (each write of an object is one ADDED, MODIFIED or DELETED event)."""
 
-    def __init__(self, api: Api, plural: str, namespace: str | None = None, **query: str) -> None:
-        self.api, self.plural, self.namespace, self.query = api, plural, namespace, query
+    def __init__(self, api: Api, plural: str, namespace: str | None = None, resume: bool = False, **query: str) -> None:
+        self.api, self.plural, self.namespace, self.query, self.resume = api, plural, namespace, query, resume
         self.events: list[tuple[str, dict[str, Any]]] = []
         self._task: asyncio.Task | None = None
 
@@ -196,13 +220,29 @@ class Recorder:
             return (await response.json())["metadata"]["resourceVersion"]
 
     async def _watch(self, version: str) -> None:
+        """With ``resume``, a watch that ends (its apiserver restarted) is opened again where it stopped;
+        an ERROR event (the version was compacted: events are lost) fails the recording."""
         url = self.api.url + self.api.path(self.plural, self.namespace)
-        params = {**self.query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "false"}
-        async with self.api.session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=None)) as response:
-            async for line in response.content:
-                if line.strip():
-                    event = json.loads(line)
-                    self.events.append((event["type"], event["object"]))
+        while True:
+            params = {**self.query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "false"}
+            try:
+                async with self.api.session.get(url, params=params,
+                                                timeout=aiohttp.ClientTimeout(total=None)) as response:
+                    if self.resume and response.status != 200:  # an apiserver not ready yet: again, soon
+                        await asyncio.sleep(0.5)
+                        continue
+                    async for line in response.content:
+                        if line.strip():
+                            event = json.loads(line)
+                            assert not self.resume or event["type"] != "ERROR", f"the watch lost events: {event}"
+                            self.events.append((event["type"], event["object"]))
+                            version = event["object"]["metadata"].get("resourceVersion", version)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                if not self.resume:
+                    raise
+            if not self.resume:
+                return
+            await asyncio.sleep(0.5)
 
     def of(self, name: str, *types: str) -> list[dict[str, Any]]:
         """The versions of object ``name`` in the events of those types (all types when none given)."""

@@ -1,14 +1,22 @@
 """The proof on a highly available control plane of real components: three etcd members, two kube-apiservers
 behind HAProxy (Debian's, on loopback), two kube-controller-managers and two kube-schedulers with kubeadm's
-flags (every default controller, the CSR signer among them; leader election), all run from the files of three
-``clusterpki agent`` processes (one per member) and restarted by their command restarter, taking turns.
-Two operator replicas run with leader election; the leader is killed once in the middle of a rotation.
+flags (every default controller, the CSR signer among them; leader election), and two worker nodes (real
+kubelets v1.24 with containerd, joined through HAProxy with a bootstrap token).
+
+The cluster runs its own PKI, as a kubeadm cluster taken over does: the README's multi-member render (one
+run per member, the shared authorities copied in), the components started from those files, the README's
+install into that cluster, ``clusterpki import`` of the three directories. Two operator replicas run in it
+with leader election and ``--csr-policy`` (the leader is killed once in the middle of a rotation), three
+``clusterpki agent`` processes (one per member) restart the components through their command restarter,
+taking turns, and a ``clusterpki node-agent`` runs on each worker. The operators and agents trust the
+apiservers through ``pki/ca.crt``, as a pod through its projected ``ca.crt``, and follow it.
 
 Clients call through the load balancer throughout (see :mod:`tests.proof`): an automatic renewal,
-rotations of ca, etcd-ca, front-proxy-ca and sa, and a second rotation of ca taken back in Rotating. Not one request may fail, every
-rotation completes, no CA is issued twice (the few requests any restart of an etcd member fails
-by itself are counted apart: see ``proof.ETCD_RESTART_ERRORS``), and no component ever exits but to be restarted (a
-kube-controller-manager that finds two certificates in its signing file exits).
+rotations of ca, etcd-ca, front-proxy-ca and sa, and a second rotation of ca taken back in Rotating. Not one
+request may fail, every rotation completes, no CA is issued twice (the few requests any restart of an etcd
+member fails by itself are counted apart: see ``proof.ETCD_RESTART_ERRORS``), no component ever exits but to
+be restarted (a kube-controller-manager that finds two certificates in its signing file exits), and a watch
+of Nodes never sees a worker NotReady.
 """
 
 from __future__ import annotations
@@ -21,33 +29,37 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
+from clusterpki.pki import certificates
+from cryptography import x509
 
-from clusterpki.agent.verify import verify
-from clusterpki.kube import secrets
-from clusterpki.kubeadm import layout, writer
-from clusterpki.pki import spec
-from clusterpki.pki.record import Record
 from tests import consumers, proof
-from tests.controlplane import free_port_block
-from tests.e2e.conftest import pki
+from tests.controlplane import ControlPlane, free_port_block
 from tests.helpers import REPO
-from tests.kube import Recorder, cert_of
+from tests.kube import FollowingApi, Recorder, cert_of
+from tests.nodes import Kubelet, NodeWatch, next_address, node_agent, node_sh, reached, token
 from tests.runners import OperatorProcess
 
 MEMBERS = {"m0": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
            "m1": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"), "m2": ("etcd",)}
+WORKERS = ("worker-1", "worker-2")
 TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
 CAS = ("ca", "etcd-ca", "front-proxy-ca")
+SHARED = ("pki/ca.crt", "pki/ca.key", "pki/front-proxy-ca.crt", "pki/front-proxy-ca.key", "pki/etcd/ca.crt",
+          "pki/etcd/ca.key", "pki/sa.key", "pki/sa.pub")  # what every member's render must find (the README's recipe)
+NAMESPACE, NAME = "kube-system", "cp"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 LEASE_NAMESPACE = "clusterpki-system"
 FATAL = re.compile(r"^F\d{4} ")  # klog's fatal lines: the component exits
 
 pytestmark = [pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy (.ci/run installs it)"),
+              pytest.mark.skipif(shutil.which("nsenter") is None, reason="needs nsenter (util-linux)"),
               pytest.mark.xdist_group("ha-proof"), pytest.mark.proof]
 
 
@@ -78,16 +90,18 @@ class Member:
         restart = f"{sys.executable} -m tests.consumers restart \"$CLUSTERPKI_COMPONENT\" {self.state}"
         log = open(self.state / "agent.log", "ab")
         self.agent = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, "cp", "--dir", str(self.dir),
+            str(Path(sys.executable).parent / "clusterpki"), "agent", "-n", namespace, NAME, "--dir", str(self.dir),
             "--member", self.name, *[a for c in self.components for a in ("--component", c)],
             *self.health(), "--healthy-for", "1", "--restart-interval", "0", "--restart", "command",
             "--restart-command", restart, cwd=REPO, stdout=log, stderr=log,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+            env={**os.environ, "KUBECONFIG": str(proof.following_the_ca(kubeconfig, self.dir / "pki" / "ca.crt"))})
 
-    async def stop(self) -> None:
+    async def stop_agent(self) -> None:
         if self.agent is not None:
             self.agent.terminate()
             await self.agent.wait()
+
+    def stop_components(self) -> None:
         for component in reversed(self.components):
             consumers.stop(component, self.state)
 
@@ -122,28 +136,86 @@ backend apiservers
     return path
 
 
-def write_files(members: list[Member], found: dict[str, dict], body: dict) -> None:
-    """Each member's kubeadm directory from the ClusterPKI's Secrets, verified against its record as its
-    agent does: the components start from these, so the agents' first round finds nothing to change."""
-    stored = {c: secrets.StoredSecret.from_object(s) for c, s in found.items()}
-    issued = Record.from_status(body["status"]["record"])
+def render_members(members: list[Member], lb: int, tmp: Path) -> None:
+    """Each member's /etc/kubernetes from ``clusterpki render``, as the README says for several members:
+    the first rendered, its authorities copied into the others before they are. Leaves valid for an hour."""
+    spec_file = tmp / "cp.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "apiVersion": "pki.clusterpki.dev/v1alpha1", "kind": "ClusterPKI", "metadata": {"name": NAME},
+        "spec": {"controlPlaneEndpoint": f"127.0.0.1:{lb}", "validity": {"certificate": "1h"},
+                 "etcd": {"members": [{"name": name, "ips": ["127.0.0.1"]} for name in MEMBERS]}}}))
     for member in members:
-        checked = verify(stored, issued, None, spec.from_resource(body), member.name)
-        assert checked.pki is not None, checked
-        writer.write(member.dir, layout.files_for(checked.pki, member.name), set())
+        if member is not members[0]:
+            for file in SHARED:
+                (member.dir / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(members[0].dir / file, member.dir / file)
+        subprocess.run([sys.executable, "-m", "clusterpki", "render", "-f", str(spec_file), "--out", str(member.dir),
+                        "--etcd-member", member.name], check=True, capture_output=True, cwd=REPO)
 
 
-async def consumers_current(api, namespace: str, timeout: float = 240) -> None:
+async def start_components(members: list[Member]) -> None:
+    launched = [(m, consumers.launch("etcd", m.state)) for m in members]
+    for member, process in launched:
+        await asyncio.to_thread(consumers.healthy, "etcd", member.state, process)
+    for member in members:
+        for component in member.components[1:]:
+            await asyncio.to_thread(consumers.start, component, member.state)
+
+
+async def take_over(cluster: ControlPlane, members: list[Member], tmp: Path) -> list[OperatorProcess]:
+    """The README's install into the cluster itself, ``clusterpki import`` of every member's directory, and
+    two operator replicas as the manifests' ServiceAccount, following ``pki/ca.crt``."""
+    installed = cluster.install()
+    assert installed.returncode == 0, installed.stderr
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterpkis.pki.clusterpki.dev")
+    dirs = [a for m in members for a in ("--dir", str(m.dir))]
+    imported = subprocess.run([sys.executable, "-m", "clusterpki", "import", "-n", NAMESPACE, NAME, *dirs],
+                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    assert imported.returncode == 0, imported.stderr
+    # import cannot tell a member's own 127.0.0.1 from the one kubeadm puts in every etcd certificate
+    cluster.kubectl("-n", NAMESPACE, "patch", "clusterpki", NAME, "--type=json", "-p", json.dumps(
+        [{"op": "add", "path": f"/spec/etcd/members/{i}/ips", "value": ["127.0.0.1"]} for i in range(len(MEMBERS))]))
+    cluster.kubectl("-n", NAMESPACE, "annotate", "clusterpki", NAME, "pki.clusterpki.dev/rotate-ca-grace=2s",
+                    "pki.clusterpki.dev/max-token-lifetime=1h")
+    kubeconfig = proof.following_the_ca(cluster.token_kubeconfig(tmp / "operator.kubeconfig"),
+                                        members[0].dir / "pki" / "ca.crt")
+    operators = [OperatorProcess(kubeconfig, tmp / f"operator-{i}.log", "-n", NAMESPACE, "--leader-elect",
+                                 "--leader-election-namespace", LEASE_NAMESPACE, "--csr-policy", f"{NAMESPACE}/{NAME}")
+                 for i in range(2)]
+    for operator in operators:
+        await asyncio.to_thread(operator.start)
+    return operators
+
+
+def join(node: Kubelet, server: str, ca: Path, joining: str) -> None:
+    joined = subprocess.run(["bash", str(node_sh()), "up", str(node.directory), node.name, node.ip, server, str(ca),
+                             "--bootstrap-token", joining, "--wait", "ready"], capture_output=True, text=True,
+                            timeout=240)
+    assert joined.returncode == 0, f"{joined.stderr}\n{node.log()[-3000:]}"
+
+
+async def consumers_current(api, timeout: float = 240) -> None:
     count = sum(len(c) for c in MEMBERS.values())
 
     async def probe():
-        entries = ((await api.get("clusterpkis", "cp", namespace)).get("status") or {}).get("consumers") or []
-        return len(entries) == count and all(e["current"] for e in entries)
-    await api.wait_for(probe, timeout, "every consumer running the current Secrets")
+        status = (await api.get("clusterpkis", NAME, NAMESPACE)).get("status") or {}
+        entries = status.get("consumers") or []
+        return (len(entries) == count and all(e["current"] for e in entries)
+                and status.get("nodesCurrent") == f"{len(WORKERS)}/{len(WORKERS)}")
+    try:
+        await api.wait_for(probe, timeout, "every consumer and node running the current Secrets")
+    except AssertionError:
+        status = (await api.get("clusterpkis", NAME, NAMESPACE)).get("status") or {}
+        nodes = [(n["metadata"]["name"], (n["metadata"].get("annotations") or {}).get("pki.clusterpki.dev/kubelet"))
+                 for n in await api.list("nodes")]
+        csrs = [(c["metadata"]["name"], c["spec"]["signerName"], [x["type"] for x in (c.get("status") or {}).get(
+            "conditions") or []], bool((c.get("status") or {}).get("certificate")))
+                for c in await api.list("certificatesigningrequests")]
+        raise AssertionError(f"consumers {status.get('consumers')}, nodes {status.get('nodes')}, rotation "
+                             f"{status.get('caRotation')}, node reports {nodes}, CSRs {csrs}") from None
 
 
-async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plane(
-        cluster, operator_kubeconfig, api, namespace, tmp_path):
+async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plane(tmp_path):
     base = free_port_block(14)
     etcd = {name: (base + 2 * i, base + 2 * i + 1) for i, name in enumerate(MEMBERS)}
     api_ports = {"m0": base + 6, "m1": base + 7}
@@ -151,93 +223,106 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
     ports = {"m0": {"kube-controller-manager": base + 9, "kube-scheduler": base + 10},
              "m1": {"kube-controller-manager": base + 11, "kube-scheduler": base + 12}}
     members = [Member(name, tmp_path, etcd, api_ports.get(name), ports.get(name, {})) for name in MEMBERS]
+    workers = [Kubelet(Path(tempfile.mkdtemp(prefix="cpki-ha-node-")), name, next_address()) for name in WORKERS]
+    admin = members[0].dir / "admin.conf"
+    api = FollowingApi(admin)
+    haproxy = load = load_task = watch = None
+    operators: list[OperatorProcess] = []
+    node_agents: list = []
+    try:
+        render_members(members, lb, tmp_path)
+        await start_components(members)
+        haproxy_log = open(tmp_path / "haproxy.log", "ab")
+        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(haproxy_config(lb, list(api_ports.values()),
+                                                                             tmp_path / "haproxy.cfg"))],
+                                   stdout=haproxy_log, stderr=subprocess.STDOUT)
+        cluster = ControlPlane(admin)
+        await api.wait_for(lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, 60,
+                           "the apiservers ready behind HAProxy")
+        operators = await take_over(cluster, members, tmp_path)
+        await api.ready(NAMESPACE, NAME, timeout=60)
+        body = await api.get("clusterpkis", NAME, NAMESPACE)
+        kubeconfigs = proof.agent_kubeconfigs(cluster, body, tmp_path)
+        for member in members:
+            await member.start_agent(NAMESPACE, kubeconfigs[member.name])
+        joining = token(admin, "--auto-approve")
+        for node in workers:
+            await asyncio.to_thread(join, node, f"https://127.0.0.1:{lb}", members[0].dir / "pki" / "ca.crt", joining)
+            await api.wait_for(lambda node=node: reached(admin, node.name), 90, f"the apiserver reaching {node.name}")
+        node_agents = [node_agent(node, NAMESPACE, NAME) for node in workers]
+        await consumers_current(api)
+        watch = NodeWatch(admin)
+        watch.start()
 
-    await api.delete("leases", "clusterpki", LEASE_NAMESPACE, missing_ok=True)
-    operators = [OperatorProcess(operator_kubeconfig, tmp_path / f"operator-{i}.log", "-n", namespace,
-                                 "--leader-elect", "--leader-election-namespace", LEASE_NAMESPACE) for i in range(2)]
-    for operator in operators:
-        await asyncio.to_thread(operator.start)
-    body = pki("cp", namespace, controlPlaneEndpoint=f"127.0.0.1:{lb}",
-               etcd={"members": [{"name": name, "ips": ["127.0.0.1"]} for name in MEMBERS]},
-               validity={"certificate": "3m"}, renewBefore="105s")
-    body["metadata"]["annotations"] = {"pki.clusterpki.dev/rotate-ca-grace": "2s",
-                                       "pki.clusterpki.dev/max-token-lifetime": "1h"}
-    haproxy = load = load_task = None
-    async with Recorder(api, "secrets", namespace, labelSelector="pki.clusterpki.dev/cluster-pki=cp") as recorded:
-        try:
-            await api.apply_pki(body)
-            await api.ready(namespace, "cp", timeout=40)
-            # The leaves issued now fall due in 75 s, once: those renewed then, or re-issued by a
-            # rotation, are valid for 2 hours, so no other renewal comes in the middle of the rotations.
-            await api.patch("clusterpkis", "cp", {"spec": {"validity": {"certificate": "2h"}}}, namespace)
-            write_files(members, await api.secrets_of(namespace, "cp"), await api.get("clusterpkis", "cp", namespace))
-            launched = [(m, consumers.launch("etcd", m.state)) for m in members]
-            for member, process in launched:
-                await asyncio.to_thread(consumers.healthy, "etcd", member.state, process)
-            for member in members:
-                for component in member.components[1:]:
-                    await asyncio.to_thread(consumers.start, component, member.state)
-            haproxy_log = open(tmp_path / "haproxy.log", "ab")
-            haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(haproxy_config(lb, list(api_ports.values()),
-                                                                                 tmp_path / "haproxy.cfg"))],
-                                       stdout=haproxy_log, stderr=subprocess.STDOUT)
-
-            kubeconfigs = proof.agent_kubeconfigs(cluster, body, tmp_path)
-            for member in members:
-                await member.start_agent(namespace, kubeconfigs[member.name])
-            await consumers_current(api, namespace)
-
+        async with Recorder(api, "secrets", NAMESPACE, resume=True,
+                            labelSelector=f"pki.clusterpki.dev/cluster-pki={NAME}") as recorded:
             url = f"https://127.0.0.1:{lb}"
             async with aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=proof.admin_context(members[0].dir))) as admin:
+                    connector=aiohttp.TCPConnector(ssl=proof.admin_context(members[0].dir))) as session:
                 async def minted():
-                    async with admin.post(f"{url}/api/v1/namespaces/default/serviceaccounts/default/token",
-                                          json={"spec": {"expirationSeconds": 3600}}) as response:
+                    async with session.post(f"{url}/api/v1/namespaces/default/serviceaccounts/default/token",
+                                            json={"spec": {"expirationSeconds": 3600}}) as response:
                         return (await response.json())["status"]["token"] if response.status == 201 else None
-                token = await api.wait_for(minted, timeout=60, what="a token of default/default")
-            load = proof.Load(members[0].dir, url, token)
+                minted_token = await api.wait_for(minted, timeout=60, what="a token of default/default")
+            load = proof.Load(members[0].dir, url, minted_token)
             load_task = asyncio.create_task(load.run())
             load_started = datetime.now(timezone.utc).replace(microsecond=0)
             await asyncio.sleep(2)
 
+            # The leaves rendered an hour long fall due now, once: those renewed, or re-issued by a
+            # rotation, are valid for 2 hours, so no other renewal comes in the middle of the rotations.
+            await api.patch("clusterpkis", NAME, {"spec": {"validity": {"certificate": "2h"}, "renewBefore": "59m"}},
+                            NAMESPACE)
+
             async def renewed_when_due():
-                return [e for e in await api.list("events", namespace)
+                return [e for e in await api.list("events", NAMESPACE)
                         if e["reason"] == "Renewed" and "due for renewal" in e["message"]]
             renewals = await api.wait_for(renewed_when_due, 180, "an automatic renewal")
             assert all(datetime.fromisoformat(e["firstTimestamp"].replace("Z", "+00:00")) >= load_started
                        for e in renewals), "the automatic renewal came before the clients started"
-            await consumers_current(api, namespace)
+            await consumers_current(api)
 
             for index, target in enumerate(TARGETS):
                 value = f"{target}@proof-{index}"
-                await api.patch("clusterpkis", "cp", {"metadata": {"annotations": {
-                    "pki.clusterpki.dev/rotate-ca": value}}}, namespace)
+                await api.patch("clusterpkis", NAME, {"metadata": {"annotations": {
+                    "pki.clusterpki.dev/rotate-ca": value}}}, NAMESPACE)
                 if target == "ca":
-                    await kill_the_leader_mid_rotation(api, namespace, operators)
+                    await kill_the_leader_mid_rotation(api, operators)
 
                 async def completed(value=value):
-                    got = await api.get("clusterpkis", "cp", namespace)
+                    got = await api.get("clusterpkis", NAME, NAMESPACE)
                     rotation = (got.get("status") or {}).get("caRotation") or {}
                     return rotation.get("request") == value and rotation.get("phase") == "Completed"
-                await api.wait_for(completed, 300, f"the rotation of {target} completed")
-                await consumers_current(api, namespace)
+                await api.wait_for(completed, 420, f"the rotation of {target} completed")
+                await consumers_current(api)
                 if target == "ca":  # before sa's: no rotation starts while sa's old key is still trusted
-                    await rotate_and_take_back(api, namespace)
+                    await rotate_and_take_back(api)
 
             last = max(end for m in members for _, _, end in consumers.windows(m.state))
             await api.wait_for(lambda: load.served_since(last), 60, "every client served after the last restart")
-        finally:
-            if load_task is not None:
-                load.stopped.set()
-                await load_task
-            for member in members:
-                await member.stop()
-            if haproxy is not None:
-                haproxy.terminate()
-                haproxy.wait()
-            for operator in operators:
-                operator.stop()
-            await api.delete("leases", "clusterpki", LEASE_NAMESPACE, missing_ok=True)
+            for node in workers:
+                assert reached(admin, node.name), node.name
+    finally:
+        if watch is not None:
+            watch.stop()
+        if load_task is not None:
+            load.stopped.set()
+            await load_task
+        for process in node_agents:
+            process.terminate()
+            process.wait(timeout=30)
+        for member in members:
+            await member.stop_agent()
+        for node in workers:
+            node.down()
+        for operator in operators:
+            operator.stop()
+        for member in members:
+            member.stop_components()
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait()
+        await api.close()
 
     restarts = {m.name: consumers.windows(m.state) for m in members}
     etcd_restarts = [(started, ended) for found in restarts.values() for c, started, ended in found if c == "etcd"]
@@ -246,6 +331,10 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
     assert len(etcds_own) <= 2 * len(etcd_restarts), etcds_own
     print(f"requests an etcd restart failed by itself: {len(etcds_own)} in {len(etcd_restarts)} etcd restarts")
     assert sum(len(outcomes) for outcomes in load.outcomes.values()) > 1000
+    # a kubelet v1.24 reports its own Node NotReady for a second or two as it starts: see tests.nodes
+    assert watch.seen and watch.not_ready_but_after_own_restart(workers) == []
+    print(f"NotReady, each just after its own kubelet's restart: "
+          f"{[(s.node, s.since, s.message) for s in watch.seen if s.status != 'True']}")
     for member in members:
         assert {c for c, _, _ in restarts[member.name]} == set(member.components), member.name
     every = [(m, c, s, e) for m, found in restarts.items() for c, s, e in found]
@@ -257,37 +346,49 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
                    if kind != "DELETED" and obj["metadata"]["labels"]["pki.clusterpki.dev/component"]
                    in (ca, f"{ca}-next", f"{ca}-previous")}
         made = 3 if ca == "ca" else 2  # the rotation taken back made one more
-        assert len(serials) == made, f"{ca}: {len(serials)} CAs issued, each rotation makes exactly one new one"
+        assert len(serials) == made, f"{ca}: {len(serials)} CAs seen, each rotation makes exactly one new one"
     for member in members:
         assert "PRIVATE KEY" not in (member.state / "agent.log").read_text()
         for component in member.components:
             fatal = [line for line in (member.state / f"{component}.log").read_text(errors="replace").splitlines()
                      if FATAL.match(line)]
             assert not fatal, f"{component} on {member.name} exited: {fatal[:3]}"
+    trusted = x509.load_pem_x509_certificate((members[0].dir / "pki" / "ca.crt").read_bytes())
+    kubelet_restarts = {}
+    for node in workers:
+        client = node.client_certificate()
+        assert client is not None and certificates.signed_by(client, trusted), f"{node.name}'s client certificate"
+        said = (node.directory / "node-agent.log").read_text()
+        kubelet_restarts[node.name] = said.count("restarting the kubelet")
+        assert "PRIVATE KEY" not in said
+    print(f"kubelet restarts: {kubelet_restarts}")
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    for node in workers:
+        shutil.rmtree(node.directory, ignore_errors=True)
 
 
-async def rotate_and_take_back(api, namespace: str) -> None:
+async def rotate_and_take_back(api) -> None:
     """A second rotation of ``ca``, taken back (``rotate-ca-abort``) once every leaf is the new CA's: every
     consumer returns to the old CA, under the same load."""
-    before = (await api.serials(namespace, "cp"))["ca"]
-    await api.patch("clusterpkis", "cp", {"metadata": {"annotations": {
-        "pki.clusterpki.dev/rotate-ca": "ca@taken-back"}}}, namespace)
+    before = (await api.serials(NAMESPACE, NAME))["ca"]
+    await api.patch("clusterpkis", NAME, {"metadata": {"annotations": {
+        "pki.clusterpki.dev/rotate-ca": "ca@taken-back"}}}, NAMESPACE)
 
     async def phase(name: str) -> bool:
-        rotation = ((await api.get("clusterpkis", "cp", namespace)).get("status") or {}).get("caRotation") or {}
+        rotation = ((await api.get("clusterpkis", NAME, NAMESPACE)).get("status") or {}).get("caRotation") or {}
         return rotation.get("request") == "ca@taken-back" and rotation.get("phase") == name
     await api.wait_for(lambda: phase("Rotating"), 300, "the second ca rotation Rotating")
-    await api.patch("clusterpkis", "cp", {"metadata": {"annotations": {
-        "pki.clusterpki.dev/rotate-ca-abort": "proof"}}}, namespace)
+    await api.patch("clusterpkis", NAME, {"metadata": {"annotations": {
+        "pki.clusterpki.dev/rotate-ca-abort": "proof"}}}, NAMESPACE)
     await api.wait_for(lambda: phase("Aborted"), 300, "the second ca rotation taken back")
-    await consumers_current(api, namespace)
-    assert (await api.serials(namespace, "cp"))["ca"] == before, "the old CA signs again"
+    await consumers_current(api)
+    assert (await api.serials(NAMESPACE, NAME))["ca"] == before, "the old CA signs again"
 
 
-async def kill_the_leader_mid_rotation(api, namespace: str, operators: list[OperatorProcess]) -> None:
+async def kill_the_leader_mid_rotation(api, operators: list[OperatorProcess]) -> None:
     """SIGKILL the leading replica once the rotation is under way; start it again as the standby."""
     async def preparing():
-        rotation = ((await api.get("clusterpkis", "cp", namespace)).get("status") or {}).get("caRotation") or {}
+        rotation = ((await api.get("clusterpkis", NAME, NAMESPACE)).get("status") or {}).get("caRotation") or {}
         return rotation.get("phase") == "Preparing"
     await api.wait_for(preparing, 60, "the ca rotation Preparing")
     leader = next(o for o in operators if "Leading: holding the Lease" in o.log())
@@ -297,4 +398,3 @@ async def kill_the_leader_mid_rotation(api, namespace: str, operators: list[Oper
     await api.wait_for(lambda: any(o is not leader and "Leading: holding the Lease" in o.log() for o in operators),
                        30, "the standby leading")
     await asyncio.to_thread(leader.start)
-

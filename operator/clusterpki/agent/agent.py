@@ -145,9 +145,8 @@ class Agent:
         return verify(await self._fetch(), current, claim, self.spec, self.member, disk)
 
     async def _refreshed(self) -> bool:
-        """The ClusterPKI read afresh, when its Secrets did not verify against the record the watch gave
-        (Secrets newer than the last event seen, or a watch stuck on a connection that went quiet):
-        whether its record, claim or spec were other than the watch's."""
+        """The ClusterPKI read afresh (before refusing Secrets that did not verify against the record the
+        watch gave, and every resync): whether its record, claim or spec were other than the watch's."""
         body = await self.api.request("get", f"ClusterPKI {self.what}", "GET",
                                       resource.path(self.namespace, self.pki_name))
         return self._take(body)
@@ -321,8 +320,15 @@ class Agent:
         return f"Lease {self.namespace}/{reports.lease_name(self.pki_name, self.member)}"
 
     async def _tick(self) -> None:
+        """Every resync, a round; the ClusterPKI read afresh first, as a watch can go quiet without breaking
+        (through a load balancer, across an apiserver's restart): a phase is never missed for longer."""
         while True:
             await asyncio.sleep(self.resync)
+            try:
+                if await self._refreshed():
+                    LOGGER.info(f"{self.what}: the watch was behind; read the ClusterPKI afresh")
+            except ApiError as exc:
+                LOGGER.debug(f"reading the ClusterPKI afresh failed ({exc}); the watch's version stays")
             self.changed.set()
 
     async def _watch(self) -> None:

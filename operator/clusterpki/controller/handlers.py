@@ -266,8 +266,8 @@ async def _decided(state: State, key: Key, body: dict[str, Any], clients: Client
     """What was observed, and the plan for it; a read that failed is the plan to report it."""
     neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
     try:
-        seen = await observe(clients, body, neighbours, _reports(state, key), state.holder, _none_stored(state, key),
-                             _nodes(state, key))
+        seen = await observe(clients, body, neighbours, await _reports(state, key), state.holder,
+                             _none_stored(state, key), _nodes(state, key))
     except ApiError as exc:
         if exc.namespace_terminating:
             raise
@@ -300,10 +300,23 @@ def _schedule(state: State, key: Key, plan: Plan) -> None:
         state.scheduler.after(key, settings.DRIFT_DELAY)
 
 
-def _reports(state: State, key: Key) -> list[reports.Report]:
+async def _reports(state: State, key: Key) -> list[reports.Report]:
+    """The agents' reports of ``key``, from the watch; read afresh when one of them looks stale there. A
+    watch can go quiet without breaking (through a load balancer, across an apiserver's restart), and a
+    report called stale stops counting as a consumer: only a fresh read may say so."""
     prefix = reports.lease_name(key[1], "")
-    return [reports.Report.from_lease(lease) for name, lease in state.reports.objects(key[0]).items()
-            if name.startswith(prefix)]
+    found = [reports.Report.from_lease(lease) for name, lease in state.reports.objects(key[0]).items()
+             if name.startswith(prefix)]
+    now = times.now()
+    if all(report.fresh(now) for report in found if report.renewed is not None):
+        return found
+    listed = await state.api.request("list", f"the report Leases of {key[0]}", "GET", reports.lease_path(key[0]),
+                                     params={"labelSelector": reports.selector()})
+    fresh = [reports.Report.from_lease(lease) for lease in listed.get("items") or []
+             if lease["metadata"]["name"].startswith(prefix)]
+    if {r.lease: r.renewed for r in fresh} != {r.lease: r.renewed for r in found}:
+        LOGGER.info(f"{key[0]}/{key[1]}: the report watch was behind; read the Leases afresh")
+    return fresh
 
 
 def _none_stored(state: State, key: Key) -> bool:

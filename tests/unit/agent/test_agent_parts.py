@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 
@@ -199,3 +200,31 @@ async def test_secrets_newer_than_the_watched_record_are_checked_against_the_rec
     assert await agent._refreshed() and api.gets == 1
     assert (await agent._verified()).pki is not None
     assert not await agent._refreshed(), "the same record again is no change"
+
+
+async def test_each_resync_reads_the_clusterpki_afresh_so_a_quiet_watch_misses_no_change(tmp_path):
+    """A watch through a load balancer can stay open and bring nothing (an apiserver restarted behind it):
+    the record the operator committed meanwhile reaches the agent within one resync all the same."""
+    world = World(clusterpki(etcd={"members": [{"name": "m0"}]}))
+    await world.reconcile()
+    watched = copy.deepcopy(world.body)
+    world.annotate(**{requests.RENEW: "apiserver@now"})
+    await world.reconcile()
+
+    class Api:
+        gets = 0
+
+        async def request(self, verb, what, method, path, body=None, **_):
+            self.gets += 1
+            return copy.deepcopy(world.body)
+
+    api = Api()
+    agent = Agent(api, "ns", "x", tmp_path, "m0", ["kube-apiserver"], restarters.Command("true"),
+                  Start(watched, spec.from_resource(watched)), resync=0.05)
+    agent.changed.clear()
+    ticking = asyncio.create_task(agent._tick())
+    try:
+        await asyncio.wait_for(agent.changed.wait(), 5)
+    finally:
+        ticking.cancel()
+    assert api.gets >= 1 and agent.body["status"]["record"] == world.status()["record"]
