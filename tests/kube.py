@@ -194,6 +194,9 @@ class FollowingApi(Api):
             await session.close()
 
 
+TOO_OLD_FOR = 120.0
+
+
 class Recorder:
     """Every watch event of one kind of object, from the moment it starts: what a test needs to count
     writes on a real apiserver (each write of an object is one ADDED, MODIFIED or DELETED event)."""
@@ -211,6 +214,8 @@ class Recorder:
     async def __aexit__(self, *_: Any) -> None:
         await asyncio.sleep(0.5)  # let the last events arrive
         assert self._task is not None
+        if self._task.done():  # it failed: the recording is not whole
+            self._task.result()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
@@ -220,9 +225,14 @@ class Recorder:
             return (await response.json())["metadata"]["resourceVersion"]
 
     async def _watch(self, version: str) -> None:
-        """With ``resume``, a watch that ends (its apiserver restarted) is opened again where it stopped;
-        an ERROR event (the version was compacted: events are lost) fails the recording."""
+        """With ``resume``, a watch that ends (its apiserver restarted) is opened again where it stopped. An
+        apiserver that just started answers a version from before its start "too old" (its watch cache
+        begins at its start): the watch is opened again, through the load balancer, until the other one,
+        whose cache holds that version, takes it (for up to ``TOO_OLD_FOR`` seconds; then events are lost,
+        and the recording fails)."""
         url = self.api.url + self.api.path(self.plural, self.namespace)
+        too_old_since: float | None = None
+        clock = asyncio.get_running_loop().time
         while True:
             params = {**self.query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "false"}
             try:
@@ -232,11 +242,17 @@ class Recorder:
                         await asyncio.sleep(0.5)
                         continue
                     async for line in response.content:
-                        if line.strip():
-                            event = json.loads(line)
-                            assert not self.resume or event["type"] != "ERROR", f"the watch lost events: {event}"
-                            self.events.append((event["type"], event["object"]))
-                            version = event["object"]["metadata"].get("resourceVersion", version)
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            assert self.resume, f"the watch ended: {event}"
+                            too_old_since = too_old_since if too_old_since is not None else clock()
+                            assert clock() - too_old_since < TOO_OLD_FOR, f"the watch lost events: {event}"
+                            break
+                        too_old_since = None
+                        self.events.append((event["type"], event["object"]))
+                        version = event["object"]["metadata"].get("resourceVersion", version)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 if not self.resume:
                     raise

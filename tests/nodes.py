@@ -171,12 +171,16 @@ class Seen(NamedTuple):
 
 
 _READY = '{.status.conditions[?(@.type=="Ready")].'
-_SEEN = ('jsonpath={.metadata.name}{"\\t"}' + _READY + 'status}{"\\t"}' + _READY + 'reason}{"\\t"}'
-         + _READY + 'lastTransitionTime}{"\\t"}' + _READY + 'message}{"\\n"}')
+_SEEN = ('jsonpath={.metadata.name}{"|"}' + _READY + 'status}{"|"}' + _READY + 'reason}{"|"}'
+         + _READY + 'lastTransitionTime}{"|"}' + _READY + 'message}{"\\n"}')  # tabs: kubectl -w aligns them
 
 
-def _seen(line: str) -> Seen:
-    name, status, reason, since, message = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+def _seen(line: str) -> Seen | None:
+    """What one line of the watch says; None when it is not a Node as ``_SEEN`` prints it."""
+    fields = line.rstrip("\n").split("|", 4)
+    if len(fields) != 5 or not fields[0]:
+        return None
+    name, status, reason, since, message = fields
     when = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() if since else 0.0
     return Seen(time.time(), name, status, reason, when, message)
 
@@ -189,6 +193,7 @@ class NodeWatch(threading.Thread):
         super().__init__(daemon=True)
         self.admin, self.stopped = admin, threading.Event()
         self.seen: list[Seen] = []
+        self.unreadable: list[str] = []  # lines of the watch that are not a Node as _SEEN prints it
         self.renewals: dict[str, set[str]] = {}
         self.process: subprocess.Popen | None = None
 
@@ -200,7 +205,11 @@ class NodeWatch(threading.Thread):
                 ["kubectl", f"--kubeconfig={self.admin}", "get", "nodes", "-w", "-o", _SEEN],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             for line in self.process.stdout:
-                self.seen.append(_seen(line))
+                seen = _seen(line)
+                if seen is None:
+                    self.unreadable.append(line)
+                else:
+                    self.seen.append(seen)
             self.process.wait()
             self.stopped.wait(1)
         leases.join()
@@ -220,6 +229,8 @@ class NodeWatch(threading.Thread):
         saw it is no measure: after an apiserver restart the watch lists again what the kubelets posted
         meanwhile. An Unknown (the node controller lost the node) is never excused."""
         restarted = {node.name: node.restarts() for node in nodes}
+        assert not self.unreadable, f"the watch printed what is not a Node: {self.unreadable[:3]}"
+        assert restarted.keys() <= {seen.node for seen in self.seen}, "the watch saw every node"
         return [seen for seen in self.seen
                 if seen.node in restarted and seen.status != "True"
                 and not (seen.status == "False" and seen.reason == "KubeletNotReady"

@@ -85,6 +85,7 @@ class Agent:
         self.renewed_at = float("-inf")  # when the report Lease was last renewed (monotonic)
         self.resumed = False  # whether the report of a previous run of this agent has been read
         self.changed = asyncio.Event()
+        self.watching: asyncio.Task | None = None  # the watch of the ClusterPKI, while run() runs
         self.changed.set()
 
     @property
@@ -92,7 +93,8 @@ class Agent:
         return f"{self.namespace}/{self.pki_name}"
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._tick())]
+        self.watching = asyncio.create_task(self._watch())
+        ticking = asyncio.create_task(self._tick())
         try:
             while True:
                 await self.changed.wait()
@@ -100,9 +102,9 @@ class Agent:
                 self.changed.clear()
                 await self._round_or_retry()
         finally:
-            for task in tasks:
+            for task in (self.watching, ticking):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(self.watching, ticking, return_exceptions=True)
             await self.turns.give_back()
 
     async def _round_or_retry(self) -> None:
@@ -326,10 +328,18 @@ class Agent:
             await asyncio.sleep(self.resync)
             try:
                 if await self._refreshed():
-                    LOGGER.info(f"{self.what}: the watch was behind; read the ClusterPKI afresh")
+                    LOGGER.info(f"{self.what}: the watch was behind a fresh read of the ClusterPKI: watching again")
+                    self._watch_again()
             except ApiError as exc:
                 LOGGER.debug(f"reading the ClusterPKI afresh failed ({exc}); the watch's version stays")
             self.changed.set()
+
+    def _watch_again(self) -> None:
+        """A watch that stays open and brings nothing (an apiserver whose cache stopped following etcd,
+        behind a load balancer) is replaced: the new one may reach another apiserver."""
+        if self.watching is not None:
+            self.watching.cancel()
+            self.watching = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
         """Follow the ClusterPKI (its spec, and its status with the record); a broken watch lists again."""

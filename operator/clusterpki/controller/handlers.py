@@ -315,7 +315,8 @@ async def _reports(state: State, key: Key) -> list[reports.Report]:
     fresh = [reports.Report.from_lease(lease) for lease in listed.get("items") or []
              if lease["metadata"]["name"].startswith(prefix)]
     if {r.lease: r.renewed for r in fresh} != {r.lease: r.renewed for r in found}:
-        LOGGER.info(f"{key[0]}/{key[1]}: the report watch was behind; read the Leases afresh")
+        LOGGER.info(f"{key[0]}/{key[1]}: the report watch was behind a fresh read of the Leases")
+        state.reports.restart(key[0])
     return fresh
 
 

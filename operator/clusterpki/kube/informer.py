@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clusterpki.kube.api import PARTIAL_METADATA, PARTIAL_METADATA_WATCH, Api, ApiError
@@ -48,6 +48,7 @@ class Watch:
         # namespace -> name -> (resourceVersion, the object: its metadata alone when metadata_only)
         self.index: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self.synced: set[str | None] = set()  # namespaces (None: all) whose first list is done
+        self._restart: dict[str | None, asyncio.Event] = {}  # set: list again now (see restart)
 
     def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
         """Every object of the namespace this watch has seen (for a metadata-only watch, their metadata)."""
@@ -60,32 +61,33 @@ class Watch:
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
 
+    def restart(self, namespace: str) -> None:
+        """List again now, and watch from there: a fresh read found the watch of ``namespace`` behind. A
+        watch can stay open and bring nothing, through a load balancer or from an apiserver whose cache
+        stopped following etcd (seen behind HAProxy, across the apiservers' restarts, for ten minutes)."""
+        key = namespace if namespace in self.namespaces else None
+        if key in self._restart:
+            self._restart[key].set()
+
     async def _follow(self, namespace: str | None) -> None:
         path = f"{self.group}/namespaces/{namespace}/{self.plural}" if namespace else f"{self.group}/{self.plural}"
         what = f"the {self.plural} of {namespace or 'all namespaces'}"
-        version: str | None = None
+        progress: list[str | None] = [None]  # the version to resume from; None: list again
         initial, failures = True, 0
         clock = asyncio.get_running_loop().time
+        restart = self._restart[namespace] = asyncio.Event()
         while True:
             opened = clock()
             try:
-                if version is None:
-                    version = await self._list(path, what, namespace, report=self.report_first or not initial)
+                if progress[0] is None:
+                    progress[0] = await self._list(path, what, namespace, report=self.report_first or not initial)
                     initial = False
                     self.synced.add(namespace)
-                params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
-                          "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
-                async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
-                                                   accept=PARTIAL_METADATA_WATCH if self.metadata_only else None):
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:  # expired: list again
-                            version = None
-                            break
-                        raise ApiError("watch", what, obj.get("code", 0), obj.get("reason", ""))
-                    version = obj["metadata"]["resourceVersion"]
-                    if kind != "BOOKMARK":
-                        self._seen(kind, obj)
+                if await _unless(restart, self._watch_from(path, what, progress)):
+                    LOGGER.info(f"watch {what} was behind a fresh read: listing again")
+                    restart.clear()
+                    progress[0] = None
+                else:
                     failures = 0
             except ApiError as exc:
                 if clock() - opened >= HEALTHY_WATCH:
@@ -93,8 +95,24 @@ class Watch:
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 failures += 1
                 (LOGGER.warning if failures > 1 else LOGGER.info)(f"{exc}; watching again in {delay}s")
-                version = None if exc.status == 410 else version
+                progress[0] = None if exc.status == 410 else progress[0]
                 await asyncio.sleep(delay)
+
+    async def _watch_from(self, path: str, what: str, progress: list[str | None]) -> None:
+        """One watch from ``progress[0]``, keeping it at the last version seen (None: expired, list again)."""
+        params = {"watch": "1", "resourceVersion": progress[0] or "", "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
+        async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
+                                           accept=PARTIAL_METADATA_WATCH if self.metadata_only else None):
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:  # expired: list again
+                    progress[0] = None
+                    return
+                raise ApiError("watch", what, obj.get("code", 0), obj.get("reason", ""))
+            progress[0] = obj["metadata"]["resourceVersion"]
+            if kind != "BOOKMARK":
+                self._seen(kind, obj)
 
     async def _list(self, path: str, what: str, namespace: str | None, report: bool) -> str:
         """List, bring the index up to date, and report what changed since the index was last
@@ -132,6 +150,22 @@ class Watch:
         meta = obj["metadata"]
         kept = self.keep(meta if self.metadata_only else obj)
         self.index.setdefault(_namespace(meta), {})[meta["name"]] = (meta["resourceVersion"], kept)
+
+
+async def _unless(event: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Await ``work`` unless ``event`` is set first (then ``work`` is cancelled): whether it was."""
+    doing, waiting = asyncio.ensure_future(work), asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({doing, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        if not doing.done():
+            doing.cancel()
+        await asyncio.gather(doing, waiting, return_exceptions=True)
+    if event.is_set() and doing.cancelled():
+        return True
+    doing.result()  # its ApiError, if any
+    return False
 
 
 def _namespace(meta: dict[str, Any]) -> str:

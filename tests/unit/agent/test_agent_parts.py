@@ -222,9 +222,13 @@ async def test_each_resync_reads_the_clusterpki_afresh_so_a_quiet_watch_misses_n
     agent = Agent(api, "ns", "x", tmp_path, "m0", ["kube-apiserver"], restarters.Command("true"),
                   Start(watched, spec.from_resource(watched)), resync=0.05)
     agent.changed.clear()
+    quiet = agent.watching = asyncio.create_task(asyncio.sleep(3600))
     ticking = asyncio.create_task(agent._tick())
     try:
         await asyncio.wait_for(agent.changed.wait(), 5)
     finally:
         ticking.cancel()
+        agent.watching.cancel()
+        await asyncio.gather(ticking, agent.watching, quiet, return_exceptions=True)
     assert api.gets >= 1 and agent.body["status"]["record"] == world.status()["record"]
+    assert quiet.cancelled() and agent.watching is not quiet, "the watch that was behind is replaced"

@@ -28,13 +28,15 @@ class Api:
 
 def state(watched: list[dict], stored: list[dict]) -> SimpleNamespace:
     objects = {item["metadata"]["name"]: item for item in watched}
-    return SimpleNamespace(api=Api(stored), reports=SimpleNamespace(objects=lambda namespace: objects))
+    restarted: list[str] = []
+    return SimpleNamespace(api=Api(stored), restarted=restarted, reports=SimpleNamespace(
+        objects=lambda namespace: objects, restart=restarted.append))
 
 
 async def test_fresh_reports_come_from_the_watch_alone():
     found = state([lease("m0", timedelta(seconds=5)), lease("m1", timedelta(seconds=20))], [])
     assert [r.member for r in await handlers._reports(found, ("ns", "cp"))] == ["m0", "m1"]
-    assert found.api.lists == 0
+    assert found.api.lists == 0 and found.restarted == []
 
 
 async def test_a_report_stale_in_the_watch_but_renewed_since_is_read_afresh_and_counts():
@@ -42,11 +44,13 @@ async def test_a_report_stale_in_the_watch_but_renewed_since_is_read_afresh_and_
     found = state([lease("m0", timedelta(seconds=5)), lease("m1", timedelta(minutes=5))], renewed)
     got = await handlers._reports(found, ("ns", "cp"))
     assert found.api.lists == 1 and all(r.fresh(times.now()) for r in got) and len(got) == 2
+    assert found.restarted == ["ns"], "a watch found behind lists again"
 
 
 async def test_a_report_stale_on_a_fresh_read_stays_stale_and_other_pkis_reports_are_left_out():
     other = reports.renewed(reports.lease("cp2", "ns", "m0", 90), reports.Report("m0"), times.now())
-    stored = [lease("m0", timedelta(minutes=5)), other]
-    found = state([lease("m0", timedelta(minutes=5))], stored)
+    gone_quiet = lease("m0", timedelta(minutes=5))
+    found = state([gone_quiet], [gone_quiet, other])
     got = await handlers._reports(found, ("ns", "cp"))
     assert [(r.lease, r.fresh(times.now())) for r in got] == [("cp-agent-m0", False)]
+    assert found.restarted == [], "the watch was right"

@@ -47,3 +47,43 @@ async def test_a_watch_that_was_open_a_while_is_resumed_at_once(monkeypatch, cap
 async def test_watches_that_break_as_they_open_back_off_further_each_time(monkeypatch, caplog):
     said = await delays(0.0, monkeypatch, caplog, watches=6)
     assert said[:5] == ["0.01s", "0.02s", "0.03s", "0.04s", "0.05s"], said
+
+
+class Silent:
+    """An API whose watches stay open and bring nothing (an apiserver whose cache stopped following
+    etcd), while its lists show what changed."""
+
+    def __init__(self) -> None:
+        self.items, self.lists, self.watches = [], 0, 0
+
+    async def request(self, verb, what, method, path, params=None, accept=None):
+        self.lists += 1
+        return {"metadata": {"resourceVersion": str(self.lists)}, "items": list(self.items)}
+
+    async def stream(self, what, path, params, timeout, accept=None):
+        self.watches += 1
+        await asyncio.sleep(3600)
+        yield {}
+
+
+async def test_a_watch_found_behind_lists_again_and_reports_what_it_missed():
+    api = Silent()
+    seen = []
+    watch = informer.Watch(api, ["ns"], "", lambda kind, obj, _: seen.append((kind, obj["metadata"]["name"])),
+                           plural="leases", metadata_only=False)
+    task = asyncio.create_task(watch.run())
+    try:
+        while api.watches < 1:
+            await asyncio.sleep(0.01)
+        api.items = [{"metadata": {"name": "cp-agent-m0", "namespace": "ns", "resourceVersion": "7"}}]
+        watch.restart("other")  # another namespace's: nothing happens here
+        await asyncio.sleep(0.05)
+        assert (api.lists, seen) == (1, [])
+        watch.restart("ns")
+        while api.watches < 2:
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert api.lists == 2 and seen == [("ADDED", "cp-agent-m0")]
+    assert set(watch.objects("ns")) == {"cp-agent-m0"}
