@@ -234,7 +234,10 @@ class Recorder:
         too_old_since: float | None = None
         clock = asyncio.get_running_loop().time
         while True:
-            params = {**self.query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "false"}
+            # bookmarks keep the version recent while no object changes, so that the other apiserver's
+            # cache still holds it when one restarts
+            params = {**self.query, "watch": "1", "resourceVersion": version,
+                      "allowWatchBookmarks": "true" if self.resume else "false"}
             try:
                 async with self.api.session.get(url, params=params,
                                                 timeout=aiohttp.ClientTimeout(total=None)) as response:
@@ -251,7 +254,8 @@ class Recorder:
                             assert clock() - too_old_since < TOO_OLD_FOR, f"the watch lost events: {event}"
                             break
                         too_old_since = None
-                        self.events.append((event["type"], event["object"]))
+                        if event["type"] != "BOOKMARK":
+                            self.events.append((event["type"], event["object"]))
                         version = event["object"]["metadata"].get("resourceVersion", version)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 if not self.resume:

@@ -143,3 +143,17 @@ class Load:
     def served_since(self, moment: float) -> bool:
         """Whether every client has been served since ``moment``."""
         return all(any(at > moment and error is None for at, error in outcomes) for outcomes in self.outcomes.values())
+
+
+async def stop_watching(watch, load: Load | None, load_task: asyncio.Task | None,
+                        node_agents: list[subprocess.Popen]) -> None:
+    """The end of a proof with nodes: the watch of Nodes (a ``tests.nodes.NodeWatch``), the clients, and
+    the node agents stopped, each only if it was started."""
+    if watch is not None:
+        watch.stop()
+    if load_task is not None:
+        load.stopped.set()
+        await load_task
+    for process in node_agents:
+        process.terminate()
+        process.wait(timeout=30)

@@ -303,14 +303,7 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
             for node in workers:
                 assert reached(admin, node.name), node.name
     finally:
-        if watch is not None:
-            watch.stop()
-        if load_task is not None:
-            load.stopped.set()
-            await load_task
-        for process in node_agents:
-            process.terminate()
-            process.wait(timeout=30)
+        await proof.stop_watching(watch, load, load_task, node_agents)
         for member in members:
             await member.stop_agent()
         for node in workers:

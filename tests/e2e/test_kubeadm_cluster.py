@@ -236,14 +236,7 @@ async def test_a_kubeadm_cluster_is_taken_over_and_rotated_with_its_static_pods_
         # the last restart's static pod may still be getting its mirror pod back from the kubelet
         await wait_for(lambda: logs_read(admin), 60, "the logs of a static pod after the rotations")
     finally:
-        if watch is not None:
-            watch.stop()
-        if load_task is not None:
-            load.stopped.set()
-            await load_task
-        for process in node_agents:
-            process.terminate()
-            process.wait(timeout=30)
+        await proof.stop_watching(watch, load, load_task, node_agents)
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=30)
