@@ -194,20 +194,28 @@ class FollowingApi(Api):
             await session.close()
 
 
-TOO_OLD_FOR = 120.0
+TOO_OLD_TRIES = 6
 
 
 class Recorder:
     """Every watch event of one kind of object, from the moment it starts: what a test needs to count
-    writes on a real apiserver (each write of an object is one ADDED, MODIFIED or DELETED event)."""
+    writes on a real apiserver (each write of an object is one ADDED, MODIFIED or DELETED event).
+
+    With ``resume``, across apiserver restarts: a watch that ends is opened again where it stopped. An
+    apiserver that just started answers a version from before its start "too old" (its watch cache
+    begins at its start; v1.24 sends a bookmark only as a watch times out, so a quiet selection keeps an
+    old version): the objects are then listed, and each one that changed meanwhile is recorded as it is
+    now, its versions in between unseen, in ``gaps``."""
 
     def __init__(self, api: Api, plural: str, namespace: str | None = None, resume: bool = False, **query: str) -> None:
         self.api, self.plural, self.namespace, self.query, self.resume = api, plural, namespace, query, resume
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.gaps: list[set[str]] = []  # the names whose changes a "too old" hid, one set per gap
+        self._last: dict[str, str] = {}  # name -> the last resourceVersion recorded
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Recorder:
-        self._task = asyncio.create_task(self._watch(await self._list_version()))
+        self._task = asyncio.create_task(self._watch(await self._list()))
         await asyncio.sleep(0.1)  # the watch is open before the test acts
         return self
 
@@ -219,25 +227,37 @@ class Recorder:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _list_version(self) -> str:
+    async def _list(self, gap: bool = False) -> str:
+        """The objects now (each one's version kept; after a gap, what changed recorded): the list's version."""
         url = self.api.url + self.api.path(self.plural, self.namespace)
-        async with self.api.session.get(url, params={**self.query, "limit": "1"}) as response:
-            return (await response.json())["metadata"]["resourceVersion"]
+        query = self.query if self.resume else {**self.query, "limit": "1"}
+        async with self.api.session.get(url, params=query) as response:
+            assert response.status == 200, f"list {self.plural}: HTTP {response.status}"
+            listed = await response.json()
+        if self.resume:
+            now = {item["metadata"]["name"]: item for item in listed["items"]}
+            if gap:
+                self._record_gap(now)
+            self._last = {name: item["metadata"]["resourceVersion"] for name, item in now.items()}
+        return listed["metadata"]["resourceVersion"]
+
+    def _record_gap(self, now: dict[str, dict[str, Any]]) -> None:
+        changed = set()
+        for name, item in now.items():
+            if self._last.get(name) != item["metadata"]["resourceVersion"]:
+                self.events.append(("ADDED" if name not in self._last else "MODIFIED", item))
+                changed.add(name)
+        for name in set(self._last) - set(now):
+            self.events.append(("DELETED", {"metadata": {"name": name}}))
+            changed.add(name)
+        if changed:
+            self.gaps.append(changed)
 
     async def _watch(self, version: str) -> None:
-        """With ``resume``, a watch that ends (its apiserver restarted) is opened again where it stopped. An
-        apiserver that just started answers a version from before its start "too old" (its watch cache
-        begins at its start): the watch is opened again, through the load balancer, until the other one,
-        whose cache holds that version, takes it (for up to ``TOO_OLD_FOR`` seconds; then events are lost,
-        and the recording fails)."""
         url = self.api.url + self.api.path(self.plural, self.namespace)
-        too_old_since: float | None = None
-        clock = asyncio.get_running_loop().time
+        too_old = 0  # answers in a row: through the load balancer, the other apiserver may still hold it
         while True:
-            # bookmarks keep the version recent while no object changes, so that the other apiserver's
-            # cache still holds it when one restarts
-            params = {**self.query, "watch": "1", "resourceVersion": version,
-                      "allowWatchBookmarks": "true" if self.resume else "false"}
+            params = {**self.query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "false"}
             try:
                 async with self.api.session.get(url, params=params,
                                                 timeout=aiohttp.ClientTimeout(total=None)) as response:
@@ -250,13 +270,16 @@ class Recorder:
                         event = json.loads(line)
                         if event["type"] == "ERROR":
                             assert self.resume, f"the watch ended: {event}"
-                            too_old_since = too_old_since if too_old_since is not None else clock()
-                            assert clock() - too_old_since < TOO_OLD_FOR, f"the watch lost events: {event}"
+                            too_old += 1
+                            if too_old >= TOO_OLD_TRIES:
+                                version, too_old = await self._list(gap=True), 0
                             break
-                        too_old_since = None
-                        if event["type"] != "BOOKMARK":
-                            self.events.append((event["type"], event["object"]))
+                        too_old = 0
+                        self.events.append((event["type"], event["object"]))
                         version = event["object"]["metadata"].get("resourceVersion", version)
+                        self._last[event["object"]["metadata"]["name"]] = version
+                        if event["type"] == "DELETED":
+                            self._last.pop(event["object"]["metadata"]["name"])
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 if not self.resume:
                     raise

@@ -340,6 +340,10 @@ async def test_zero_failed_requests_through_every_rotation_on_an_ha_control_plan
                    in (ca, f"{ca}-next", f"{ca}-previous")}
         made = 3 if ca == "ca" else 2  # the rotation taken back made one more
         assert len(serials) == made, f"{ca}: {len(serials)} CAs seen, each rotation makes exactly one new one"
+    hidden = {name for gap in recorded.gaps for name in gap}
+    assert not hidden & {f"{NAME}-{ca}{s}" for ca in CAS for s in ("", "-next", "-previous")}, recorded.gaps
+    print(f"Secrets whose writes the apiservers' restarts hid from the recording (their last version recorded): "
+          f"{recorded.gaps}")
     for member in members:
         assert "PRIVATE KEY" not in (member.state / "agent.log").read_text()
         for component in member.components:
