@@ -9,21 +9,43 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clusterpki.errors import UserError
+from clusterpki import __version__
+from clusterpki.errors import UsageError, UserError
 
 PROG = "clusterpki"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+USAGE, FAILED = 2, 1  # exit codes: arguments that do not go together (as argparse's own); anything else
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "cluster", False):
+            _use_credentials(args)
         return int(args.handler(args) or 0)
+    except UsageError as exc:
+        args.usage()
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # an API call that failed: its text is safe (see kube.api.ApiError)
+        from clusterpki.kube.api import ApiError
+
+        if not isinstance(exc, ApiError):
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return FAILED
+
+
+def _use_credentials(args: argparse.Namespace) -> None:
+    """``--kubeconfig`` and ``--context`` of a command that talks to a cluster."""
+    from clusterpki.kube import api
+
+    api.use(api.Source(args.kubeconfig, args.context))
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -69,7 +91,7 @@ def _agent(args: argparse.Namespace) -> int:
     health_urls = dict(pair.partition("=")[::2] for pair in args.health)
     unknown = sorted((set(args.component) | set(health_urls)) - set(consumers.BY_COMPONENT))
     if unknown:
-        raise UserError(f"--component {', '.join(unknown)}: not one of {', '.join(consumers.BY_COMPONENT)}")
+        raise UsageError(f"--component {', '.join(unknown)}: not one of {', '.join(consumers.BY_COMPONENT)}")
     restarter = _restarter(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="[%(asctime)s] %(name)s [%(levelname)-7s] %(message)s")
@@ -116,7 +138,7 @@ def _node_agent(args: argparse.Namespace) -> int:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await NodeAgent(connect_with(kubeconfig), args.namespace, args.name, args.node,
+        await NodeAgent(connect_with(kubeconfig, args.context), args.namespace, args.name, args.node,
                         Files(etc, Path(args.kubelet_dir)), restarters.Command(args.restart_command), args.health,
                         args.healthy_for, args.resync).run()
 
@@ -132,7 +154,7 @@ def _restarter(args: argparse.Namespace) -> Any:
 
     if args.restart == "command":
         if not args.restart_command:
-            raise UserError("--restart command needs --restart-command CMD")
+            raise UsageError("--restart command needs --restart-command CMD")
         return restarters.Command(args.restart_command)
     if args.restart == "systemd":
         return restarters.Systemd(dict(pair.partition("=")[::2] for pair in args.systemd_unit))
@@ -147,26 +169,49 @@ def _agent_manifests(args: argparse.Namespace) -> int:
     pki_spec, in_file = render.load_spec_and_namespace(Path(args.file))
     namespace = args.namespace or in_file
     if namespace is None:
-        raise UserError(f"{args.file} names no namespace: give the ClusterPKI's namespace with -n")
+        raise UsageError(f"{args.file} names no namespace: give the ClusterPKI's namespace with -n")
     sys.stdout.write(documents.dump_all(manifests.manifests(pki_spec, namespace, args.image, args.dir,
                                                              args.node_agents)))
     return 0
 
 
 def _renew(args: argparse.Namespace) -> int:
-    from clusterpki.controller.requests import RENEW
+    from clusterpki.controller.requests import RENEW, renewal_targets
     from clusterpki.kube.api import ApiError
     from clusterpki.kube.resource import ClusterPKIClient
     from clusterpki.pki import times
 
     value = f"{','.join(args.component)}@{times.format_micro(times.now())}"
+
+    async def request(api: Any) -> None:
+        clusterpkis = ClusterPKIClient(api)
+        found = await clusterpkis.get(args.namespace, args.name)
+        if found is None:
+            raise UserError(f"ClusterPKI {args.namespace}/{args.name} does not exist")
+        _, problem = renewal_targets(value, _leaves(found))
+        if problem is not None:
+            raise UserError(f"--component {', '.join(args.component)}: {problem} (its leaves: "
+                            f"{', '.join(_leaves(found))})")
+        await clusterpkis.annotate(args.namespace, args.name, {RENEW: value})
+
     try:
-        _with_api(lambda api: ClusterPKIClient(api).annotate(args.namespace, args.name, {RENEW: value}))
+        _with_api(request)
     except ApiError as exc:
         raise UserError(f"cannot request the renewal of ClusterPKI {args.namespace}/{args.name}: {exc}") from None
     what = ", ".join(args.component) if args.component else "all leaves"
     print(f"Requested the renewal of {what} of ClusterPKI {args.namespace}/{args.name} ({RENEW}={value}).")
     return 0
+
+
+def _leaves(body: dict[str, Any]) -> list[str]:
+    """The leaves a ClusterPKI's spec plans (an invalid spec plans none: its condition says why)."""
+    from clusterpki.pki import catalog, spec
+
+    try:
+        return [planned.component for planned in catalog.plan(spec.from_resource(body))]
+    except spec.SpecError as exc:
+        raise UserError(f"ClusterPKI {body['metadata']['namespace']}/{body['metadata']['name']} has an invalid "
+                        f"spec: {exc}") from None
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -239,10 +284,7 @@ def _print_import(plan: Any, args: argparse.Namespace, resource: dict[str, Any])
 def _configuration() -> Any:
     from clusterpki.kube.api import load_configuration
 
-    try:
-        return load_configuration()
-    except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
-        raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
+    return load_configuration()
 
 
 def _check_expiration(args: argparse.Namespace) -> int:
@@ -250,12 +292,12 @@ def _check_expiration(args: argparse.Namespace) -> int:
     from clusterpki.pki import times
 
     if args.dir and args.name:
-        raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME, not both")
+        raise UsageError("check-expiration takes --dir DIR, or -n NAMESPACE NAME, not both")
     if args.dir:
         rows = expiration.rows_from_dir(Path(args.dir))
     else:
         if not args.namespace or len(args.name) != 1:
-            raise UserError("check-expiration takes --dir DIR, or -n NAMESPACE NAME")
+            raise UsageError("check-expiration takes --dir DIR, or -n NAMESPACE NAME")
         rows = expiration.rows_from_certificates(_read_cluster_certificates(args.namespace, args.name[0]))
     now = times.now()
     text = expiration.format_json(rows, now) if args.output == "json" else expiration.format_table(rows, now)
@@ -307,6 +349,7 @@ def _read_cluster_certificates(namespace: str, name: str) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="A Kubernetes control-plane PKI, issued by an "
                                      "operator or rendered offline in kubeadm's layout.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the operator with the in-cluster config or KUBECONFIG")
@@ -427,4 +470,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("name", nargs="*", metavar="NAME", help="the ClusterPKI, with -n")
     check.add_argument("-o", "--output", choices=("table", "json"), default="table")
     check.set_defaults(handler=_check_expiration)
+
+    for name in ("run", "agent", "renew", "import", "check-expiration"):
+        _cluster_flags(commands.choices[name])
+    node.add_argument("--context", help="the kubeconfig's context [its current one]")
+    for command in commands.choices.values():
+        command.set_defaults(usage=lambda command=command: command.print_usage(sys.stderr))
     return parser
+
+
+def _cluster_flags(command: argparse.ArgumentParser) -> None:
+    """The flags of a command that talks to a cluster, as kubectl's."""
+    command.add_argument("--kubeconfig", metavar="FILE",
+                         help="the credentials [KUBECONFIG, else the pod's service account, else ~/.kube/config]")
+    command.add_argument("--context", help="the kubeconfig's context [its current one]")
+    command.set_defaults(cluster=True)

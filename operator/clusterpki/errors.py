@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with the user's input or environment, worded for the user."""
+
+
+class UsageError(UserError):
+    """Arguments that do not go together (or lack one another): the command is not run, exit 2."""

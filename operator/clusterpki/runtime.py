@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import kopf
 
-from clusterpki.errors import UserError
+from clusterpki.errors import UsageError
 from clusterpki.kube.api import connection_info, load_configuration
 from clusterpki.pki import times
 
@@ -27,10 +27,7 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         csr_policy: str | None = None, metrics_port: int | None = None, lease_namespace: str | None = None) -> int:
     """Run the operator. With ``lease_namespace``, only once this replica holds the Lease there."""
     policy = parse_policy(csr_policy, namespaces)
-    try:
-        configuration = load_configuration()
-    except Exception as exc:  # the client raises several kinds for a missing or broken kubeconfig
-        raise UserError(f"cannot load Kubernetes credentials (in-cluster or KUBECONFIG): {exc}") from None
+    configuration = load_configuration()
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not verbose:  # Kopf's line per watch event ("Handler 'drift' succeeded."): thousands a minute in a fleet
@@ -104,9 +101,9 @@ def parse_policy(value: str | None, namespaces: list[str]) -> tuple[str, str] | 
         return None
     namespace, _, name = value.partition("/")
     if not namespace or not name or "/" in name:
-        raise UserError(f"--csr-policy {value!r} is not NAMESPACE/NAME")
+        raise UsageError(f"--csr-policy {value!r} is not NAMESPACE/NAME")
     if namespaces and namespace not in namespaces:
-        raise UserError(f"--csr-policy {value}: namespace {namespace} is not among the watched namespaces")
+        raise UsageError(f"--csr-policy {value}: namespace {namespace} is not among the watched namespaces")
     return namespace, name
 
 

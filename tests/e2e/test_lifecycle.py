@@ -8,10 +8,12 @@ import base64
 import os
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from tests.e2e.conftest import pki
 from tests.helpers import CAS, FAMILY, LEAVES
 from tests.kube import Recorder, cert_of
+from tests.runners import cli
 
 SHORT = {"validity": {"certificate": "20s"}, "renewBefore": "15s"}  # renewal 5 s after issuance
 
@@ -102,6 +104,15 @@ async def test_clusterpki_renew_command_renews_every_leaf(operator, api, namespa
         now = await api.serials(namespace, "alpha")
         return all(now[c] != first[c] for c in LEAVES) and all(now[c] == first[c] for c in CAS)
     await api.wait_for(all_renewed, what="every leaf renewed on demand")
+
+    renewed = await api.serials(namespace, "alpha")
+    for wrong in ("apiserverr", "ca"):  # a typo, and a CA (rotated, never renewed): one line, exit 1, nothing asked
+        code, out, err = await cli("renew", "-n", namespace, "alpha", "--component", wrong,
+                                   "--kubeconfig", str(cluster.kubeconfig), kubeconfig=Path("/nonexistent"))
+        assert code == 1 and err.count("\n") == 1 and f"--component {wrong}:" in err and "apiserver" in err, err
+    obj = await api.get("clusterpkis", "alpha", namespace)
+    assert not (obj["metadata"].get("annotations") or {}).get("pki.clusterpki.dev/renew", "").startswith(("apiserverr", "ca@"))
+    assert await api.serials(namespace, "alpha") == renewed
 
 
 async def test_drifted_leaves_are_repaired_within_seconds(operator, api, namespace):

@@ -164,10 +164,10 @@ class NodeAgent:
         LOGGER.info(f"{self.what}: the kubelet runs revision {revision}")
 
 
-def connect_with(kubeconfig: Path) -> Callable[[], Api]:
+def connect_with(kubeconfig: Path, context: str | None = None) -> Callable[[], Api]:
     """A fresh API client from the kubelet's kubeconfig each time: its client certificate and the CA it
     trusts change in a rotation."""
-    return lambda: Api(configuration_of(kubeconfig))
+    return lambda: Api(configuration_of(kubeconfig, context))
 
 
 def _chains(found: list[x509.Certificate], wanted: nodes.Wanted) -> bool:

@@ -15,6 +15,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +49,67 @@ class ApiError(Exception):
         return self.status == 403 and "because it is being terminated" in self.reason
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where the credentials come from: ``--kubeconfig`` and ``--context`` when given, else client-go's
+    order: ``KUBECONFIG``, the in-cluster service account in a pod, ``~/.kube/config``."""
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    def describe(self) -> str:
+        """The place, for an error message: a flag, a variable or a file, never what it holds."""
+        context = f" (context {self.context})" if self.context else ""
+        if self.kubeconfig:
+            return f"--kubeconfig {self.kubeconfig}{context}"
+        if os.environ.get("KUBECONFIG"):
+            return f"KUBECONFIG={os.environ['KUBECONFIG']}{context}"
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not self.context:
+            return "the pod's service account"
+        return f"~/.kube/config{context}"
+
+
+_source = Source()
+
+
+def use(source: Source) -> None:
+    """Take the credentials from ``source`` from now on (the CLI's ``--kubeconfig`` and ``--context``)."""
+    global _source
+    _source = source
+
+
 def load_configuration() -> client.Configuration:
-    """``KUBECONFIG`` when it is set, else the in-cluster configuration in a pod, else
-    ``~/.kube/config``: client-go's order. ``KUBECONFIG`` is read now, not when the client library
-    was imported."""
-    configuration = client.Configuration()
-    kubeconfig = os.environ.get("KUBECONFIG")
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+    """The credentials of the chosen :class:`Source`, read now (a token or certificate rotated on disk is
+    read afresh). A problem is one line that names where they were looked for."""
+    source, configuration = _source, client.Configuration()
+    kubeconfig = source.kubeconfig or os.environ.get("KUBECONFIG")
+    if kubeconfig and not any(Path(f).is_file() for f in kubeconfig.split(os.pathsep) if f):
+        raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: no such file")
+    try:
+        if kubeconfig or source.context:
+            config.load_kube_config(config_file=kubeconfig, context=source.context,
+                                    client_configuration=configuration)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=configuration)
+    except config.ConfigException as exc:  # worded by the client: names and paths, never a token or key
+        raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: {exc}") from None
+    except Exception as exc:  # unreadable YAML, a missing file...: its text may quote the file, so not shown
+        raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: "
+                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     return configuration
 
 
-def configuration_of(kubeconfig: Path) -> client.Configuration:
+def configuration_of(kubeconfig: Path, context: str | None = None) -> client.Configuration:
     """The client configuration of one kubeconfig file (a node's ``kubelet.conf``), read now."""
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    except (config.ConfigException, OSError) as exc:
+        config.load_kube_config(config_file=str(kubeconfig), context=context, client_configuration=configuration)
+    except config.ConfigException as exc:
         raise UserError(f"cannot use {kubeconfig}: {exc}") from None
+    except Exception as exc:  # as in load_configuration: the text of a YAML error may quote the file
+        raise UserError(f"cannot use {kubeconfig}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     return configuration
 
 
@@ -141,7 +180,7 @@ class Api:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
-            status, raw, failure = 0, b"", type(exc).__name__
+            status, raw, failure = 0, b"", self._failure(exc)
             await self._drop_if_untrusted(exc)
         else:
             failure = ""
@@ -175,11 +214,16 @@ class Api:
                 while line := await response.content.readline():
                     yield json.loads(line)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
-            failure = type(exc).__name__
+            failure = self._failure(exc)
             await self._drop_if_untrusted(exc)
         else:
             return
         raise ApiError("watch", what, 0, failure)
+
+    def _failure(self, exc: BaseException) -> str:
+        """What went wrong on the way, and with which server: the exception's kind alone (its text may hold
+        what was read)."""
+        return f"{type(exc).__name__} with {self._configuration.host}"
 
     async def _drop_if_untrusted(self, exc: BaseException) -> None:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError) and self._session is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -32,20 +33,23 @@ def load_spec_and_namespace(path: Path) -> tuple[spec.Spec, str | None]:
     return _validated(path, resource), namespace if isinstance(namespace, str) and namespace else None
 
 
+STDIN = Path("-")  # -f -: the document comes on standard input, as kubectl's
+
+
 def _load_resource(path: Path) -> dict:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        text = sys.stdin.read() if path == STDIN else path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {_named(path)}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         found = [d for d in documents.load_all(text) if d is not None]
     except documents.Error as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path} is not valid YAML{where}") from None
+        raise UserError(f"{_named(path)} is not valid YAML{where}") from None
     found = [d for d in found if isinstance(d, dict) and d.get("kind") == spec.KIND]
     if len(found) != 1:
-        raise UserError(f"{path} must hold exactly one {spec.KIND} document, it holds {len(found)}")
+        raise UserError(f"{_named(path)} must hold exactly one {spec.KIND} document, it holds {len(found)}")
     return found[0]
 
 
@@ -53,7 +57,11 @@ def _validated(path: Path, resource: dict) -> spec.Spec:
     try:
         return spec.from_resource(resource)
     except spec.SpecError as exc:
-        raise UserError(f"{path} is not a valid {spec.KIND}: {exc}") from None
+        raise UserError(f"{_named(path)} is not a valid {spec.KIND}: {exc}") from None
+
+
+def _named(path: Path) -> str:
+    return "standard input" if path == STDIN else str(path)
 
 
 def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now: datetime) -> Outcome:
