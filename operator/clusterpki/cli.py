@@ -102,7 +102,7 @@ def _agent(args: argparse.Namespace) -> int:
         # SIGTERM (the kubelet stopping the pod) ends the agent cleanly: it gives its restart Lease back.
         task = asyncio.current_task()
         assert task is not None
-        api = Api(_configuration())
+        api = Api(_configuration(), reload=_configuration)
         try:
             start = await startup.check(api, args.namespace, args.name, args.member, health_urls, out, args.replace)
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

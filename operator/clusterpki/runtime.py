@@ -7,11 +7,13 @@ so without one the operator never even reads a CSR.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import logging
 import os
 import threading
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import kopf
@@ -38,12 +40,34 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
         from clusterpki.csr import metrics  # noqa: F401  (its family is served, at 0, without a CSR policy too)
 
         prometheus_client.start_http_server(metrics_port)
+    _until_served(configuration, namespaces, liveness)
     if lease_namespace is not None:
         _wait_to_lead(configuration, lease_namespace, liveness)
     kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy, namespaces=namespaces),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
     return 0
+
+
+def _until_served(configuration: Any, namespaces: list[str], liveness: str | None) -> None:
+    """Block until the credentials work and ClusterPKIs are served (see :mod:`clusterpki.kube.served`); the
+    liveness endpoint answers meanwhile, as a standby's does."""
+    from clusterpki.kube.api import Api
+    from clusterpki.kube.served import until_served
+
+    async def wait() -> None:
+        api = Api(configuration)
+        try:
+            await until_served(api, namespaces, configuration.host)
+        finally:
+            await api.close()
+
+    health = _StandbyHealth(liveness) if liveness else None
+    try:
+        asyncio.run(wait())
+    finally:
+        if health is not None:
+            health.close()
 
 
 def _wait_to_lead(configuration: object, namespace: str, liveness: str | None) -> None:

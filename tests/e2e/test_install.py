@@ -4,10 +4,12 @@ the apiserver enforces it; and ``clusterpki run`` as a process, with its metrics
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.controlplane import INSTALL, INSTALL_KUSTOMIZE, REPO, ControlPlane, harness
 from tests.e2e.conftest import pki
 from tests.helpers import LEAVES
+from tests.kube import Api
 from tests.runners import OperatorProcess, free_port
 
 README = (REPO / "README.md").read_text()
@@ -103,3 +106,67 @@ async def test_clusterpki_run_serves_its_metrics(operator_kubeconfig, api, names
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
+
+
+def _token_file_kubeconfig(plane: ControlPlane, path: Path, token_file: Path) -> Path:
+    """The operator's ServiceAccount as a pod has it: a kubeconfig whose token is a file, rotated on disk."""
+    admin = json.loads(plane.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "cluster", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "operator", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "cluster", "user": "operator"}}]}))
+    return path
+
+
+def _bound_token(plane: ControlPlane, secret: str) -> str:
+    """A token of the operator's ServiceAccount that dies with Secret ``secret`` (as a pod's dies with its pod)."""
+    plane.kubectl("-n", "clusterpki-system", "create", "secret", "generic", secret)
+    return plane.kubectl("-n", "clusterpki-system", "create", "token", "clusterpki", "--bound-object-kind", "Secret",
+                         "--bound-object-name", secret).stdout.strip()
+
+
+@pytest.mark.skipif(harness() is None, reason="needs the harness to boot a second, fresh control plane")
+async def test_an_operator_started_before_its_crd_serves_once_it_comes_and_follows_its_rotated_token(tmp_path):
+    """``kubectl apply -k manifests/`` alone (no CRD) and the operator up: it waits for the CRD, saying so, and
+    serves ClusterPKIs once it is applied. Its token is a file, replaced while it runs and the old one
+    revoked: it goes on. A token the apiserver refuses ends it at once, in one line."""
+    fresh = ControlPlane.boot(tmp_path / "fresh")
+    operator = None
+    try:
+        fresh.kubectl("apply", "-k", str(REPO / "manifests"))
+        token = tmp_path / "token"
+        token.write_text(_bound_token(fresh, "token-a"))
+        operator = OperatorProcess(_token_file_kubeconfig(fresh, tmp_path / "operator.conf", token),
+                                   tmp_path / "operator.log")
+        await asyncio.to_thread(operator.start)
+        url, session = Api.session_for(fresh.kubeconfig)
+        api = Api(url, session)
+        try:
+            await api.wait_for(lambda: "is not installed" in operator.log(), 30, "the operator saying it waits")
+            fresh.kubectl("apply", "-f", str(REPO / "crds"))
+            fresh.kubectl("create", "namespace", "late")
+            await api.apply_pki(pki("first", "late"))
+            await api.ready("late", "first", timeout=60)
+
+            token.write_text(_bound_token(fresh, "token-b"))
+            fresh.kubectl("-n", "clusterpki-system", "delete", "secret", "token-a")  # the old token dies now
+            await api.apply_pki(pki("second", "late"))
+            await api.ready("late", "second", timeout=90)
+        finally:
+            await session.close()
+        said = operator.log()
+        assert "Traceback" not in said and said.count("is not installed") == 1, said[-3000:]
+        operator.stop()
+
+        token.write_text("not-a-token")
+        refused = subprocess.run([sys.executable, "-m", "clusterpki", "run", "--standalone", "--kubeconfig",
+                                  str(tmp_path / "operator.conf")], capture_output=True, text=True, timeout=60, cwd=REPO)
+        last = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert last.startswith("clusterpki: error: ") and "refuses the credentials" in last and \
+            str(tmp_path / "operator.conf") in last, last
+    finally:
+        if operator is not None:
+            operator.stop()
+        fresh.down()

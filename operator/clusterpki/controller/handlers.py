@@ -95,7 +95,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
-    state = memo.state = State(Api(load_configuration()), memo.get("namespaces") or [],
+    state = memo.state = State(Api(load_configuration(), reload=load_configuration), memo.get("namespaces") or [],
                                node_policy=memo.get("csr_policy"))
     state.task = asyncio.create_task(state.scheduler.run())
     state.watch = asyncio.gather(state.informer.run(), state.reports.run(),

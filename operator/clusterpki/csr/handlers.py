@@ -111,7 +111,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
-    state = memo.csr = CsrState(CsrApi(load_configuration()), memo.csr_policy)
+    state = memo.csr = CsrState(CsrApi(load_configuration(), reload=load_configuration), memo.csr_policy)
     state.running = asyncio.gather(state.scheduler.run(), state.node_watch.run(), state.csr_watch.run())
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,15 @@ class Source:
 _source = Source()
 
 
-def use(source: Source) -> None:
-    """Take the credentials from ``source`` from now on (the CLI's ``--kubeconfig`` and ``--context``)."""
+def source() -> Source:
+    """Where the credentials come from now."""
+    return _source
+
+
+def use(chosen: Source) -> None:
+    """Take the credentials from ``chosen`` from now on (the CLI's ``--kubeconfig`` and ``--context``)."""
     global _source
-    _source = source
+    _source = chosen
 
 
 def load_configuration() -> client.Configuration:
@@ -128,8 +133,11 @@ class Api:
     drops the session: the next request makes a new one, reading the CA file again (in a pod, the
     projected ``ca.crt``, which follows the cluster's CA through a rotation)."""
 
-    def __init__(self, configuration: client.Configuration) -> None:
-        self._configuration = configuration
+    def __init__(self, configuration: client.Configuration,
+                 reload: Callable[[], client.Configuration] | None = None) -> None:
+        """``reload``: the credentials read afresh (a token file the kubelet, or anyone, rotates), looked at
+        every AUTH_REFRESH seconds and at once when the server answers 401."""
+        self._configuration, self._reload = configuration, reload
         self._session: aiohttp.ClientSession | None = None
         self._authorization: tuple[float, str | None] = (float("-inf"), None)
 
@@ -160,7 +168,7 @@ class Api:
         at most once a minute, and the body's content type."""
         at, value = self._authorization
         if time.monotonic() - at > AUTH_REFRESH:
-            value = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+            value = self._token()
             self._authorization = (time.monotonic(), value)
         headers = {"Authorization": value} if value else {}
         if content_type:
@@ -169,21 +177,27 @@ class Api:
             headers["Accept"] = accept
         return headers
 
+    def _token(self) -> str | None:
+        """The Authorization header's value, from the credentials read afresh when they can be (else as
+        they were)."""
+        if self._reload is not None:
+            try:
+                self._configuration = self._reload()
+            except UserError:
+                pass
+        return self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+
     async def request(self, verb: str, what: str, method: str, path: str, body: Any = None,
                       params: Mapping[str, str] | None = None, content_type: str | None = None,
                       accept: str | None = None) -> Any:
-        """One request; the parsed JSON response. ``verb`` and ``what`` word the error, if any."""
+        """One request; the parsed JSON response. ``verb`` and ``what`` word the error, if any. A 401 reads
+        the credentials afresh and tries once more (a token rotated on disk since the last look)."""
         data = None if body is None else json.dumps(body, separators=(",", ":"))
-        try:
-            async with self._open().request(method, path, data=data, params=params,
-                                            headers=self._headers(content_type or "application/json", accept)) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
-            status, raw, failure = 0, b"", self._failure(exc)
-            await self._drop_if_untrusted(exc)
-        else:
-            failure = ""
+        for attempt in range(2):
+            status, raw, failure = await self._send(method, path, data, params, content_type, accept)
+            if status != 401 or self._reload is None or attempt:
+                break
+            self._authorization = (float("-inf"), None)
         if failure or status >= 400:
             raise ApiError(verb, what, status, failure or _reason(raw))
         try:
@@ -193,6 +207,17 @@ class Api:
         # Raised here, outside the handler, so that not even __context__ keeps the original (a JSON
         # error's .doc is the whole body, a Secret's keys included).
         raise ApiError(verb, what, status, failure)
+
+    async def _send(self, method: str, path: str, data: str | None, params: Mapping[str, str] | None,
+                    content_type: str | None, accept: str | None) -> tuple[int, bytes, str]:
+        """(status, body, what failed on the way: "" when the server answered)."""
+        try:
+            async with self._open().request(method, path, data=data, params=params,
+                                            headers=self._headers(content_type or "application/json", accept)) as response:
+                return response.status, await response.read(), ""
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:  # unreachable, reset, timed out
+            await self._drop_if_untrusted(exc)
+            return 0, b"", self._failure(exc)
 
     async def get_or_none(self, what: str, path: str) -> Any:
         """GET one object; None when it does not exist."""
