@@ -28,7 +28,8 @@ def test_names_and_scope_follow_the_contract():
 
 def test_printer_columns_include_the_contract_s():
     columns = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 0]
-    assert columns == ["Ready", "Certificates", "Consumers", "Next Renewal", "Age"]
+    assert columns == ["Ready", "Phase", "Certificates", "Consumers", "Next Renewal", "Age"], \
+        "the contract's (at least READY, CERTIFICATES, NEXT RENEWAL and AGE), and the rotation in progress"
     wide = [c["name"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 1]
     assert wide == ["Reason", "Nodes"], "kubectl get -o wide adds them; the default output stays the contract's"
 
@@ -63,3 +64,20 @@ def test_manifests_and_crds_parse():
     for path in [*Path(REPO / "crds").glob("*.yaml"), *Path(REPO / "manifests").glob("*.yaml")]:
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], path
+
+
+def test_the_rotation_s_status_fields_are_described_as_the_model_writes_them():
+    from datetime import datetime, timezone
+
+    from clusterpki.controller import rotation
+
+    described = SCHEMA["properties"]["status"]["properties"]["caRotation"]["properties"]
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    written = rotation.Rotation("ca", rotation.Phase.COMPLETED, rotation.Trigger.ANNOTATION, "ca@1", at, at, at,
+                                "a" * 64, "b" * 64, "m0/etcd", at).to_status()
+    assert set(written) == set(described)
+    assert described["phase"]["enum"] == [p.value for p in rotation.Phase]
+    assert described["trigger"]["enum"] == [t.value for t in rotation.Trigger]
+    before = {**{k: v for k, v in written.items() if k != "oldFingerprint"}, "old": "c" * 64}
+    assert rotation.Rotation.from_status(before).old == "c" * 64, \
+        "a status written before the fields were named is read"

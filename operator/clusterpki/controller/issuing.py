@@ -275,6 +275,8 @@ class Issuing:
             found["claim"] = None
         if moved is not None:
             found["caRotation"] = moved.to_status()
+        if (moved is not None and moved.active) or seen.status.get("phase"):
+            found["phase"] = moved.in_progress if moved is not None else None
         if reports.entries or seen.status.get("consumers"):
             found["consumers"] = list(reports.entries) or None
             found["consumersCurrent"] = reports.current if reports.entries else None

@@ -76,6 +76,11 @@ class Rotation:
         return self.phase in ACTIVE
 
     @property
+    def in_progress(self) -> str | None:
+        """What ``kubectl get`` shows in its PHASE column: ``<authority> <phase>`` while active, else None."""
+        return f"{self.target} {self.phase.value}" if self.active else None
+
+    @property
     def of_service_account(self) -> bool:
         return self.target == catalog.SERVICE_ACCOUNT
 
@@ -86,7 +91,7 @@ class Rotation:
     def to_status(self) -> dict[str, Any]:
         found = {"ca": self.target, "phase": self.phase.value, "trigger": self.trigger.value, "request": self.request,
                  "startedAt": times.format_time(self.started_at), "phaseStartedAt": _time(self.phase_started_at),
-                 "completedAt": _time(self.completed_at), "old": self.old, "new": self.new,
+                 "completedAt": _time(self.completed_at), "oldFingerprint": self.old, "newFingerprint": self.new,
                  "waitingFor": self.waiting_for, "oldKeyTrustedUntil": _time(self.old_key_trusted_until)}
         return {k: v for k, v in found.items() if v is not None or k in ("request", "phaseStartedAt")}
 
@@ -101,7 +106,9 @@ class Rotation:
                        trigger=Trigger(found.get("trigger", Trigger.ANNOTATION.value)), request=found.get("request"),
                        started_at=times.parse_time(found["startedAt"]),
                        phase_started_at=_parse(found.get("phaseStartedAt")),
-                       completed_at=_parse(found.get("completedAt")), old=found.get("old"), new=found.get("new"),
+                       completed_at=_parse(found.get("completedAt")),
+                       old=found.get("oldFingerprint", found.get("old")),  # (named old and new before 0.1.1)
+                       new=found.get("newFingerprint", found.get("new")),
                        waiting_for=found.get("waitingFor"),
                        old_key_trusted_until=_parse(found.get("oldKeyTrustedUntil")))
         except (KeyError, ValueError, TypeError):

@@ -65,6 +65,7 @@ async def test_every_phase_keeps_the_invariant_and_records_what_it_trusts():
     world = await started(rotating_world())
     old, new = serial(world, "ca"), serial(world, "ca-next")
     assert phase(world) == "Preparing" and bundle(world, "ca") == [old, new] and bundle(world, "apiserver") == [old, new]
+    assert world.status()["phase"] == "ca Preparing", "kubectl get's PHASE column"
     invariant(world)
     issued = record.Record.from_status(world.status()["record"])
     assert len(issued.bundles["ca"]) == 2 and issued.fingerprint("ca-next") is not None
@@ -81,6 +82,7 @@ async def test_every_phase_keeps_the_invariant_and_records_what_it_trusts():
     assert phase(world) == "Completing"
     await world.reconcile()
     assert phase(world) == "Completed" and bundle(world, "ca") == [new] and bundle(world, "admin") == [new]
+    assert "phase" not in world.status(), "no rotation in progress: the PHASE column is empty"
     invariant(world)
     assert {"RotationPreparing", "RotationRotating", "RotationCompleting", "RotationCompleted"} <= set(world.reasons())
     assert record.Record.from_status(world.status()["record"]).fingerprint("ca-previous") is not None
