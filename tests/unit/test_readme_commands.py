@@ -1,0 +1,18 @@
+"""What the README tells users to type works the second time too: an annotation a request leaves in
+place (rotate-ca, rotate-ca-abort, rotate-ca-complete, renew...) is only changed with --overwrite."""
+
+from __future__ import annotations
+
+import re
+
+from tests.helpers import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_kubectl_annotate_in_the_readme_overwrites():
+    # commands may wrap over two lines of a bullet: join the README's lines first
+    text = re.sub(r"\s*\n\s*", " ", README)
+    commands = re.findall(r"kubectl (?:-n \S+ )?annotate[^`]*", text)
+    assert commands, "the README shows how to annotate"
+    assert all("--overwrite" in command for command in commands), [c for c in commands if "--overwrite" not in c]
