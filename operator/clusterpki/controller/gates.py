@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from clusterpki.controller import settings
 from clusterpki.controller.custody import Custody
 from clusterpki.controller.observe import Observed, Stranger
 from clusterpki.controller.plan import Plan, Retry
@@ -29,7 +30,8 @@ def stopped(seen: Observed, custody: Custody | None, now: datetime) -> Plan | No
     conflicts = _conflicts(seen, custody)
     if conflicts:
         return failed(seen, now, Reason.SECRET_CONFLICT, f"{'; '.join(conflicts)}: nothing was written; rename this "
-                                                         "ClusterPKI, or remove what is in the way and touch it")
+                      f"ClusterPKI, or remove what is in the way (looked at again every {settings.IN_THE_WAY_RETRY}s)",
+                      Retry(settings.IN_THE_WAY_RETRY, "a Secret is in the way"))
     return _lost_authorities(seen, custody, now)
 
 

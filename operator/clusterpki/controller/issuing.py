@@ -16,7 +16,7 @@ from clusterpki.controller import phases, rotation, settings, status
 from clusterpki.controller.custody import Custody, Material, fingerprint
 from clusterpki.controller.gates import failed, in_the_way, recovering
 from clusterpki.controller.observe import Observed
-from clusterpki.controller.plan import Plan, Write, WriteKind
+from clusterpki.controller.plan import Plan, Retry, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
 from clusterpki.controller.requests import ABORT, RENEW, ROTATE, Requests, renewal_targets, rotation_target
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
@@ -53,7 +53,8 @@ class Issuing:
         if blocked:
             return failed(self.seen, self.now, Reason.SECRET_CONFLICT,
                           f"{'; '.join(in_the_way(s) for s in blocked)}: the rotation cannot go on; remove what is in "
-                          "the way and touch the ClusterPKI")
+                          f"the way (looked at again every {settings.IN_THE_WAY_RETRY}s)",
+                          Retry(settings.IN_THE_WAY_RETRY, "a Secret is in the way"))
         pki = self._build(step)
         wanted = wanted_secrets(self.seen, self.custody, pki, step)
         new_record = _record(wanted, pki, self.custody)

@@ -8,6 +8,7 @@ import base64
 import json
 from datetime import timedelta
 
+from clusterpki.controller import settings
 from clusterpki.controller.plan import WriteKind
 from clusterpki.controller.requests import IMPORTED, RENEW, ROTATE
 from clusterpki.kube import secrets
@@ -193,6 +194,11 @@ async def test_a_stranger_at_a_leaf_name_is_a_conflict_and_nothing_is_written():
     plan = await world.reconcile()
     assert plan.writes == () and world.ready()["reason"] == "SecretConflict"
     assert world.ready()["message"].startswith("Secret x-kube-proxy exists and is not managed by clusterpki")
+    assert plan.retry is not None and plan.retry.delay == settings.IN_THE_WAY_RETRY, \
+        "nothing tells the operator when a Secret it does not manage goes: it looks again by itself"
+    del world.secrets["x-kube-proxy"]
+    await world.reconcile(timedelta(seconds=plan.retry.delay))
+    assert world.ready()["status"] == "True", "the Secret in the way gone, it issues everything"
 
 
 async def test_a_fresh_claim_of_another_writer_is_waited_for_and_a_stale_one_is_not():
