@@ -111,7 +111,8 @@ async def test_a_leaf_name_two_clusterpkis_want_goes_to_its_owner(operator, api,
     before = await api.secrets_of(namespace, "x")
     ready = await refused(api, namespace, "x-etcd-server", "SecretConflict")
     assert ready["message"] == ("Secret x-etcd-server-admin belongs to ClusterPKI x (etcd-server-admin): nothing "
-                                "was written; rename this ClusterPKI, or remove what is in the way and touch it")
+                                "was written; rename this ClusterPKI, or remove what is in the way (looked at again "
+                                "every 30s)")
     await asyncio.sleep(3)
     assert len(await events_of(api, namespace, "x-etcd-server", "SecretConflict")) == 1, "no flood"
     assert await api.secrets_of(namespace, "x") == before
@@ -136,6 +137,8 @@ async def test_a_stranger_s_secret_in_the_way_means_nothing_is_written(operator,
     assert ready["message"].startswith("Secret z-kube-proxy exists and is not managed by clusterpki: nothing was "
                                        "written")
     assert [s["metadata"]["name"] for s in await api.list("secrets", namespace)] == ["z-kube-proxy"]
+    await api.delete("secrets", "z-kube-proxy", namespace)
+    await api.ready(namespace, "z", timeout=60)  # by itself: nobody touches the ClusterPKI
 
 
 async def test_a_secret_impersonating_ours_is_ignored_and_named(operator, api, namespace):
