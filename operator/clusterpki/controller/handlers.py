@@ -366,6 +366,12 @@ class Clients:
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._state.secrets.get(namespace, name)
 
+    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]:
+        return await self._state.clusterpkis.names(namespace)
+
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._state.clusterpkis.get(namespace, name)
+
     async def create(self, secret: dict[str, Any]) -> dict[str, Any]:
         return await self._write(self._state.secrets.create, secret)
 

@@ -90,6 +90,10 @@ class Reads(Protocol):
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]: ...
+
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
                   reports: Sequence[Report], holder: str, none_stored: bool = False,
@@ -106,6 +110,7 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
     if not missing:
         return base
+    neighbours = await _related_afresh(reads, body, neighbours)  # before anything is written: who else wants it
     present = await reads.names(namespace)
     fetch = [c for c, n in missing.items() if n in present and _may_be_its_own(c, present[n], name, base)]
     found = await asyncio.gather(*(reads.get(namespace, missing[c]) for c in fetch))
@@ -187,6 +192,27 @@ def _legacy(status: Mapping[str, Any]) -> dict[str, str]:
             if isinstance(e, Mapping) and e.get("name") and e.get("serialNumber")}
 
 
+async def _related_afresh(reads: Reads, body: Mapping[str, Any],
+                          neighbours: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ClusterPKIs whose Secret names may clash with ``body``'s, read afresh: the operator's watch may
+    not have brought one created the same second yet, and two created together must never both write."""
+    meta = body["metadata"]
+    known = {other["metadata"]["name"]: other for other in neighbours}
+    found: list[Mapping[str, Any]] = []
+    for other in await reads.clusterpki_names(meta["namespace"]):
+        if other["name"] == meta["name"] or not _related(meta["name"], other["name"]):
+            continue
+        fresh = known.get(other["name"]) or await reads.clusterpki(meta["namespace"], other["name"])
+        if fresh is not None:
+            found.append(fresh)
+    return found
+
+
+def _related(one: str, other: str) -> bool:
+    """Only a name that is a prefix of the other's, up to a '-', can lead to the same Secret name."""
+    return one.startswith(f"{other}-") or other.startswith(f"{one}-")
+
+
 def _claims_of_older(body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """The Secret names wanted by older ClusterPKIs of the namespace (name -> ClusterPKI). Only a name
     that is a prefix of the other's, up to a '-', can lead to the same Secret name."""
@@ -195,8 +221,7 @@ def _claims_of_older(body: Mapping[str, Any], neighbours: Sequence[Mapping[str, 
     claims: dict[str, str] = {}
     for other in neighbours:
         meta = other["metadata"]
-        related = meta["name"].startswith(f"{me['name']}-") or me["name"].startswith(f"{meta['name']}-")
-        if not related or (meta.get("creationTimestamp") or "", meta["name"]) >= mine:
+        if not _related(me["name"], meta["name"]) or (meta.get("creationTimestamp") or "", meta["name"]) >= mine:
             continue
         try:
             their = spec.from_resource(other)

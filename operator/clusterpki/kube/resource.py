@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusterpki.kube.api import MERGE_PATCH, Api
+from clusterpki.kube.api import MERGE_PATCH, PARTIAL_METADATA, Api
 from clusterpki.pki.spec import API_GROUP as GROUP
 from clusterpki.pki.spec import KIND, VERSION
 
@@ -27,6 +27,13 @@ class ClusterPKIClient:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.api.get_or_none(f"ClusterPKI {namespace}/{name}", path(namespace, name))
+
+    async def names(self, namespace: str) -> list[dict[str, Any]]:
+        """The metadata of the namespace's ClusterPKIs, read from etcd (not a watch cache, which may not have
+        one created a moment ago): names and creation times, without their specs and statuses."""
+        body = await self.api.request("list", f"the ClusterPKIs of namespace {namespace}", "GET", path(namespace),
+                                      accept=PARTIAL_METADATA)
+        return [item["metadata"] for item in body.get("items") or []]
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -244,3 +244,18 @@ async def test_a_status_from_before_the_record_keeps_every_certificate_it_lists(
     world.body["status"] = {k: v for k, v in listed.items() if k not in ("record", "requests")}
     plan = await world.reconcile()
     assert plan.writes == () and world.status()["record"] == listed["record"]
+
+
+async def test_an_older_clusterpki_no_watch_brought_yet_is_read_afresh_and_nothing_is_written():
+    """Two created the same second: x (older by name) has the member "admin", whose Secret
+    x-etcd-server-admin is also x-etcd-server's "admin" leaf. Its ADDED event has not arrived when
+    x-etcd-server is first looked at: the namespace's ClusterPKIs are read afresh before anything is
+    written (it used to write its 14 other Secrets, then report the clash)."""
+    world = World(clusterpki("x-etcd-server"))
+    world.others["x"] = clusterpki("x", etcd={"members": [{"name": "admin", "ips": ["10.0.0.1"]}]})
+    plan = await world.reconcile()
+    assert plan.writes == () and world.secrets == {} and world.ready()["reason"] == "SecretConflict"
+    assert "Secret x-etcd-server-admin is wanted by ClusterPKI x, which is older" in world.ready()["message"]
+    del world.others["x"]
+    await world.reconcile(timedelta(seconds=plan.retry.delay))
+    assert world.ready()["status"] == "True", "the older one gone, it issues everything"

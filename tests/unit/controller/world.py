@@ -44,6 +44,7 @@ class World:
         self.versions = itertools.count(2)
         self.now = T0
         self.plans: list[Plan] = []
+        self.others: dict[str, dict[str, Any]] = {}  # other ClusterPKIs of the namespace, which no watch brought
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -78,6 +79,12 @@ class World:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.secrets.get(name))
+
+    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(b["metadata"]) for b in (self.body, *self.others.values())]
+
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.others.get(name))
 
     # -- writes --------------------------------------------------------------------------------
 
