@@ -32,7 +32,7 @@ REQUIRED = (
 )
 IN_CLUSTER_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 SERVICE_DOMAIN = "kubernetes.default.svc."
-LOOPBACK_NAMES, LOOPBACK_IPS = {"localhost"}, {ipaddress.ip_address("127.0.0.1")}
+LOOPBACK_NAMES, LOOPBACK_IPS = set(catalog.LOOPBACK_NAMES), set(catalog.LOOPBACK_IPS)  # in every etcd certificate
 KUBEADM_CERT_VALIDITY = timedelta(hours=8760)  # kubeadm's CertificateValidity
 HOUR, MINUTE = timedelta(hours=1), timedelta(minutes=1)
 

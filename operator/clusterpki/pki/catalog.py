@@ -36,12 +36,16 @@ def apiserver_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, ..
     return _unique(dns), _unique(ips)
 
 
+# What kubeadm puts in every etcd server and peer certificate besides the member's own name and address
+# (kubeadm's getAltNames: localhost, 127.0.0.1 and ::1, every version since 1.13).
+LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
 def etcd_member_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, ...], tuple[IPAddress, ...]]:
-    """The member's own ``dnsNames`` and ``ips``, plus ``localhost`` and ``127.0.0.1``."""
+    """The member's own ``dnsNames`` and ``ips``, plus the loopback names and addresses."""
     assert member is not None
-    dns = [*member.dns_names, "localhost"]
-    ips = [*member.ips, ipaddress.ip_address("127.0.0.1")]
-    return _unique(dns), _unique(ips)
+    return _unique([*member.dns_names, *LOOPBACK_NAMES]), _unique([*member.ips, *LOOPBACK_IPS])
 
 
 class CAProfile(NamedTuple):

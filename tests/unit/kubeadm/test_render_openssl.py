@@ -23,9 +23,9 @@ FILES = [
     ("apiserver-etcd-client", "etcd/ca", "CN = kube-apiserver-etcd-client", "TLS Web Client Authentication", None),
     ("front-proxy-client", "front-proxy-ca", "CN = front-proxy-client", "TLS Web Client Authentication", None),
     ("etcd/server", "etcd/ca", "CN = node-b", "TLS Web Server Authentication, TLS Web Client Authentication",
-     "DNS:node-b.internal, DNS:localhost, IP Address:192.0.2.22, IP Address:127.0.0.1"),
+     "DNS:node-b.internal, DNS:localhost, IP Address:192.0.2.22, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1"),
     ("etcd/peer", "etcd/ca", "CN = node-b", "TLS Web Server Authentication, TLS Web Client Authentication",
-     "DNS:node-b.internal, DNS:localhost, IP Address:192.0.2.22, IP Address:127.0.0.1"),
+     "DNS:node-b.internal, DNS:localhost, IP Address:192.0.2.22, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1"),
     ("etcd/healthcheck-client", "etcd/ca", "CN = kube-etcd-healthcheck-client", "TLS Web Client Authentication", None),
 ]
 KUBECONFIGS = [

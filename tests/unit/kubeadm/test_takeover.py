@@ -69,7 +69,7 @@ def test_an_openssl_made_kubeadm_directory(kubeadm_dir):
     assert plan.resource["spec"] == {
         "controlPlaneEndpoint": "api.example.com:6443", "clusterDomain": "cluster.local",
         "serviceCIDR": "10.96.0.0/12", "apiServer": {"certSANs": ["cp-1", "192.0.2.10"]},
-        "etcd": {"members": [{"name": "cp-1", "dnsNames": ["cp-1"], "ips": ["192.0.2.10", "::1"]}]},
+        "etcd": {"members": [{"name": "cp-1", "dnsNames": ["cp-1"], "ips": ["192.0.2.10"]}]},
         "keyAlgorithm": "RSA-2048", "validity": {"ca": "87600h", "certificate": "8760h"}}
     assert set(plan.taken) == COMPONENTS - {"kube-proxy"} | {"etcd-server-cp-1", "etcd-peer-cp-1"}
     assert plan.left == {"kube-proxy": "it did not exist"}, "kubeadm writes no kube-proxy.conf"

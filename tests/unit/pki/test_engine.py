@@ -101,8 +101,8 @@ def test_apiserver_sans(pki):
 
 @pytest.mark.parametrize("kind", ["server", "peer"])
 def test_etcd_member_sans(pki, kind):
-    assert sans_of(pki.leaves[f"etcd-{kind}-m1"].cert) == ({"m1.corp", "localhost"}, {"192.0.2.11", "127.0.0.1"})
-    assert sans_of(pki.leaves[f"etcd-{kind}-m2"].cert) == ({"m2.corp", "localhost"}, {"192.0.2.12", "127.0.0.1"})
+    assert sans_of(pki.leaves[f"etcd-{kind}-m1"].cert) == ({"m1.corp", "localhost"}, {"192.0.2.11", "127.0.0.1", "::1"})
+    assert sans_of(pki.leaves[f"etcd-{kind}-m2"].cert) == ({"m2.corp", "localhost"}, {"192.0.2.12", "127.0.0.1", "::1"})
 
 
 @pytest.mark.parametrize("component", ["apiserver-kubelet-client", "admin", "kube-proxy", "etcd-healthcheck-client"])
