@@ -53,13 +53,22 @@ def _render(args: argparse.Namespace) -> int:
     from clusterpki.pki import times
 
     pki_spec = render.load_spec_file(Path(args.file))
+    if args.all_members and args.etcd_member:
+        raise UsageError("--all-members renders every member; --etcd-member names one")
+    if args.all_members:
+        for outcome in render.render_members(pki_spec, Path(args.out), args.force, times.now()):
+            _print_render(pki_spec.name, outcome, Path(args.out) / outcome.member)
+        return 0
     outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, times.now())
+    _print_render(pki_spec.name, outcome, Path(args.out))
+    return 0
+
+
+def _print_render(name: str, outcome: Any, out: Path) -> None:
     width = max(len(component) for component, _, _ in outcome.actions)
     for component, action, detail in outcome.actions:
         print(f"{component.ljust(width)}  {action}{f' ({detail})' if detail else ''}")
-    print(f"Wrote {len(outcome.written)} files of ClusterPKI {pki_spec.name!r} to {args.out} "
-          f"(etcd member {outcome.member}).")
-    return 0
+    print(f"Wrote {len(outcome.written)} files of ClusterPKI {name!r} to {out} (etcd member {outcome.member}).")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -440,6 +449,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--file", required=True, help="the ClusterPKI YAML, as for kubectl apply")
     render.add_argument("--out", required=True, help="the directory to write (like /etc/kubernetes)")
     render.add_argument("--etcd-member", help="whose etcd server and peer pair to write [the first member]")
+    render.add_argument("--all-members", action="store_true",
+                        help="write OUT/<member> for every etcd member, with the same CAs and service-account key")
     render.add_argument("--force", action="store_true",
                         help="re-issue every leaf even when valid (CAs and sa.key are always kept)")
     render.set_defaults(handler=_render)

@@ -100,3 +100,39 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
     actions.append((sa, *(kept if sa not in pki.issued else ("created", ""))))
     return Outcome(member=chosen, actions=actions, written=written)
 
+
+
+def shared_files() -> tuple[str, ...]:
+    """What every member of one control plane must hold the same: each CA's pair and the service-account
+    key (tokens one apiserver signs, every other verifies)."""
+    return (*(f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES for ext in ("crt", "key")),
+            *catalog.SERVICE_ACCOUNT_FILES)
+
+
+def render_members(pki_spec: spec.Spec, out: Path, force: bool, now: datetime) -> list[Outcome]:
+    """Every etcd member's directory, ``out/<member>``, in one run: the first member's is rendered, its
+    CAs and service-account key are shared into the others' (a member directory that already holds
+    different ones is an error: its cluster is another), and each of those is rendered in turn."""
+    names = [member.name for member in pki_spec.etcd_members]
+    first = out / names[0]
+    outcomes = [render(pki_spec, first, names[0], force, now)]
+    for name in names[1:]:
+        _share(first, out / name)
+        outcomes.append(render(pki_spec, out / name, name, force, now))
+    return outcomes
+
+
+def _share(source: Path, target: Path) -> None:
+    files = {}
+    for relative in shared_files():
+        data = (source / relative).read_bytes()
+        present = target / relative
+        if present.exists() and present.read_bytes() != data:
+            raise UserError(f"{present} is not {source / relative}: the members of one control plane share their "
+                            "CAs and service-account key; remove it, or render that member apart")
+        if not present.exists():
+            files[relative] = writer.FileContent(data, (source / relative).stat().st_mode & 0o777)
+    if files:
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{target} exists and is not a directory")
+        writer.write(target, files, set())

@@ -246,3 +246,34 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci/run").read_text().splitlines()
     command = ci[ci.index("# The README's test command:") + 1]
     assert f"```sh\n{command}\n```" in (REPO / "README.md").read_text()
+
+
+def test_every_member_in_one_run_shares_the_cas_and_the_service_account_key(tmp_path):
+    """``render --all-members``: one directory per etcd member, each with its own etcd pairs and the same
+    CAs and sa.key (tokens one apiserver signs, the others verify); a second run changes nothing, and a
+    member directory of another cluster is refused, untouched."""
+    from clusterpki.kubeadm.render import shared_files
+
+    spec_file = write_document(tmp_path / "pki.yaml", document("ha", etcd={"members": [
+        {"name": "m0", "ips": ["192.0.2.10"]}, {"name": "m1", "ips": ["192.0.2.11"]}]}))
+    done = cli("render", "-f", str(spec_file), "--out", str(tmp_path / "out"), "--all-members",
+               cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    first, second = snapshot(tmp_path / "out" / "m0"), snapshot(tmp_path / "out" / "m1")
+    assert all(first[f] == second[f] for f in shared_files()), "the same CAs and key, modes included"
+    server = x509.load_pem_x509_certificate(second["pki/etcd/server.crt"][0])
+    ips = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "192.0.2.11" in [str(ip) for ip in ips.get_values_for_type(x509.IPAddress)], "m1's own etcd pair"
+    assert second["pki/etcd/server.crt"] != first["pki/etcd/server.crt"]
+    again = cli("render", "-f", str(spec_file), "--out", str(tmp_path / "out"), "--all-members", cwd=REPO)
+    assert again.returncode == 0 and snapshot(tmp_path / "out" / "m1") == second
+
+    other = tmp_path / "other"
+    assert cli("render", "-f", str(spec_file), "--out", str(other / "m0"), cwd=REPO).returncode == 0
+    (other / "m1" / "pki").mkdir(parents=True)
+    (other / "m1" / "pki" / "ca.crt").write_bytes(first["pki/ca.crt"][0])
+    refused = cli("render", "-f", str(spec_file), "--out", str(other), "--all-members", cwd=REPO)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "share their CAs" in refused.stderr
+    assert [p.name for p in (other / "m1").rglob("*") if p.is_file()] == ["ca.crt"]
+    both = cli("render", "-f", str(spec_file), "--out", str(other), "--all-members", "--etcd-member", "m0", cwd=REPO)
+    assert both.returncode == 2
