@@ -137,20 +137,19 @@ backend apiservers
 
 
 def render_members(members: list[Member], lb: int, tmp: Path) -> None:
-    """Each member's /etc/kubernetes from ``clusterpki render``, as the README says for several members:
-    the first rendered, its authorities copied into the others before they are. Leaves valid for an hour."""
+    """Each member's /etc/kubernetes from ``clusterpki render --all-members``, as the README says for several
+    members (one directory each, sharing the CAs and sa.key), each copied to its member as to its node.
+    Leaves valid for an hour."""
     spec_file = tmp / "cp.yaml"
     spec_file.write_text(yaml.safe_dump({
         "apiVersion": "pki.clusterpki.dev/v1alpha1", "kind": "ClusterPKI", "metadata": {"name": NAME},
         "spec": {"controlPlaneEndpoint": f"127.0.0.1:{lb}", "validity": {"certificate": "1h"},
                  "etcd": {"members": [{"name": name, "ips": ["127.0.0.1"]} for name in MEMBERS]}}}))
+    subprocess.run([sys.executable, "-m", "clusterpki", "render", "-f", str(spec_file), "--out", str(tmp / "rendered"),
+                    "--all-members"], check=True, capture_output=True, cwd=REPO)
     for member in members:
-        if member is not members[0]:
-            for file in SHARED:
-                (member.dir / file).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(members[0].dir / file, member.dir / file)
-        subprocess.run([sys.executable, "-m", "clusterpki", "render", "-f", str(spec_file), "--out", str(member.dir),
-                        "--etcd-member", member.name], check=True, capture_output=True, cwd=REPO)
+        shutil.copytree(tmp / "rendered" / member.name, member.dir, dirs_exist_ok=True)
+    assert all((m.dir / f).read_bytes() == (members[0].dir / f).read_bytes() for m in members for f in SHARED)
 
 
 async def start_components(members: list[Member]) -> None:
