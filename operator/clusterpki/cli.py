@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -57,14 +58,15 @@ def _render(args: argparse.Namespace) -> int:
         raise UsageError("--all-members renders every member; --etcd-member names one")
     if args.all_members:
         for outcome in render.render_members(pki_spec, Path(args.out), args.force, times.now()):
-            _print_render(pki_spec.name, outcome, Path(args.out) / outcome.member)
+            _print_render(pki_spec.name, outcome, os.path.join(args.out, outcome.member))
         return 0
     outcome = render.render(pki_spec, Path(args.out), args.etcd_member, args.force, times.now())
-    _print_render(pki_spec.name, outcome, Path(args.out))
+    _print_render(pki_spec.name, outcome, args.out)
     return 0
 
 
-def _print_render(name: str, outcome: Any, out: Path) -> None:
+def _print_render(name: str, outcome: Any, out: str) -> None:
+    """What was done to each file, then one line: ``out`` as the user wrote it."""
     width = max(len(component) for component, _, _ in outcome.actions)
     for component, action, detail in outcome.actions:
         print(f"{component.ljust(width)}  {action}{f' ({detail})' if detail else ''}")

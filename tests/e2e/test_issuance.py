@@ -57,7 +57,7 @@ async def test_apply_to_ready_with_every_secret_and_chain(operator, api, namespa
     assert (status["conditions"][0]["type"], status["conditions"][0]["status"]) == ("Ready", "True")
     assert {"conditions", "certificates", "nextRenewal", "observedGeneration"} <= set(status)
     table = cluster.kubectl("-n", namespace, "get", "clusterpki", "main").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "CERTIFICATES", "CONSUMERS", "NEXT", "RENEWAL", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "PHASE", "CERTIFICATES", "CONSUMERS", "NEXT", "RENEWAL", "AGE"]
     assert table[1].split()[:3] == ["main", "True", "14"] and status["nextRenewal"] in table[1].split()
     assert cluster.kubectl("-n", namespace, "get", "cpki", "main", "-o", "name").stdout.strip() == \
         "clusterpki.pki.clusterpki.dev/main"

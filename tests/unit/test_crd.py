@@ -81,3 +81,20 @@ def test_the_rotation_s_status_fields_are_described_as_the_model_writes_them():
     before = {**{k: v for k, v in written.items() if k != "oldFingerprint"}, "old": "c" * 64}
     assert rotation.Rotation.from_status(before).old == "c" * 64, \
         "a status written before the fields were named is read"
+
+
+SCHEMA_KEYS = {"type", "description", "format", "enum", "default", "pattern", "maxLength", "minLength", "minimum",
+               "maximum", "minItems", "maxItems", "items", "properties", "required", "x-kubernetes-list-type",
+               "x-kubernetes-list-map-keys", "x-kubernetes-preserve-unknown-fields"}
+
+
+def test_every_schema_node_is_made_of_openapi_keys_only():
+    """A comma in a flow mapping's description makes a key of its own (``if any.``), which only a
+    server-side apply notices."""
+    def walk(node: dict, where: str) -> None:
+        assert isinstance(node, dict) and set(node) <= SCHEMA_KEYS, (where, set(node) - SCHEMA_KEYS)
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{where}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+    walk(SCHEMA, "")
