@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from clusterpki.errors import UserError
 from clusterpki.kubeadm.writer import FileContent
-from clusterpki.pki import catalog, engine, keys, kubeconfig, placement
+from clusterpki.pki import catalog, engine, keys, kubeconfig, placement, spec
 from clusterpki.pki.certificates import KeyPair
 from clusterpki.pki.keys import PrivateKey
 from clusterpki.pki.placement import Placement, SecretKey
@@ -29,10 +29,10 @@ def files_for(pki: engine.PKI, member: str) -> dict[str, FileContent]:
     A CA's ``.crt`` is its trust bundle and ``sa.pub`` every key that verifies tokens: during a rotation,
     consumers trust the old and the new. A single-file CA's ``.crt`` (``ca``) is instead the one CA that
     signs on disk, with its ``.key``: leaves of the new CA carry its cross-signed certificate meanwhile."""
-    return {p.path: FileContent(_content(pki, p), p.mode) for p in placement.placements(member)}
+    return {p.path: FileContent(_content(pki, p, member), p.mode) for p in placement.placements(member)}
 
 
-def _content(pki: engine.PKI, found: Placement) -> bytes:
+def _content(pki: engine.PKI, found: Placement, member: str) -> bytes:
     if found.key is SecretKey.SA_KEY:
         return keys.private_pem(pki.service_account)
     if found.key is SecretKey.SA_PUB:
@@ -47,7 +47,15 @@ def _content(pki: engine.PKI, found: Placement) -> bytes:
     if found.key is SecretKey.CERTIFICATE:
         return kubeconfig.pem_bundle(pair.certificates)
     leaf = pki.planned[found.component]
-    return kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair, pki.bundle(leaf.issuer))
+    return kubeconfig.render(server_of(pki.spec, leaf.profile, member), leaf.profile.common_name, pair,
+                             pki.bundle(leaf.issuer))
+
+
+def server_of(pki_spec: spec.Spec, profile: catalog.LeafProfile, member: str) -> str:
+    """Where a member's kubeconfig points: its own apiserver for kube-controller-manager and kube-scheduler
+    when the member has an advertiseAddress (kubeadm's localAPIEndpoint), else controlPlaneEndpoint."""
+    local = pki_spec.member(member).local_url if profile.local and member else None
+    return local or pki_spec.server_url
 
 
 def pair_files(member: str) -> dict[str, tuple[Placement, ...]]:

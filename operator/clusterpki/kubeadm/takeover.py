@@ -22,6 +22,7 @@ from clusterpki.pki import spec as spec_model
 from clusterpki.pki.certificates import KeyPair
 
 ADMIN_CONF = "admin.conf"
+CONTROLLER_MANAGER_CONF = "controller-manager.conf"
 APISERVER = "pki/apiserver"
 ETCD_SERVER, ETCD_PEER = "pki/etcd/server", "pki/etcd/peer"
 # What a directory must hold to be taken over: without these, the spec cannot be derived, or a CA or the
@@ -64,6 +65,11 @@ class _Member(NamedTuple):
     name: str
     dns_names: list[str]
     ips: list[str]
+    advertise: str | None = None  # its apiserver's host:port, when its controller-manager.conf says it
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"name": self.name, "dnsNames": self.dns_names, "ips": self.ips,
+                **({"advertiseAddress": self.advertise} if self.advertise else {})}
 
 
 def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_cidr: str | None = None) -> Takeover:
@@ -82,12 +88,12 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
         _check_same_authorities(first, directory, cas, sa_key)
     _check_sa_pub(dirs, sa_key)
 
-    members = [_member(directory) for directory in dirs]
+    server = _admin_server(first)
+    members = [_member(directory, server) for directory in dirs]
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise UserError(f"the directories {', '.join(map(str, dirs))} hold the etcd members {', '.join(names)}: "
                         "each directory must be a different member")
-    server = _admin_server(first)
     apiserver_certs = [_read_cert(d / f"{APISERVER}.crt") for d in dirs]
     apiserver = _read_pair(first, APISERVER)
     raw, derived = _spec(server, apiserver_certs, apiserver, cas["ca"].cert, members, service_cidr)
@@ -167,9 +173,10 @@ def _check_sa_pub(dirs: list[Path], sa_key: keys.PrivateKey) -> None:
             raise UserError(f"{path} is not the public key of {directory}/pki/sa.key")
 
 
-def _member(directory: Path) -> _Member:
-    """The etcd member a directory belongs to: the CN of its etcd server certificate, and the names the
-    server and peer certificates hold beyond ``localhost`` and ``127.0.0.1``."""
+def _member(directory: Path, endpoint: str) -> _Member:
+    """The etcd member a directory belongs to: the CN of its etcd server certificate, the names the
+    server and peer certificates hold beyond the loopback ones, and where its own apiserver listens when
+    its ``controller-manager.conf`` points there rather than at ``endpoint`` (kubeadm's localAPIEndpoint)."""
     server = _read_cert(directory / f"{ETCD_SERVER}.crt")
     identities = [certificates.identity_of(server)]
     peer = directory / f"{ETCD_PEER}.crt"
@@ -178,7 +185,26 @@ def _member(directory: Path) -> _Member:
     name = identities[0].common_name
     dns = [d for i in identities for d in i.dns_names if d not in LOOPBACK_NAMES]
     ips = [str(ip) for i in identities for ip in i.ips if ip not in LOOPBACK_IPS]
-    return _Member(name, list(dict.fromkeys(dns)), list(dict.fromkeys(ips)))
+    return _Member(name, list(dict.fromkeys(dns)), list(dict.fromkeys(ips)), _local_endpoint(directory, endpoint))
+
+
+def _local_endpoint(directory: Path, endpoint: str) -> str | None:
+    """``IP:port`` of the server in the directory's ``controller-manager.conf``, when it is an IP address
+    and not ``endpoint``; None otherwise (no such file, or one that is not a plain kubeconfig)."""
+    path = directory / CONTROLLER_MANAGER_CONF
+    try:
+        server, _, _ = kubeconfig.read(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    url = urlsplit(server)
+    if server == endpoint or url.scheme != "https" or not url.hostname:
+        return None
+    try:
+        address = ipaddress.ip_address(url.hostname)
+    except ValueError:
+        return None
+    port = url.port or 443
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def _admin_server(directory: Path) -> str:
@@ -210,8 +236,11 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
                         "cannot be derived")
     network = _service_network(service_cidr, ips)
     first_ip = str(network.network_address + 1)
-    cert_sans = [d for d in dns if d not in IN_CLUSTER_NAMES and d != f"{SERVICE_DOMAIN}{domains[0]}" and d != host]
-    cert_sans += [ip for ip in ips if ip not in (first_ip, host)]
+    advertised = {m.name for m in members if m.advertise} | {urlsplit(f"https://{m.advertise}").hostname
+                                                              for m in members if m.advertise}  # the catalog's
+    cert_sans = [d for d in dns if d not in IN_CLUSTER_NAMES and d != f"{SERVICE_DOMAIN}{domains[0]}" and d != host
+                 and d not in advertised]
+    cert_sans += [ip for ip in ips if ip not in (first_ip, host) and ip not in advertised]
 
     algorithm = keys.algorithm_of(apiserver.key)
     if algorithm is None:
@@ -228,7 +257,7 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
         "clusterDomain": domains[0],
         "serviceCIDR": str(network),
         "apiServer": {"certSANs": cert_sans},
-        "etcd": {"members": [{"name": m.name, "dnsNames": m.dns_names, "ips": m.ips} for m in members]},
+        "etcd": {"members": [m.to_spec() for m in members]},
         "keyAlgorithm": algorithm.value,
         "validity": {"ca": durations.format_spec(ca_validity), "certificate": durations.format_spec(cert_validity)},
     }
@@ -240,6 +269,10 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
         Derived("apiServer.certSANs", ", ".join(cert_sans) or "(none)",
                 f"{APISERVER}.crt, beyond the in-cluster names, the first service IP and the endpoint"),
         Derived("etcd.members", ", ".join(m.name for m in members), f"{ETCD_SERVER}.crt and {ETCD_PEER}.crt"),
+        *([Derived("etcd.members[].advertiseAddress", ", ".join(f"{m.name}={m.advertise}" for m in members
+                                                                if m.advertise),
+                   f"each member's {CONTROLLER_MANAGER_CONF}, whose server is its own apiserver")]
+          if any(m.advertise for m in members) else []),
         Derived("keyAlgorithm", algorithm.value, f"{APISERVER}.key"),
         Derived("validity.ca", raw["validity"]["ca"], "pki/ca.crt, its notAfter - notBefore"),
         Derived("validity.certificate", raw["validity"]["certificate"], cert_source),

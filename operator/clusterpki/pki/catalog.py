@@ -27,12 +27,17 @@ def no_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, ...], tup
 
 
 def apiserver_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, ...], tuple[IPAddress, ...]]:
-    """The in-cluster names, the first service IP, the endpoint host and ``apiServer.certSANs``."""
+    """The in-cluster names, the first service IP, the endpoint host, ``apiServer.certSANs``, and the name
+    and advertise address of each member whose apiserver has one (kubeadm puts each node's own in its
+    apiserver's certificate; the members share one, so it names them all)."""
     dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
            f"kubernetes.default.svc.{spec.cluster_domain}"]
     ips: list[IPAddress] = [spec.first_service_ip]
     for name in (spec.endpoint_host, *spec.cert_sans):
         _add_name(name, dns, ips)
+    for advertised in (m for m in spec.etcd_members if m.advertise_address is not None):
+        dns.append(advertised.name)
+        ips.append(advertised.advertise_address)
     return _unique(dns), _unique(ips)
 
 
@@ -68,6 +73,7 @@ class LeafProfile(NamedTuple):
     sans: SanRule
     file: str | None = None  # kubeadm's path below DIR, when kubeadm writes a .crt/.key pair
     kubeconfig: str | None = None  # kubeadm's kubeconfig file, when the certificate is a client's login
+    local: bool = False  # its kubeconfig reaches the member's own apiserver, when it has an advertiseAddress
 
     @property
     def per_member(self) -> bool:
@@ -91,8 +97,8 @@ LEAVES: tuple[LeafProfile, ...] = (
     LeafProfile("etcd-peer",                "etcd-ca",        MEMBER,                          ( ),     SERVER_CLIENT, etcd_member_sans, file="pki/etcd/peer"),
     LeafProfile("etcd-healthcheck-client",  "etcd-ca",        "kube-etcd-healthcheck-client",  ( ),     CLIENT,        no_sans,          file="pki/etcd/healthcheck-client"),
     LeafProfile("admin",                    "ca",             "kubernetes-admin",              MASTERS, CLIENT,        no_sans,          kubeconfig="admin.conf"),
-    LeafProfile("kube-scheduler",           "ca",             "system:kube-scheduler",         ( ),     CLIENT,        no_sans,          kubeconfig="scheduler.conf"),
-    LeafProfile("kube-controller-manager",  "ca",             "system:kube-controller-manager", ( ),    CLIENT,        no_sans,          kubeconfig="controller-manager.conf"),
+    LeafProfile("kube-scheduler",           "ca",             "system:kube-scheduler",         ( ),     CLIENT,        no_sans,          kubeconfig="scheduler.conf", local=True),
+    LeafProfile("kube-controller-manager",  "ca",             "system:kube-controller-manager", ( ),    CLIENT,        no_sans,          kubeconfig="controller-manager.conf", local=True),
     LeafProfile("kube-proxy",               "ca",             "system:kube-proxy",             ( ),     CLIENT,        no_sans,          kubeconfig="kube-proxy.conf"),
 )
 

@@ -65,10 +65,27 @@ class SecretRetention(str, enum.Enum):
     DELETE = "Delete"
 
 
+DEFAULT_BIND_PORT = 6443  # kubeadm's localAPIEndpoint.bindPort
+
+
 class EtcdMember(NamedTuple):
+    """A control-plane member: its etcd member's names, and where its own kube-apiserver listens, if given
+    (kubeadm's ``localAPIEndpoint``: its certificate then names the member, and the member's
+    kube-controller-manager and kube-scheduler reach their own apiserver there, as kubeadm's do)."""
+
     name: str
     dns_names: tuple[str, ...]
     ips: tuple[IPAddress, ...]
+    advertise_address: IPAddress | None = None
+    bind_port: int = DEFAULT_BIND_PORT
+
+    @property
+    def local_url(self) -> str | None:
+        """``https://advertiseAddress:bindPort``, IPv6 bracketed; None when no address is given."""
+        if self.advertise_address is None:
+            return None
+        host = f"[{self.advertise_address}]" if self.advertise_address.version == 6 else str(self.advertise_address)
+        return f"https://{host}:{self.bind_port}"
 
 
 NODE = "{node}"  # in a serving DNS name pattern: the node's name
@@ -356,6 +373,10 @@ class _SpecReader:
         text = self._string(path, value)
         if text is None:
             return default_host, default_port
+        return self._host_port(path, text, default_host, default_port)
+
+    def _host_port(self, path: str, text: str, default_host: str, default_port: int) -> tuple[str, int]:
+        """``host[:port]``, an IPv6 host bracketed when a port follows."""
         host, port_text = text, None
         if text.startswith("["):  # [IPv6]:port or [IPv6]
             inside, _, rest = text[1:].partition("]")
@@ -413,7 +434,7 @@ class _SpecReader:
                 self.fail(here, "must be a mapping with name, dnsNames and ips")
                 continue
             for key in item:
-                if key not in {"name", "dnsNames", "ips"}:
+                if key not in {"name", "dnsNames", "ips", "advertiseAddress"}:
                     self.fail(f"{here}.{key}", "is not a known field")
             name = item.get("name")
             if not isinstance(name, str) or not name:
@@ -428,8 +449,24 @@ class _SpecReader:
             seen.add(name)
             dns_names = self._string_list(f"{here}.dnsNames", item.get("dnsNames"), _is_member_dns, "a DNS name")
             ips = self._string_list(f"{here}.ips", item.get("ips"), _is_ip, "an IP address")
-            members.append(EtcdMember(name, tuple(dns_names), tuple(ipaddress.ip_address(i) for i in ips)))
+            address, port = self._advertised(f"{here}.advertiseAddress", item.get("advertiseAddress"))
+            members.append(EtcdMember(name, tuple(dns_names), tuple(ipaddress.ip_address(i) for i in ips),
+                                      address, port))
         return tuple(members)
+
+    def _advertised(self, path: str, value: Any) -> tuple[IPAddress | None, int]:
+        """A member's ``advertiseAddress``: ``IP[:port]`` (``[IPv6]:port``), the port 6443 by default."""
+        if value is None:
+            return None, DEFAULT_BIND_PORT
+        text = self._string(path, value)
+        if text is None:
+            return None, DEFAULT_BIND_PORT
+        host, port = self._host_port(path, text, "", DEFAULT_BIND_PORT)
+        if not _is_ip(host):
+            if host and _is_dns_name(host):  # anything else _host_port has said
+                self.fail(path, f"{host!r} is not an IP address (kubeadm's advertiseAddress is one)")
+            return None, DEFAULT_BIND_PORT
+        return ipaddress.ip_address(host), port
 
     def _string_list(self, path: str, value: Any, valid: Any, what: str) -> list[str]:
         if value is None:

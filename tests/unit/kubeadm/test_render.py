@@ -277,3 +277,41 @@ def test_every_member_in_one_run_shares_the_cas_and_the_service_account_key(tmp_
     assert [p.name for p in (other / "m1").rglob("*") if p.is_file()] == ["ca.crt"]
     both = cli("render", "-f", str(spec_file), "--out", str(other), "--all-members", "--etcd-member", "m0", cwd=REPO)
     assert both.returncode == 2
+
+
+def test_members_with_an_advertise_address_are_named_by_the_apiserver_and_reached_by_their_own_controllers(tmp_path):
+    """kubeadm's localAPIEndpoint: the apiserver certificate names each member and its address, and a
+    member's controller-manager.conf and scheduler.conf reach its own apiserver; admin.conf and
+    kube-proxy.conf stay on controlPlaneEndpoint. Checked with the openssl CLI."""
+    import yaml
+
+    spec_file = write_document(tmp_path / "pki.yaml", document(
+        "ha", controlPlaneEndpoint="lb.example.com:8443", etcd={"members": [
+            {"name": "cp-0", "ips": ["192.0.2.10"], "advertiseAddress": "192.0.2.10"},
+            {"name": "cp-1", "ips": ["192.0.2.11"], "advertiseAddress": "[2001:db8::11]:7443"}]}))
+    done = cli("render", "-f", str(spec_file), "--out", str(tmp_path / "out"), "--all-members", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+                           str(tmp_path / "out" / "cp-1" / "pki" / "apiserver.crt")],
+                          capture_output=True, text=True, check=True).stdout
+    for name in ("DNS:cp-0", "DNS:cp-1", "IP Address:192.0.2.10", "IP Address:2001:DB8:0:0:0:0:0:11",
+                 "DNS:lb.example.com"):
+        assert name in text, (name, text)
+
+    def server(member: str, conf: str) -> str:
+        return yaml.safe_load((tmp_path / "out" / member / conf).read_text())["clusters"][0]["cluster"]["server"]
+    assert server("cp-0", "controller-manager.conf") == server("cp-0", "scheduler.conf") == "https://192.0.2.10:6443"
+    assert server("cp-1", "controller-manager.conf") == "https://[2001:db8::11]:7443"
+    assert server("cp-1", "admin.conf") == server("cp-1", "kube-proxy.conf") == "https://lb.example.com:8443"
+
+
+@pytest.mark.parametrize("value, problem", [("api.example.com", "is not an IP address"),
+                                            ("192.0.2.1:99999", "is not a number from 1 to 65535"),
+                                            (["192.0.2.1"], "must be a string")])
+def test_an_advertise_address_that_is_not_ip_and_port_is_a_spec_error(tmp_path, value, problem):
+    spec_file = write_document(tmp_path / "pki.yaml", document("x", etcd={"members": [
+        {"name": "m0", "advertiseAddress": value}]}))
+    done = cli("render", "-f", str(spec_file), "--out", str(tmp_path / "out"), cwd=REPO)
+    assert done.returncode == 1 and "spec.etcd.members[0].advertiseAddress" in done.stderr and problem in done.stderr, \
+        done.stderr
+    assert not (tmp_path / "out").exists()

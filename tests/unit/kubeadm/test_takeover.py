@@ -196,3 +196,22 @@ def _resign(cert: x509.Certificate, issuer, not_before, not_after) -> x509.Certi
     for extension in cert.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
     return builder.sign(issuer[1], hashes.SHA256())
+
+
+def test_a_member_whose_controllers_reach_its_own_apiserver_keeps_that_address(kubeadm_dir, copy):
+    """kubeadm's controller-manager.conf reaches the node's own apiserver (its localAPIEndpoint): import
+    reads it as the member's advertiseAddress, whose name and address the apiserver certificate then holds
+    by itself (not as certSANs), and the kubeconfig is taken over as it is."""
+    import yaml
+
+    directory = copy(kubeadm_dir)
+    conf = yaml.safe_load((directory / "controller-manager.conf").read_text())
+    conf["clusters"][0]["cluster"]["server"] = "https://192.0.2.10:6443"
+    (directory / "controller-manager.conf").write_text(yaml.safe_dump(conf))
+    plan = derive(directory)
+    assert plan.resource["spec"]["etcd"]["members"] == [
+        {"name": "cp-1", "dnsNames": ["cp-1"], "ips": ["192.0.2.10"], "advertiseAddress": "192.0.2.10:6443"}]
+    assert plan.resource["spec"]["apiServer"] == {"certSANs": []}
+    assert {"apiserver", "kube-controller-manager"} <= set(plan.taken), plan.left
+    assert any(d.field == "etcd.members[].advertiseAddress" and d.value == "cp-1=192.0.2.10:6443"
+               for d in plan.derived)
