@@ -39,6 +39,7 @@ from clusterpki.pki.spec import KeyAlgorithm
 LOGGER = logging.getLogger("clusterpki.node-agent")
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SIGNED_WITHIN = 300.0  # seconds the operator has to sign the node's CSR
+SIGNED_TOLD_AFTER = 30.0  # seconds of waiting for a signature after which the log says so
 HEALTHY_WITHIN = 120.0  # seconds the restarted kubelet has to answer its health check
 RETRY = 5.0
 COMPONENT = "kubelet"
@@ -123,8 +124,11 @@ class NodeAgent:
     async def _signed(self, name: str) -> bytes:
         """The certificate chain of CSR ``name``, once the operator signed it."""
         clock = asyncio.get_running_loop().time
-        deadline = clock() + SIGNED_WITHIN
+        deadline, told = clock() + SIGNED_WITHIN, False
         while clock() < deadline:
+            if not told and clock() > deadline - SIGNED_WITHIN + SIGNED_TOLD_AFTER:
+                LOGGER.info(f"{self.what}: CSR {name} is not signed yet; waiting up to {SIGNED_WITHIN:g}s")
+                told = True
             found = await self.api.request("get", f"CSR {name}", "GET", f"{CSRS}/{name}")
             status = found.get("status") or {}
             if status.get("certificate"):

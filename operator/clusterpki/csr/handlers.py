@@ -36,6 +36,7 @@ SIGNING_REFUSED = "SigningRefused"
 NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not seen yet
 UNSYNCED_RECHECK = 0.5  # seconds before a CSR seen before the first list of Nodes is looked at again
 RETRY_DELAY = 10  # seconds before a failed recheck is tried again
+API_RETRY = 2.0  # seconds before a decision or signature the API did not take is written again
 LOGGER = logging.getLogger("clusterpki.csr")
 Key = tuple[str, str]  # (namespace, name) of a ClusterPKI
 
@@ -190,8 +191,9 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     state.deciding.add(name)
     try:
         await state.api.decide(csr.with_decision(body, decision, now))
-    except ApiError as exc:  # e.g. 409: the CSR changed meanwhile; its next event brings it back
+    except ApiError as exc:  # 409: the CSR changed meanwhile, and its next event brings it back
         LOGGER.warning(f"CSR {name}: could not record {decision.verdict} ({decision.reason}): {exc}")
+        _again_unless_settled(state, body, exc)
         return
     finally:
         state.deciding.discard(name)
@@ -236,6 +238,8 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
         await state.api.set_certificate({**body, "status": {**(body.get("status") or {}), "certificate": certificate}})
     except (ApiError, ValueError) as exc:
         LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
+        if isinstance(exc, ApiError):
+            _again_unless_settled(state, body, exc)
         return
     LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {'/'.join(state.policy)}")
 
@@ -259,6 +263,14 @@ async def _recorded_ca(state: CsrState) -> KeyPair | None:
         return None
     state.ca_cache = (stored.digest, secrets.read_pair(stored))
     return state.ca_cache[1]
+
+
+def _again_unless_settled(state: CsrState, body: dict[str, Any], exc: ApiError) -> None:
+    """A write the API did not take is tried again (unreachable through an apiserver's restart, a
+    certificate it no longer trusts, a 5xx: a node agent waits for its CSR), unless the CSR is gone (404)
+    or changed meanwhile (409: its next event brings it back)."""
+    if exc.status not in (404, 409):
+        state.wait(body, API_RETRY)
 
 
 async def _refuse(state: CsrState, body: dict[str, Any], refused: csr.Decision) -> None:
