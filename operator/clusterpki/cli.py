@@ -199,10 +199,10 @@ def _renew(args: argparse.Namespace) -> int:
         found = await clusterpkis.get(args.namespace, args.name)
         if found is None:
             raise UserError(f"ClusterPKI {args.namespace}/{args.name} does not exist")
-        _, problem = renewal_targets(value, _leaves(found))
+        leaves = _leaves(found)
+        _, problem = renewal_targets(value, leaves)
         if problem is not None:
-            raise UserError(f"--component {', '.join(args.component)}: {problem} (its leaves: "
-                            f"{', '.join(_leaves(found))})")
+            raise UserError(f"--component {', '.join(args.component)}: {problem} (its leaves: {', '.join(leaves)})")
         await clusterpkis.annotate(args.namespace, args.name, {RENEW: value})
 
     try:

@@ -36,6 +36,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
+from clusterpki.kubeadm.render import shared_files
 from clusterpki.pki import certificates
 from cryptography import x509
 
@@ -51,8 +52,6 @@ MEMBERS = {"m0": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sch
 WORKERS = ("worker-1", "worker-2")
 TARGETS = ("ca", "etcd-ca", "front-proxy-ca", "sa")
 CAS = ("ca", "etcd-ca", "front-proxy-ca")
-SHARED = ("pki/ca.crt", "pki/ca.key", "pki/front-proxy-ca.crt", "pki/front-proxy-ca.key", "pki/etcd/ca.crt",
-          "pki/etcd/ca.key", "pki/sa.key", "pki/sa.pub")  # what every member's render must find (the README's recipe)
 NAMESPACE, NAME = "kube-system", "cp"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 LEASE_NAMESPACE = "clusterpki-system"
@@ -149,7 +148,7 @@ def render_members(members: list[Member], lb: int, tmp: Path) -> None:
                     "--all-members"], check=True, capture_output=True, cwd=REPO)
     for member in members:
         shutil.copytree(tmp / "rendered" / member.name, member.dir, dirs_exist_ok=True)
-    assert all((m.dir / f).read_bytes() == (members[0].dir / f).read_bytes() for m in members for f in SHARED)
+    assert all((m.dir / f).read_bytes() == (members[0].dir / f).read_bytes() for m in members for f in shared_files())
 
 
 async def start_components(members: list[Member]) -> None:

@@ -124,9 +124,9 @@ class NodeAgent:
     async def _signed(self, name: str) -> bytes:
         """The certificate chain of CSR ``name``, once the operator signed it."""
         clock = asyncio.get_running_loop().time
-        deadline, told = clock() + SIGNED_WITHIN, False
-        while clock() < deadline:
-            if not told and clock() > deadline - SIGNED_WITHIN + SIGNED_TOLD_AFTER:
+        started, told = clock(), False
+        while clock() < started + SIGNED_WITHIN:
+            if not told and clock() > started + SIGNED_TOLD_AFTER:
                 LOGGER.info(f"{self.what}: CSR {name} is not signed yet; waiting up to {SIGNED_WITHIN:g}s")
                 told = True
             found = await self.api.request("get", f"CSR {name}", "GET", f"{CSRS}/{name}")

@@ -29,9 +29,8 @@ def stopped(seen: Observed, custody: Custody | None, now: datetime) -> Plan | No
         return failed(seen, now, Reason.INVALID_SPEC, f"The spec is invalid: {seen.spec_error}")
     conflicts = _conflicts(seen, custody)
     if conflicts:
-        return failed(seen, now, Reason.SECRET_CONFLICT, f"{'; '.join(conflicts)}: nothing was written; rename this "
-                      f"ClusterPKI, or remove what is in the way (looked at again every {settings.IN_THE_WAY_RETRY}s)",
-                      Retry(settings.IN_THE_WAY_RETRY, "a Secret is in the way"))
+        return blocked(seen, now, f"{'; '.join(conflicts)}: nothing was written; rename this ClusterPKI, or remove "
+                                  "what is in the way")
     return _lost_authorities(seen, custody, now)
 
 
@@ -39,6 +38,13 @@ def failed(seen: Observed, now: datetime, reason: Reason, message: str, retry: R
     """Ready=False with ``reason``, and its Warning Event; nothing written."""
     return Plan(status=failure(reason, message, seen.meta.generation, seen.conditions, now),
                 events=(Event.warning(reason, message),), retry=retry)
+
+
+def blocked(seen: Observed, now: datetime, message: str) -> Plan:
+    """``SecretConflict``: a Secret is in the way. The operator watches only its own Secrets, so nothing
+    tells it when that one goes: it looks again every ``IN_THE_WAY_RETRY`` seconds, and proceeds by itself."""
+    return failed(seen, now, Reason.SECRET_CONFLICT, f"{message} (looked at again every {settings.IN_THE_WAY_RETRY}s)",
+                  Retry(settings.IN_THE_WAY_RETRY, "a Secret is in the way"))
 
 
 def in_the_way(stranger: Stranger) -> str:

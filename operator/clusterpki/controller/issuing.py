@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clusterpki.controller import consumers as consumer_reports
-from clusterpki.controller import phases, rotation, settings, status
+from clusterpki.controller import gates, phases, rotation, settings, status
 from clusterpki.controller.custody import Custody, Material, fingerprint
-from clusterpki.controller.gates import failed, in_the_way, recovering
+from clusterpki.controller.gates import in_the_way, recovering
 from clusterpki.controller.observe import Observed
-from clusterpki.controller.plan import Plan, Retry, Write, WriteKind
+from clusterpki.controller.plan import Plan, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
 from clusterpki.controller.requests import ABORT, RENEW, ROTATE, Requests, renewal_targets, rotation_target
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
@@ -51,10 +51,8 @@ class Issuing:
         step = self._rotation_step()
         blocked = [self.seen.strangers[h] for h in (step.halves if step else {}) if h in self.seen.strangers]
         if blocked:
-            return failed(self.seen, self.now, Reason.SECRET_CONFLICT,
-                          f"{'; '.join(in_the_way(s) for s in blocked)}: the rotation cannot go on; remove what is in "
-                          f"the way (looked at again every {settings.IN_THE_WAY_RETRY}s)",
-                          Retry(settings.IN_THE_WAY_RETRY, "a Secret is in the way"))
+            return gates.blocked(self.seen, self.now, f"{'; '.join(in_the_way(s) for s in blocked)}: the rotation "
+                                 "cannot go on; remove what is in the way")
         pki = self._build(step)
         wanted = wanted_secrets(self.seen, self.custody, pki, step)
         new_record = _record(wanted, pki, self.custody)
@@ -276,8 +274,9 @@ class Issuing:
             found["claim"] = None
         if moved is not None:
             found["caRotation"] = moved.to_status()
-        if (moved is not None and moved.active) or seen.status.get("phase"):
-            found["phase"] = moved.in_progress if moved is not None else None
+        phase = moved.in_progress if moved is not None else None
+        if phase or seen.status.get("phase"):
+            found["phase"] = phase
         if reports.entries or seen.status.get("consumers"):
             found["consumers"] = list(reports.entries) or None
             found["consumersCurrent"] = reports.current if reports.entries else None

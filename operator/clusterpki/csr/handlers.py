@@ -266,10 +266,10 @@ async def _recorded_ca(state: CsrState) -> KeyPair | None:
 
 
 def _again_unless_settled(state: CsrState, body: dict[str, Any], exc: ApiError) -> None:
-    """A write the API did not take is tried again (unreachable through an apiserver's restart, a
-    certificate it no longer trusts, a 5xx: a node agent waits for its CSR), unless the CSR is gone (404)
-    or changed meanwhile (409: its next event brings it back)."""
-    if exc.status not in (404, 409):
+    """A write the API did not take for a passing reason is tried again (unreachable through an apiserver's
+    restart, a certificate not trusted yet, 429, a 5xx: a node agent waits for its CSR). Not one the CSR's
+    next event brings back (409: it changed meanwhile), nor a refusal that stays (404 gone, 403, 422)."""
+    if exc.status == 0 or exc.status == 429 or exc.status >= 500:
         state.wait(body, API_RETRY)
 
 

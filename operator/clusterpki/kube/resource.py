@@ -15,9 +15,10 @@ PLURAL = "clusterpkis"
 __all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "ClusterPKIClient", "path"]
 
 
-def path(namespace: str, name: str | None = None) -> str:
-    """The API path of a namespace's ClusterPKIs, or of one of them."""
-    collection = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+def path(namespace: str | None, name: str | None = None) -> str:
+    """The API path of a namespace's ClusterPKIs (every namespace's when None), or of one of them."""
+    collection = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}" if namespace else \
+        f"/apis/{GROUP}/{VERSION}/{PLURAL}"
     return f"{collection}/{name}" if name else collection
 
 

@@ -25,9 +25,8 @@ async def until_served(api: Api, namespaces: list[str], server: str, pause: floa
     while True:
         try:
             for namespace in namespaces or [None]:
-                where = resource.path(namespace) if namespace else f"/apis/{resource.GROUP}/{resource.VERSION}/{resource.PLURAL}"
-                await api.request("list", f"ClusterPKIs of {namespace or 'all namespaces'}", "GET", where,
-                                  params={"limit": "1"})
+                await api.request("list", f"ClusterPKIs of {namespace or 'all namespaces'}", "GET",
+                                  resource.path(namespace), params={"limit": "1"})
             if told is not None:
                 LOGGER.info("ClusterPKIs are served: starting")
             return

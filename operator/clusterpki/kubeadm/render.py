@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from clusterpki.errors import UserError
 from clusterpki.kubeadm import layout, writer
-from clusterpki.pki import catalog, documents, engine, spec
+from clusterpki.pki import catalog, documents, engine, placement, spec
 from clusterpki.pki.certificates import Why
 
 
@@ -105,8 +105,8 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
 def shared_files() -> tuple[str, ...]:
     """What every member of one control plane must hold the same: each CA's pair and the service-account
     key (tokens one apiserver signs, every other verifies)."""
-    return (*(f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES for ext in ("crt", "key")),
-            *catalog.SERVICE_ACCOUNT_FILES)
+    authorities = {*catalog.CA_BY_COMPONENT, catalog.SERVICE_ACCOUNT}
+    return tuple(p.path for p in placement.placements("") if p.component in authorities)
 
 
 def render_members(pki_spec: spec.Spec, out: Path, force: bool, now: datetime) -> list[Outcome]:
@@ -127,7 +127,7 @@ def _share(source: Path, target: Path) -> None:
     for relative in shared_files():
         data = (source / relative).read_bytes()
         present = target / relative
-        if present.exists() and present.read_bytes() != data:
+        if present.exists() and not layout.same_material(relative, present.read_bytes(), data):
             raise UserError(f"{present} is not {source / relative}: the members of one control plane share their "
                             "CAs and service-account key; remove it, or render that member apart")
         if not present.exists():

@@ -65,11 +65,15 @@ class _Member(NamedTuple):
     name: str
     dns_names: list[str]
     ips: list[str]
-    advertise: str | None = None  # its apiserver's host:port, when its controller-manager.conf says it
+    advertise: tuple[str, int] | None = None  # its apiserver's (IP, port), when its controller-manager.conf says
+
+    @property
+    def advertise_address(self) -> str | None:
+        return spec_model.host_port(*self.advertise) if self.advertise else None
 
     def to_spec(self) -> dict[str, Any]:
         return {"name": self.name, "dnsNames": self.dns_names, "ips": self.ips,
-                **({"advertiseAddress": self.advertise} if self.advertise else {})}
+                **({"advertiseAddress": self.advertise_address} if self.advertise else {})}
 
 
 def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_cidr: str | None = None) -> Takeover:
@@ -188,8 +192,8 @@ def _member(directory: Path, endpoint: str) -> _Member:
     return _Member(name, list(dict.fromkeys(dns)), list(dict.fromkeys(ips)), _local_endpoint(directory, endpoint))
 
 
-def _local_endpoint(directory: Path, endpoint: str) -> str | None:
-    """``IP:port`` of the server in the directory's ``controller-manager.conf``, when it is an IP address
+def _local_endpoint(directory: Path, endpoint: str) -> tuple[str, int] | None:
+    """(IP, port) of the server in the directory's ``controller-manager.conf``, when it is an IP address
     and not ``endpoint``; None otherwise (no such file, or one that is not a plain kubeconfig)."""
     path = directory / CONTROLLER_MANAGER_CONF
     try:
@@ -203,8 +207,7 @@ def _local_endpoint(directory: Path, endpoint: str) -> str | None:
         address = ipaddress.ip_address(url.hostname)
     except ValueError:
         return None
-    port = url.port or 443
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return str(address), url.port or 443
 
 
 def _admin_server(directory: Path) -> str:
@@ -222,7 +225,7 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
     if url.scheme != "https" or not url.hostname:
         raise UserError(f"the server of {ADMIN_CONF}, {server!r}, is not an https:// URL")
     host, port = url.hostname, url.port or 443
-    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    endpoint = spec_model.host_port(host, port)
 
     dns: list[str] = []
     ips: list[str] = []
@@ -236,8 +239,7 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
                         "cannot be derived")
     network = _service_network(service_cidr, ips)
     first_ip = str(network.network_address + 1)
-    advertised = {m.name for m in members if m.advertise} | {urlsplit(f"https://{m.advertise}").hostname
-                                                              for m in members if m.advertise}  # the catalog's
+    advertised = {n for m in members if m.advertise for n in (m.name, m.advertise[0])}  # the catalog adds them
     cert_sans = [d for d in dns if d not in IN_CLUSTER_NAMES and d != f"{SERVICE_DOMAIN}{domains[0]}" and d != host
                  and d not in advertised]
     cert_sans += [ip for ip in ips if ip not in (first_ip, host) and ip not in advertised]
@@ -269,7 +271,7 @@ def _spec(server: str, apiserver_certs: list[x509.Certificate], apiserver: KeyPa
         Derived("apiServer.certSANs", ", ".join(cert_sans) or "(none)",
                 f"{APISERVER}.crt, beyond the in-cluster names, the first service IP and the endpoint"),
         Derived("etcd.members", ", ".join(m.name for m in members), f"{ETCD_SERVER}.crt and {ETCD_PEER}.crt"),
-        *([Derived("etcd.members[].advertiseAddress", ", ".join(f"{m.name}={m.advertise}" for m in members
+        *([Derived("etcd.members[].advertiseAddress", ", ".join(f"{m.name}={m.advertise_address}" for m in members
                                                                 if m.advertise),
                    f"each member's {CONTROLLER_MANAGER_CONF}, whose server is its own apiserver")]
           if any(m.advertise for m in members) else []),

@@ -68,6 +68,15 @@ class SecretRetention(str, enum.Enum):
 DEFAULT_BIND_PORT = 6443  # kubeadm's localAPIEndpoint.bindPort
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host bracketed."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def https_url(host: str, port: int) -> str:
+    return f"https://{host_port(host, port)}"
+
+
 class EtcdMember(NamedTuple):
     """A control-plane member: its etcd member's names, and where its own kube-apiserver listens, if given
     (kubeadm's ``localAPIEndpoint``: its certificate then names the member, and the member's
@@ -82,10 +91,7 @@ class EtcdMember(NamedTuple):
     @property
     def local_url(self) -> str | None:
         """``https://advertiseAddress:bindPort``, IPv6 bracketed; None when no address is given."""
-        if self.advertise_address is None:
-            return None
-        host = f"[{self.advertise_address}]" if self.advertise_address.version == 6 else str(self.advertise_address)
-        return f"https://{host}:{self.bind_port}"
+        return https_url(str(self.advertise_address), self.bind_port) if self.advertise_address else None
 
 
 NODE = "{node}"  # in a serving DNS name pattern: the node's name
@@ -142,10 +148,7 @@ class Spec(NamedTuple):
     @property
     def server_url(self) -> str:
         """Where every kubeconfig points: ``https://host:port``, with IPv6 hosts bracketed."""
-        host = self.endpoint_host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"https://{host}:{self.endpoint_port}"
+        return https_url(self.endpoint_host, self.endpoint_port)
 
     def member(self, name: str | None) -> EtcdMember:
         """The named etcd member, or the first one when ``name`` is None."""
