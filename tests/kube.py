@@ -175,6 +175,18 @@ class FollowingApi(Api):
     admin.conf of a cluster whose own PKI rotates. No connection is kept (each request opens its own),
     so none is left on an apiserver that restarted."""
 
+    async def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """As Api.get; a 5xx an etcd member's restart returns by itself (etcd-io/etcd#17790, counted apart in
+        the load too) is read again, up to 5 times a second apart."""
+        for attempt in range(5):
+            try:
+                return await super().get(plural, name, namespace)
+            except AssertionError as exc:
+                if attempt == 4 or '"code":5' not in str(exc):
+                    raise
+                await asyncio.sleep(1)
+        return None
+
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig, self.url = kubeconfig, ""
         self._stamp: int | None = None
