@@ -67,6 +67,27 @@ class SecretRetention(str, enum.Enum):
 
 DEFAULT_BIND_PORT = 6443  # kubeadm's localAPIEndpoint.bindPort
 
+_RELEASE = re.compile(r"v?(1)\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?")
+
+
+class Release(NamedTuple):
+    """A Kubernetes minor release, as ``spec.kubernetesVersion`` gives it: the certificate identities
+    follow kubeadm's for that release (:mod:`clusterpki.pki.catalog`)."""
+
+    major: int
+    minor: int
+
+    def __str__(self) -> str:
+        return f"v{self.major}.{self.minor}"
+
+    @classmethod
+    def parse(cls, text: str) -> Release:
+        """``v1.29``, ``1.29`` or ``v1.29.3``; ValueError for anything else."""
+        found = _RELEASE.fullmatch(text)
+        if found is None:
+            raise ValueError(f"{text!r} is not a Kubernetes version such as v1.30 or v1.30.2")
+        return cls(int(found.group(1)), int(found.group(2)))
+
 
 def host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 host bracketed."""
@@ -132,6 +153,7 @@ class Spec(NamedTuple):
     renew_before: timedelta = timedelta(hours=8760) / 3
     kubelet: KubeletPolicy = KubeletPolicy()
     secret_retention: SecretRetention = SecretRetention.RETAIN
+    kubernetes_version: Release | None = None  # None: the contract's identities, kubeadm's before v1.29
     rotation_grace: timedelta = DEFAULT_GRACE  # from the annotation GRACE_ANNOTATION
     token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME  # from the annotation TOKEN_LIFETIME_ANNOTATION
 
@@ -246,7 +268,7 @@ class _SpecReader:
     _KNOWN = {
         "spec": {
             "clusterDomain", "serviceCIDR", "controlPlaneEndpoint", "apiServer", "etcd",
-            "keyAlgorithm", "validity", "renewBefore", "kubelet", "secretRetention",
+            "keyAlgorithm", "validity", "renewBefore", "kubelet", "secretRetention", "kubernetesVersion",
         },
         "spec.apiServer": {"certSANs"},
         "spec.etcd": {"members"},
@@ -309,6 +331,7 @@ class _SpecReader:
         )
         retention = self._enum("spec.secretRetention", SecretRetention, self.raw.get("secretRetention"),
                                defaults.secret_retention)
+        release = self._release(self.raw.get("kubernetesVersion"))
         if self.errors:
             raise SpecError(self.errors)
         return Spec(
@@ -316,7 +339,7 @@ class _SpecReader:
             endpoint_host=host, endpoint_port=port, cert_sans=cert_sans, etcd_members=members,
             key_algorithm=key_algorithm, ca_validity=ca_validity, cert_validity=cert_validity,
             renew_before=renew_before, kubelet=kubelet_policy, secret_retention=retention,
-            rotation_grace=self.grace,
+            kubernetes_version=release, rotation_grace=self.grace,
         )
 
     # -- field readers ---------------------------------------------------------------------------
@@ -527,6 +550,19 @@ class _SpecReader:
             most = DEFAULT_MAX_SERVING_NAMES
         dns = tuple(p.lower() for p in patterns) if found.get("dnsNames") is not None else DEFAULT_SERVING_DNS_NAMES
         return ServingNames(tuple(ranges), dns, most)
+
+    def _release(self, value: Any) -> Release | None:
+        path = "spec.kubernetesVersion"
+        if value is None:
+            return None
+        text = self._string(path, value)
+        if text is None:
+            return None
+        try:
+            return Release.parse(text)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return None
 
     def _bool(self, path: str, value: Any, default: bool) -> bool:
         if value is None:
