@@ -128,7 +128,8 @@ class Agent:
         current, _ = self._record()
         self.rejected = {}
         recovered = await asyncio.to_thread(writer.recover, self.out)  # what is compared below is whole
-        files = await asyncio.to_thread(layout.to_write, self.out, layout.files_for(verification.pki, self.member))
+        files = await asyncio.to_thread(layout.to_write, self.out,
+                                        layout.where_present(self.out, layout.files_for(verification.pki, self.member)))
         written = [*recovered, *await asyncio.to_thread(writer.write, self.out, files, set())]
         await asyncio.to_thread(_read_back, self.out, written)
         if written:
@@ -159,7 +160,7 @@ class Agent:
 
     async def _fetch(self) -> dict[str, StoredSecret | None]:
         """The member's Secrets, each by name (the agent's Role names them, and no others)."""
-        names = [*sources(self.member), *placement.old_signers()]
+        names = [*sources(self.spec, self.member), *placement.old_signers()]
         found = await asyncio.gather(*(self.secrets.get(self.namespace, secrets.secret_name(self.pki_name, c))
                                        for c in names))
         return {c: StoredSecret.from_object(s) if s else None for c, s in zip(names, found, strict=True)}

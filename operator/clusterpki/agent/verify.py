@@ -28,9 +28,9 @@ from clusterpki.pki.record import Claim, Record
 from clusterpki.pki.spec import Spec
 
 
-def sources(member: str) -> list[str]:
-    """The Secret components one member's files come from, in placement order."""
-    return list(dict.fromkeys(p.component for p in placement.placements(member)))
+def sources(spec: Spec, member: str) -> list[str]:
+    """The Secret components one member's files come from, in placement order: what ``spec`` plans for it."""
+    return list(placement.sources(member, {leaf.component for leaf in catalog.plan(spec, [member])}))
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ def verify(fetched: Mapping[str, StoredSecret | None], current: Record, claim: C
            member: str, disk: Mapping[str, KeyPair] | None = None) -> Verification:
     """The member's PKI, from ``fetched`` (component -> Secret, None when missing), if every Secret is
     what ``current`` records; else what is refused, or why to wait."""
-    waiting = [c for c in sources(member) if c not in current.secrets]
+    wanted = sources(spec, member)
+    waiting = [c for c in wanted if c not in current.secrets]
     if waiting:
         return Verification(waiting=f"not issued yet: {', '.join(waiting)}")
     rejected: dict[str, str] = {}
-    for component in sources(member):
+    for component in wanted:
         stored = fetched.get(component)
         if stored is None:
             rejected[component] = "its Secret is missing"

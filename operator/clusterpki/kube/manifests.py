@@ -31,8 +31,9 @@ def agent_name(pki_name: str, member: str) -> str:
 
 
 def secret_names(pki_name: str, member: str) -> list[str]:
-    """The Secrets one member's files come from: what its Role may read."""
-    components = [*dict.fromkeys(p.component for p in placement.placements(member)), *placement.old_signers()]
+    """The Secrets one member's files may come from, for any release: what its Role may read (so that a
+    change of ``kubernetesVersion`` or of the first member needs no new Role)."""
+    components = [*placement.sources(member), *placement.old_signers()]
     return [secrets.secret_name(pki_name, c) for c in components]
 
 

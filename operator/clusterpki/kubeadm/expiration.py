@@ -29,7 +29,8 @@ def rows_from_dir(directory: Path) -> list[Row]:
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory")
     rows = [Row(p.kubeadm_name, catalog.issuer_of(p.row) or SELF_SIGNED, _not_after(directory, p))
-            for p in placement.certificate_files("")]
+            for p in placement.certificate_files("")
+            if p.where is not catalog.Where.FIRST_MEMBER or (directory / p.path).exists()]  # super-admin.conf
     if all(row.not_after is None for row in rows):
         raise UserError(f"{directory} holds no certificates in kubeadm's layout (pki/ca.crt, admin.conf, ...)")
     return rows

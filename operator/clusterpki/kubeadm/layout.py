@@ -20,7 +20,8 @@ from clusterpki.pki.certificates import KeyPair
 from clusterpki.pki.keys import PrivateKey
 from clusterpki.pki.placement import Placement, SecretKey
 
-__all__ = ["FileContent", "files_for", "load", "pair_files", "read_cert", "read_pair", "to_write"]
+__all__ = ["FileContent", "files_for", "load", "nodes_own", "pair_files", "read_cert", "read_pair", "to_write",
+           "where_present"]
 T = TypeVar("T")
 
 
@@ -29,7 +30,15 @@ def files_for(pki: engine.PKI, member: str) -> dict[str, FileContent]:
     A CA's ``.crt`` is its trust bundle and ``sa.pub`` every key that verifies tokens: during a rotation,
     consumers trust the old and the new. A single-file CA's ``.crt`` (``ca``) is instead the one CA that
     signs on disk, with its ``.key``: leaves of the new CA carry its cross-signed certificate meanwhile."""
-    return {p.path: FileContent(_content(pki, p, member), p.mode) for p in placement.placements(member)}
+    return {p.path: FileContent(_content(pki, p, member), p.mode) for p in placement.placements(member, pki.planned)}
+
+
+def where_present(out: Path, files: dict[str, FileContent]) -> dict[str, FileContent]:
+    """``files`` less those kubeadm writes on its init node alone (``super-admin.conf``) that ``out`` does
+    not hold: an agent keeps such a file current where it is, and never puts one back once it is moved
+    away (as kubeadm advises), as ``kubeadm certs renew`` does."""
+    optional = {p.path for p in placement.placements("") if p.where is catalog.Where.FIRST_MEMBER}
+    return {path: content for path, content in files.items() if path not in optional or (out / path).exists()}
 
 
 def _content(pki: engine.PKI, found: Placement, member: str) -> bytes:
@@ -47,8 +56,20 @@ def _content(pki: engine.PKI, found: Placement, member: str) -> bytes:
     if found.key is SecretKey.CERTIFICATE:
         return kubeconfig.pem_bundle(pair.certificates)
     leaf = pki.planned[found.component]
-    return kubeconfig.render(server_of(pki.spec, leaf.profile, member), leaf.profile.common_name, pair,
+    return kubeconfig.render(server_of(pki.spec, leaf.profile, member), leaf.identity.common_name, pair,
                              pki.bundle(leaf.issuer))
+
+
+def nodes_own(out: Path, member: str) -> dict[str, str]:
+    """The files no Secret holds that ``out`` holds and render did not write (the kubelet's ``kubelet.conf``,
+    once it points at the client certificate the kubelet rotates itself), by component: they are left as
+    they are."""
+    found = {}
+    for p in placement.placements(member):
+        if p.where is catalog.Where.RENDER_ONLY and p.key is SecretKey.KUBECONFIG and (out / p.path).is_file():
+            if not kubeconfig.is_plain((out / p.path).read_bytes()):
+                found[p.component] = p.path
+    return found
 
 
 def server_of(pki_spec: spec.Spec, profile: catalog.LeafProfile, member: str) -> str:

@@ -75,8 +75,10 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
         raise UserError(f"{out} exists and is not a directory")
     writer.recover(out)  # a render cut short (kill -9) is finished first: it is read before it is written
     existing, unreadable = layout.load(out, chosen, now)
-    forced = {leaf.component: engine.FORCED for leaf in catalog.plan(pki_spec, [chosen])} if force else {}
-    pki = engine.build(pki_spec, existing, now, members=[chosen], force=forced)
+    nodes_own = layout.nodes_own(out, chosen)
+    planned = [leaf for leaf in catalog.plan(pki_spec, [chosen], rendering=True) if leaf.component not in nodes_own]
+    forced = {leaf.component: engine.FORCED for leaf in planned} if force else {}
+    pki = engine.build(pki_spec, existing, now, leaves=planned, force=forced)
 
     keep = {f"{ca.file}.{ext}" for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component in existing.cas
             for ext in ("crt", "key")}
@@ -96,6 +98,7 @@ def render(pki_spec: spec.Spec, out: Path, member: str | None, force: bool, now:
             actions.append((component, "created", ""))
         else:
             actions.append((component, "re-issued", reason))
+    actions += [(component, "kept", f"{path} is the node's own") for component, path in nodes_own.items()]
     sa = catalog.SERVICE_ACCOUNT
     actions.append((sa, *(kept if sa not in pki.issued else ("created", ""))))
     return Outcome(member=chosen, actions=actions, written=written)

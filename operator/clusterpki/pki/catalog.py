@@ -6,18 +6,21 @@ Read a certificate's CN, O, usages, SANs, issuer, kubeadm file and kubeconfig of
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Callable
 from typing import NamedTuple
 
 from clusterpki.pki.certificates import CLIENT_AUTH, SERVER_AUTH, Identity
-from clusterpki.pki.spec import EtcdMember, IPAddress, Spec
+from clusterpki.pki.spec import EtcdMember, IPAddress, Release, Spec
 
 SERVER = (SERVER_AUTH,)
 CLIENT = (CLIENT_AUTH,)
 SERVER_CLIENT = (SERVER_AUTH, CLIENT_AUTH)
 MASTERS = ("system:masters",)
-MEMBER = "<etcd member name>"  # stands for the member's name in the CN column
+CLUSTER_ADMINS = ("kubeadm:cluster-admins",)  # kubeadm binds it to cluster-admin, by a ClusterRoleBinding of that name
+NODES = ("system:nodes",)
+MEMBER = "{member}"  # stands for the member's name in the CN column (kubeadm names the etcd member after its node)
 
 SanRule = Callable[[Spec, EtcdMember | None], tuple[tuple[str, ...], tuple[IPAddress, ...]]]
 
@@ -53,6 +56,41 @@ def etcd_member_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, 
     return _unique([*member.dns_names, *LOOPBACK_NAMES]), _unique([*member.ips, *LOOPBACK_IPS])
 
 
+class Releases(NamedTuple):
+    """The Kubernetes releases for which kubeadm issues a row: from ``since`` up to, not including,
+    ``before``; None is open. A spec without ``kubernetesVersion`` gets the contract's identities, which
+    are kubeadm's before v1.29."""
+
+    since: Release | None = None
+    before: Release | None = None
+
+    def include(self, release: Release | None) -> bool:
+        if release is None:
+            return self.since is None
+        return (self.since is None or release >= self.since) and (self.before is None or release < self.before)
+
+
+# kubeadm v1.29 (KEP-4214) moved admin.conf out of system:masters, into kubeadm:cluster-admins, and added
+# super-admin.conf in system:masters, written by `kubeadm init` alone, to create that group's binding.
+SUPER_ADMIN_SPLIT = Release(1, 29)
+ALWAYS = Releases()
+BEFORE_SPLIT = Releases(before=SUPER_ADMIN_SPLIT)
+SINCE_SPLIT = Releases(since=SUPER_ADMIN_SPLIT)
+
+
+class Where(enum.Enum):
+    """Where a row's material lives."""
+
+    EVERY_MEMBER = "every member"  # in its Secret, and in its files on every member
+    # In its Secret; its file on the first member alone, kubeadm init's node (kubeadm join writes none):
+    # render writes it there, and the agent keeps it current there while it is present (kubeadm advises
+    # moving super-admin.conf away, and renews it only where it is, as the agent does).
+    FIRST_MEMBER = "first member"
+    # In no Secret: render writes it for each member, as kubeadm init and join do; from then on the node's
+    # own software renews it (the kubelet its client certificate), so no agent ever writes it.
+    RENDER_ONLY = "render only"
+
+
 class CAProfile(NamedTuple):
     component: str
     common_name: str
@@ -74,10 +112,15 @@ class LeafProfile(NamedTuple):
     file: str | None = None  # kubeadm's path below DIR, when kubeadm writes a .crt/.key pair
     kubeconfig: str | None = None  # kubeadm's kubeconfig file, when the certificate is a client's login
     local: bool = False  # its kubeconfig reaches the member's own apiserver, when it has an advertiseAddress
+    releases: Releases = ALWAYS  # the kubeadm releases that issue it so
+    where: Where = Where.EVERY_MEMBER
 
     @property
     def per_member(self) -> bool:
-        return self.common_name == MEMBER
+        return MEMBER in self.common_name
+
+    def common_name_of(self, member: EtcdMember | None) -> str:
+        return self.common_name.replace(MEMBER, member.name) if member is not None else self.common_name
 
 
 CERTIFICATE_AUTHORITIES: tuple[CAProfile, ...] = (
@@ -96,10 +139,13 @@ LEAVES: tuple[LeafProfile, ...] = (
     LeafProfile("etcd-server",              "etcd-ca",        MEMBER,                          ( ),     SERVER_CLIENT, etcd_member_sans, file="pki/etcd/server"),
     LeafProfile("etcd-peer",                "etcd-ca",        MEMBER,                          ( ),     SERVER_CLIENT, etcd_member_sans, file="pki/etcd/peer"),
     LeafProfile("etcd-healthcheck-client",  "etcd-ca",        "kube-etcd-healthcheck-client",  ( ),     CLIENT,        no_sans,          file="pki/etcd/healthcheck-client"),
-    LeafProfile("admin",                    "ca",             "kubernetes-admin",              MASTERS, CLIENT,        no_sans,          kubeconfig="admin.conf"),
+    LeafProfile("admin",                    "ca",             "kubernetes-admin",              MASTERS, CLIENT,        no_sans,          kubeconfig="admin.conf", releases=BEFORE_SPLIT),
+    LeafProfile("admin",                    "ca",             "kubernetes-admin",              CLUSTER_ADMINS, CLIENT, no_sans,          kubeconfig="admin.conf", releases=SINCE_SPLIT),
+    LeafProfile("super-admin",              "ca",             "kubernetes-super-admin",        MASTERS, CLIENT,        no_sans,          kubeconfig="super-admin.conf", releases=SINCE_SPLIT, where=Where.FIRST_MEMBER),
     LeafProfile("kube-scheduler",           "ca",             "system:kube-scheduler",         ( ),     CLIENT,        no_sans,          kubeconfig="scheduler.conf", local=True),
     LeafProfile("kube-controller-manager",  "ca",             "system:kube-controller-manager", ( ),    CLIENT,        no_sans,          kubeconfig="controller-manager.conf", local=True),
     LeafProfile("kube-proxy",               "ca",             "system:kube-proxy",             ( ),     CLIENT,        no_sans,          kubeconfig="kube-proxy.conf"),
+    LeafProfile("kubelet",                  "ca",             f"system:node:{MEMBER}",         NODES,   CLIENT,        no_sans,          kubeconfig="kubelet.conf", where=Where.RENDER_ONLY),
 )
 
 # The service-account signing key pair: not a certificate; kubeadm writes pki/sa.key and pki/sa.pub.
@@ -137,11 +183,22 @@ def issuer_of(component: str) -> str | None:
     return profile.issuer if profile else None
 
 
-def plan(spec: Spec, members: list[str] | None = None) -> list[PlannedLeaf]:
-    """The leaves ``spec`` wants, in table order. ``members`` limits per-member rows to those etcd
-    members (``render`` writes one member's pair); None means every member."""
+def rows(release: Release | None) -> tuple[LeafProfile, ...]:
+    """The leaf rows kubeadm issues for ``release`` (None: the contract's, kubeadm's before v1.29)."""
+    return tuple(profile for profile in LEAVES if profile.releases.include(release))
+
+
+def plan(spec: Spec, members: list[str] | None = None, rendering: bool = False) -> list[PlannedLeaf]:
+    """The leaves ``spec`` wants, in table order. ``members`` limits the rows to those etcd members'
+    files (``render`` and an agent write one member's): a per-member row's leaf for each, and a
+    first-member row's only with the first. ``rendering`` adds the rows no Secret holds (render's)."""
     planned = []
-    for profile in LEAVES:
+    first = spec.etcd_members[0].name
+    for profile in rows(spec.kubernetes_version):
+        if profile.where is Where.RENDER_ONLY and not rendering:
+            continue
+        if profile.where is Where.FIRST_MEMBER and members is not None and first not in members:
+            continue
         if not profile.per_member:
             planned.append(PlannedLeaf(profile.component, profile, _identity(profile, spec, None)))
             continue
@@ -155,7 +212,7 @@ def plan(spec: Spec, members: list[str] | None = None) -> list[PlannedLeaf]:
 def _identity(profile: LeafProfile, spec: Spec, member: EtcdMember | None) -> Identity:
     dns_names, ips = profile.sans(spec, member)
     return Identity(
-        common_name=member.name if member is not None else profile.common_name,
+        common_name=profile.common_name_of(member),
         organizations=profile.organizations,
         usages=profile.usages,
         dns_names=dns_names,

@@ -7,7 +7,7 @@ is re-issued only when it has a problem (or when forced), so the engine is idemp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import NamedTuple
@@ -94,16 +94,17 @@ def problem_with(pair: KeyPair, leaf: PlannedLeaf, spec: Spec, issuer: KeyPair, 
     return None
 
 
-def build(spec: Spec, existing: Existing, now: datetime, members: list[str] | None = None,
+def build(spec: Spec, existing: Existing, now: datetime, leaves: Sequence[PlannedLeaf] | None = None,
           force: Mapping[str, Issue] = MappingProxyType({}), renew_due: bool = False) -> PKI:
     """Complete the PKI ``spec`` wants on top of ``existing``.
 
     Existing CAs and the service-account key are kept as they are; the caller has checked them with
     :func:`check_ca`. Each leaf is kept unless it is missing, has a problem, or is named in ``force``
-    (with why). ``members`` limits per-member leaves to those etcd members. With ``renew_due``, leaves
+    (with why). ``leaves`` are the leaves to build (one member's files, as ``render`` plans them); every
+    Secret's by default. With ``renew_due``, leaves
     inside their renewal window are re-issued too (keeping their keys: see :func:`_kept_key`).
     """
-    planned = {leaf.component: leaf for leaf in catalog.plan(spec, members)}
+    planned = {leaf.component: leaf for leaf in (catalog.plan(spec) if leaves is None else leaves)}
     missing_cas = [ca for ca in catalog.CERTIFICATE_AUTHORITIES if ca.component not in existing.cas]
     cas = dict(existing.cas)
     to_issue = {component: issue for component, leaf in planned.items()

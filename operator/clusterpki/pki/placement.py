@@ -10,6 +10,7 @@ CA alone. A kubeconfig is built from its row's pair, its issuer's bundle and the
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from typing import NamedTuple
 
 from clusterpki.pki import catalog
@@ -43,6 +44,7 @@ class Placement(NamedTuple):
     key: SecretKey
     path: str
     mode: int
+    where: catalog.Where = catalog.Where.EVERY_MEMBER
 
     @property
     def holds_certificate(self) -> bool:
@@ -65,23 +67,37 @@ def component_of(profile: catalog.LeafProfile, member: str) -> str:
     return f"{profile.component}-{member}" if profile.per_member else profile.component
 
 
-def placements(member: str) -> tuple[Placement, ...]:
-    """Every file of one member's layout, CAs first, then the leaves in catalog order, then ``sa``."""
+def placements(member: str, leaves: Collection[str] | None = None) -> tuple[Placement, ...]:
+    """Every file of one member's layout, CAs first, then the leaves in catalog order, then ``sa``.
+    ``leaves`` limits the leaves' files to those components' (a PKI's planned leaves); None gives every
+    row's, of every release."""
     found = []
     for ca in catalog.CERTIFICATE_AUTHORITIES:
         found.append(Placement(ca.component, ca.component, SecretKey.BUNDLE, f"{ca.file}.crt", PUBLIC))
         found.append(Placement(ca.component, ca.component, SecretKey.KEY, f"{ca.file}.key", PRIVATE))
     for profile in catalog.LEAVES:
         component = component_of(profile, member)
+        if leaves is not None and component not in leaves:
+            continue
         if profile.file:
-            found.append(Placement(component, profile.component, SecretKey.CERTIFICATE, f"{profile.file}.crt", PUBLIC))
-            found.append(Placement(component, profile.component, SecretKey.KEY, f"{profile.file}.key", PRIVATE))
+            found.append(Placement(component, profile.component, SecretKey.CERTIFICATE, f"{profile.file}.crt", PUBLIC,
+                                   profile.where))
+            found.append(Placement(component, profile.component, SecretKey.KEY, f"{profile.file}.key", PRIVATE,
+                                   profile.where))
         if profile.kubeconfig:
-            found.append(Placement(component, profile.component, SecretKey.KUBECONFIG, profile.kubeconfig, PRIVATE))
+            found.append(Placement(component, profile.component, SecretKey.KUBECONFIG, profile.kubeconfig, PRIVATE,
+                                   profile.where))
     sa_key, sa_pub = catalog.SERVICE_ACCOUNT_FILES
     found.append(Placement(catalog.SERVICE_ACCOUNT, catalog.SERVICE_ACCOUNT, SecretKey.SA_KEY, sa_key, PRIVATE))
     found.append(Placement(catalog.SERVICE_ACCOUNT, catalog.SERVICE_ACCOUNT, SecretKey.SA_PUB, sa_pub, PUBLIC))
-    return tuple(found)
+    return tuple(dict.fromkeys(found))  # a row kubeadm issues differently by release has one set of files
+
+
+def sources(member: str, leaves: Collection[str] | None = None) -> tuple[str, ...]:
+    """The Secret components one member's files come from, in placement order (``leaves`` as for
+    :func:`placements`): none for a file no Secret holds."""
+    return tuple(dict.fromkeys(p.component for p in placements(member, leaves)
+                               if p.where is not catalog.Where.RENDER_ONLY))
 
 
 def authority_files() -> tuple[Placement, ...]:
@@ -91,7 +107,7 @@ def authority_files() -> tuple[Placement, ...]:
 
 def certificate_files(member: str) -> tuple[Placement, ...]:
     """The one file per certificate that holds it: what ``check-expiration`` reads, leaves first."""
-    files = [p for p in placements(member) if p.holds_certificate]
+    files = [p for p in placements(member) if p.holds_certificate and p.where is not catalog.Where.RENDER_ONLY]
     return tuple(sorted((p for p in files if p.row not in catalog.CA_BY_COMPONENT), key=lambda p: p.kubeadm_name)) + \
         tuple(p for p in files if p.row in catalog.CA_BY_COMPONENT)
 

@@ -30,7 +30,7 @@ async def issued() -> World:
 
 def fetched(world: World, member: str = "m1") -> dict[str, StoredSecret | None]:
     found = {}
-    for component in sources(member):
+    for component in sources(spec.from_resource(world.body), member):
         secret = world.secrets.get(f"x-{component}")
         found[component] = StoredSecret.from_object(secret) if secret else None
     return found
@@ -50,7 +50,8 @@ async def test_verified_material_makes_exactly_render_s_files_for_the_member():
     assert x509.load_pem_x509_certificate(files["pki/etcd/server.crt"].data).subject.rfc4514_string() == "CN=m1"
     assert files["pki/ca.key"].mode == 0o600 and files["pki/ca.crt"].mode == 0o644
     assert files["pki/ca.crt"].data == world.data("ca", "ca.crt")
-    assert "etcd-server-m0" not in sources("m1"), "a member never reads another member's etcd keys"
+    assert "etcd-server-m0" not in sources(spec.from_resource(world.body), "m1"), \
+        "a member never reads another member's etcd keys"
 
 
 async def test_a_kubeconfig_is_built_never_taken_from_a_secret():

@@ -32,7 +32,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_layout_is_kubeadm_s(render_into):
     out = render_into(document("x"))
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted([
-        "admin.conf", "controller-manager.conf", "scheduler.conf", "kube-proxy.conf",
+        "admin.conf", "controller-manager.conf", "scheduler.conf", "kube-proxy.conf", "kubelet.conf",
         *[f"pki/{n}.{e}" for n in ("ca", "apiserver", "apiserver-kubelet-client", "apiserver-etcd-client",
                                    "front-proxy-ca", "front-proxy-client") for e in ("crt", "key")],
         "pki/sa.key", "pki/sa.pub",
@@ -237,7 +237,7 @@ def test_check_expiration_marks_missing_files_and_refuses_an_empty_dir(tmp_path,
 def test_the_readme_commands_work_on_the_example(tmp_path):
     result = cli("render", "-f", str(EXAMPLE), "--out", "./pki", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Wrote 26 files of ClusterPKI 'example' to ./pki (etcd member cp-0)." in result.stdout
+    assert "Wrote 27 files of ClusterPKI 'example' to ./pki (etcd member cp-0)." in result.stdout
     assert cli("check-expiration", "--dir", "./pki", cwd=tmp_path).returncode == 0
     assert REPO.joinpath("README.md").read_text().count("clusterpki render -f examples/clusterpki.yaml --out ./pki")
 

@@ -129,7 +129,7 @@ def test_service_account_pair(rendered):
 def test_private_files_are_0600_and_the_rest_0644(rendered):
     _, out = rendered
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 26
+    assert len(files) == 27
     for path in files:
         private = path.suffix in (".key", ".conf")
         assert path.stat().st_mode & 0o777 == (0o600 if private else 0o644), path
