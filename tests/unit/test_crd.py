@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clusterpki.kube import crd
 from clusterpki.pki import durations, spec
 
 from tests.helpers import REPO, document
 from tests.kube import with_schema_defaults
 
-CRD = yaml.safe_load((REPO / "crds/clusterpki.yaml").read_text())
+CRD_TEXT = (REPO / "crds/clusterpki.yaml").read_text()
+CRD = yaml.safe_load(CRD_TEXT)
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 
@@ -98,3 +100,68 @@ def test_every_schema_node_is_made_of_openapi_keys_only():
         if isinstance(node.get("items"), dict):
             walk(node["items"], f"{where}[]")
     walk(SCHEMA, "")
+
+
+def test_the_file_is_the_generator_s_output():
+    """crds/clusterpki.yaml is generated from one table (clusterpki.kube.crd.FIELDS), so a description,
+    default or enum cannot drift from the spec model."""
+    assert CRD_TEXT == crd.text(), f"crds/clusterpki.yaml is not what the generator writes: run {crd.REGENERATE}"
+
+
+def test_the_generator_writes_the_same_text_every_run():
+    assert crd.text() == crd.text()
+    assert "{default}" not in crd.text()
+
+
+def test_every_spec_field_is_described():
+    """Every property under spec, recursively, and a list's items that are objects: kubectl explain shows
+    each one's description."""
+    undescribed = []
+
+    def walk(node: dict, where: str) -> None:
+        if not (isinstance(node.get("description"), str) and node["description"].strip()):
+            undescribed.append(where)
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{where}.{name}")
+        items = node.get("items")
+        if isinstance(items, dict) and (items.get("type") == "object" or "properties" in items):
+            walk(items, f"{where}[]")
+    walk(SCHEMA["properties"]["spec"], "spec")
+    assert undescribed == []
+
+
+def test_the_table_s_fields_are_the_spec_reader_s():
+    """A field in the CRD's table and not in the model's reader (or the other way round) fails here: the
+    apiserver would keep what the operator calls unknown, or prune what it reads."""
+    assert crd.known_fields() == spec._SpecReader._KNOWN
+
+
+def test_the_schema_s_fields_are_the_table_s():
+    found: set[str] = set()
+
+    def walk(node: dict, where: str) -> None:
+        found.add(where)
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{where}.{name}")
+        if isinstance(node.get("items"), dict) and "properties" in node["items"]:
+            walk(node["items"], f"{where}[]")
+    walk(SCHEMA["properties"]["spec"], "spec")
+    assert found == {field.path for field in crd.FIELDS}
+
+
+def test_descriptions_show_the_model_s_defaults():
+    properties = SCHEMA["properties"]["spec"]["properties"]
+    assert properties["clusterDomain"]["description"].endswith("[cluster.local].")
+    assert properties["validity"]["properties"]["ca"]["description"].endswith(
+        f"[{durations.format_spec(spec.Spec(name='x').ca_validity)}].")
+    members = properties["etcd"]["properties"]["members"]["description"]
+    assert "[{name: etcd-0, dnsNames: [localhost], ips: [127.0.0.1]}]" in members
+    serving = properties["kubelet"]["properties"]["servingNames"]["properties"]
+    assert '["{node}": the node\'s own name]' in serving["dnsNames"]["description"]
+    assert serving["maxNames"]["description"].endswith(f"[{spec.DEFAULT_MAX_SERVING_NAMES}].")
+
+
+def test_a_default_missing_from_its_description_is_refused():
+    bare = crd.Field("spec.x", "string", "No default shown.", {"default": "y"})
+    with pytest.raises(ValueError, match="must show its default"):
+        crd.spec_schema([crd.FIELDS[0], bare])

@@ -265,6 +265,8 @@ def from_spec(name: str, raw: Mapping[str, Any], grace: timedelta = DEFAULT_GRAC
 class _SpecReader:
     """Reads one spec mapping field by field, collecting every error instead of stopping at the first."""
 
+    # The fields of each mapping, by path ("[]": a list's items); clusterpki.kube.crd's table gives the CRD the
+    # same fields (a unit test holds them equal).
     _KNOWN = {
         "spec": {
             "clusterDomain", "serviceCIDR", "controlPlaneEndpoint", "apiServer", "etcd",
@@ -272,6 +274,7 @@ class _SpecReader:
         },
         "spec.apiServer": {"certSANs"},
         "spec.etcd": {"members"},
+        "spec.etcd.members[]": {"name", "dnsNames", "ips", "advertiseAddress"},
         "spec.validity": {"ca", "certificate"},
         "spec.kubelet": {"approveClientCSRs", "approveServingCSRs", "signCSRs", "servingNames"},
         "spec.kubelet.servingNames": {"ipRanges", "dnsNames", "maxNames"},
@@ -460,7 +463,7 @@ class _SpecReader:
                 self.fail(here, "must be a mapping with name, dnsNames and ips")
                 continue
             for key in item:
-                if key not in {"name", "dnsNames", "ips", "advertiseAddress"}:
+                if key not in self._KNOWN["spec.etcd.members[]"]:
                     self.fail(f"{here}.{key}", "is not a known field")
             name = item.get("name")
             if not isinstance(name, str) or not name:
