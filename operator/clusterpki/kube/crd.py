@@ -204,8 +204,9 @@ FIELDS: tuple[Field, ...] = (
     _field("spec.kubernetesVersion", "string",
            "The cluster's Kubernetes version (v1.30 or v1.30.2): the certificates follow kubeadm's identities for "
            "it. From v1.29, admin.conf is in the group kubeadm:cluster-admins and super-admin.conf in "
-           "system:masters; unset, admin.conf is in system:masters, as kubeadm issues it before v1.29 "
-           "[unset].",
+           "system:masters (Secret <name>-super-admin; on the first member only); unset, admin.conf is in "
+           "system:masters, as kubeadm issues it before v1.29 [unset]. On a running cluster, create the "
+           "ClusterRoleBinding kubeadm:cluster-admins before moving to v1.29 or later.",
            pattern=r"^v?1\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?$"),
 )
 
