@@ -2,6 +2,9 @@
 keys in PKCS#1, CAs for 10 years, leaves for 1 year, kubeadm's subjects and SANs (its etcd certificates
 carry ``::1``, its apiserver the node name and advertise address), and the kubeconfigs ``admin.conf``,
 ``controller-manager.conf`` and ``scheduler.conf``, but no ``kube-proxy.conf``, which kubeadm does not write.
+With ``node_files``, ``kubelet.conf`` is a bootstrapped kubelet's (it points at the client certificate
+the kubelet rotates) and ``manifests/kube-apiserver.yaml`` names the release's image. From v1.29, as kubeadm (KEP-4214),
+``admin.conf`` is in ``kubeadm:cluster-admins`` and ``kubeadm init``'s node has ``super-admin.conf``.
 Nothing of clusterpki is used to make it."""
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ SERVER, CLIENT, BOTH = "serverAuth", "clientAuth", "serverAuth,clientAuth"
 
 
 def make(out: Path, node: str, advertise: str, endpoint: str, service_ip: str = "10.96.0.1",
-         domain: str = "cluster.local") -> Path:
-    """Write kubeadm's PKI for the control-plane node ``node`` below ``out``; return ``out``."""
+         domain: str = "cluster.local", release: tuple[int, int] = (1, 24), init: bool = True,
+         node_files: bool = False) -> Path:
+    """Write kubeadm ``release``'s PKI for the control-plane node ``node`` below ``out`` (``init``: the node
+    ``kubeadm init`` ran on); return ``out``."""
+    split = release >= (1, 29)
     (out / "pki" / "etcd").mkdir(parents=True, exist_ok=True)
     for file, cn in CAS.items():
         _key(out / f"{file}.key")
@@ -41,7 +47,10 @@ def make(out: Path, node: str, advertise: str, endpoint: str, service_ip: str = 
         ("pki/etcd/server", "pki/etcd/ca", f"/CN={node}", BOTH, etcd_sans),
         ("pki/etcd/peer", "pki/etcd/ca", f"/CN={node}", BOTH, etcd_sans),
         ("pki/etcd/healthcheck-client", "pki/etcd/ca", "/CN=kube-etcd-healthcheck-client", CLIENT, []),
-        ("admin", "pki/ca", "/O=system:masters/CN=kubernetes-admin", CLIENT, []),
+        ("admin", "pki/ca", f"/O={'kubeadm:cluster-admins' if split else 'system:masters'}/CN=kubernetes-admin",
+         CLIENT, []),
+        *([("super-admin", "pki/ca", "/O=system:masters/CN=kubernetes-super-admin", CLIENT, [])] if split and init
+          else []),
         ("controller-manager", "pki/ca", "/CN=system:kube-controller-manager", CLIENT, []),
         ("scheduler", "pki/ca", "/CN=system:kube-scheduler", CLIENT, []),
     ]
@@ -49,13 +58,40 @@ def make(out: Path, node: str, advertise: str, endpoint: str, service_ip: str = 
         _leaf(out, file, ca, subject, usage, sans)
     _key(out / "pki" / "sa.key")
     openssl("rsa", "-in", str(out / "pki" / "sa.key"), "-pubout", "-out", str(out / "pki" / "sa.pub"))
-    for conf, user in (("admin", "kubernetes-admin"), ("controller-manager", "system:kube-controller-manager"),
-                       ("scheduler", "system:kube-scheduler")):
+    logins = [("admin", "kubernetes-admin"), ("controller-manager", "system:kube-controller-manager"),
+              ("scheduler", "system:kube-scheduler"), *([("super-admin", "kubernetes-super-admin")] if split and init
+                                                        else [])]
+    for conf, user in logins:
         _kubeconfig(out, conf, user, f"https://{endpoint}")
-    for conf in ("admin", "controller-manager", "scheduler"):
         for ext in ("crt", "key"):
             (out / f"{conf}.{ext}").unlink()
+    if node_files:
+        _node_files(out, release, f"https://{endpoint}")
     return out
+
+
+def _node_files(out: Path, release: tuple[int, int], server: str) -> None:
+    _kubelet_conf(out, server)
+    (out / "manifests").mkdir(exist_ok=True)
+    (out / "manifests" / "kube-apiserver.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kube-apiserver", "namespace": "kube-system"},
+        "spec": {"containers": [{"name": "kube-apiserver", "command": ["kube-apiserver"],
+                                 "image": f"registry.k8s.io/kube-apiserver:v{release[0]}.{release[1]}.3"}]}}))
+
+
+def _kubelet_conf(out: Path, server: str) -> None:
+    """A bootstrapped kubelet's: its client pair is the file the kubelet rotates."""
+    pem = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+    document = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {
+            "server": server, "certificate-authority-data": base64.b64encode((out / "pki" / "ca.crt").read_bytes()).decode()}}],
+        "users": [{"name": "default-auth", "user": {"client-certificate": pem, "client-key": pem}}],
+        "contexts": [{"name": "default-context", "context": {"cluster": "kubernetes", "user": "default-auth"}}],
+        "current-context": "default-context",
+    }
+    (out / "kubelet.conf").write_text(yaml.safe_dump(document))
+    (out / "kubelet.conf").chmod(0o600)
 
 
 def _key(path: Path) -> None:

@@ -273,10 +273,11 @@ def _print_import(plan: Any, args: argparse.Namespace, resource: dict[str, Any])
     from clusterpki.pki import documents
 
     width = max(len(d.field) for d in plan.derived)
-    value_width = max(len(d.value) for d in plan.derived)
+    shown = {d.field: d.value if d.value is not None else "(unset)" for d in plan.derived}
+    value_width = max(len(v) for v in shown.values())
     print(f"Derived from {', '.join(args.dir)}:")
     for derived in plan.derived:
-        print(f"  {derived.field.ljust(width)}  {derived.value.ljust(value_width)}  {derived.source}")
+        print(f"  {derived.field.ljust(width)}  {shown[derived.field].ljust(value_width)}  {derived.source}")
     print("\nThe ClusterPKI:")
     print("\n".join(f"  {line}" for line in documents.dump(plan.resource).splitlines()))
     print(f"\nSecrets in namespace {args.namespace}:")

@@ -30,7 +30,8 @@ def files_for(pki: engine.PKI, member: str) -> dict[str, FileContent]:
     A CA's ``.crt`` is its trust bundle and ``sa.pub`` every key that verifies tokens: during a rotation,
     consumers trust the old and the new. A single-file CA's ``.crt`` (``ca``) is instead the one CA that
     signs on disk, with its ``.key``: leaves of the new CA carry its cross-signed certificate meanwhile."""
-    return {p.path: FileContent(_content(pki, p, member), p.mode) for p in placement.placements(member, pki.planned)}
+    mine = {leaf.component for leaf in catalog.plan(pki.spec, [member], rendering=True)}.intersection(pki.planned)
+    return {p.path: FileContent(_content(pki, p, member), p.mode) for p in placement.placements(member, mine)}
 
 
 def where_present(out: Path, files: dict[str, FileContent]) -> dict[str, FileContent]:

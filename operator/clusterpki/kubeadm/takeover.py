@@ -8,6 +8,7 @@ Pure: files in, a plan out. The CLI stores the plan (:mod:`clusterpki.kube.takeo
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,11 +18,15 @@ from cryptography import x509
 
 from clusterpki.errors import UserError
 from clusterpki.kubeadm import layout
+from clusterpki.pki import documents
 from clusterpki.pki import catalog, certificates, durations, engine, keys, kubeconfig
 from clusterpki.pki import spec as spec_model
 from clusterpki.pki.certificates import KeyPair
 
 ADMIN_CONF = "admin.conf"
+SUPER_ADMIN_CONF = "super-admin.conf"
+APISERVER_MANIFEST = "manifests/kube-apiserver.yaml"
+_IMAGE_RELEASE = re.compile(r":v?(\d+)\.(\d+)(\.\d+)?(?:[-+@].*)?$")
 CONTROLLER_MANAGER_CONF = "controller-manager.conf"
 APISERVER = "pki/apiserver"
 ETCD_SERVER, ETCD_PEER = "pki/etcd/server", "pki/etcd/peer"
@@ -42,7 +47,7 @@ class Derived(NamedTuple):
     """One spec field, its value, and where it was read."""
 
     field: str
-    value: str
+    value: str | None  # None: left unset
     source: str
 
 
@@ -101,6 +106,10 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
     apiserver_certs = [_read_cert(d / f"{APISERVER}.crt") for d in dirs]
     apiserver = _read_pair(first, APISERVER)
     raw, derived = _spec(server, apiserver_certs, apiserver, cas["ca"].cert, members, service_cidr)
+    release = _release(dirs)
+    if release.value is not None:
+        raw["kubernetesVersion"] = release.value
+    derived.append(release)
     resource = {"apiVersion": spec_model.API_VERSION, "kind": spec_model.KIND,
                 "metadata": {"name": name, "namespace": namespace}, "spec": raw}
     try:
@@ -121,6 +130,49 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
         else:
             left[component] = reason
     return Takeover(resource, derived, pki, taken, left)
+
+
+def _release(dirs: list[Path]) -> Derived:
+    """``kubernetesVersion``, such that the identities are those ``admin.conf`` holds (kubeadm's release,
+    from its apiserver's manifest, when that agrees; the first release that issues them so when it
+    does not); its value is None for the contract's (kubeadm's before v1.29). ``super-admin.conf``, if
+    any, must be the first directory's: kubeadm init's node's, which its agent keeps current."""
+    first = dirs[0]
+    admin = kubeconfig.read((first / ADMIN_CONF).read_bytes())[1].cert
+    found = certificates.identity_of(admin).organizations
+    by_release = {catalog.MASTERS: None, catalog.CLUSTER_ADMINS: catalog.SUPER_ADMIN_SPLIT}
+    if found not in by_release:
+        raise UserError(f"{first / ADMIN_CONF} is in O={','.join(found) or '(none)'}, which no kubeadm release "
+                        f"issues ({catalog.MASTERS[0]} before v1.29, {catalog.CLUSTER_ADMINS[0]} since): taking it "
+                        "over would re-issue it into one of those; nothing was imported")
+    split = by_release[found] is not None
+    elsewhere = [d for d in dirs[1:] if (d / SUPER_ADMIN_CONF).is_file()]
+    if split and elsewhere and not (first / SUPER_ADMIN_CONF).is_file():
+        raise UserError(f"{elsewhere[0] / SUPER_ADMIN_CONF} is kubeadm init's: give its directory first, whose "
+                        "agent keeps it current; nothing was imported")
+    running = _running_release(first)
+    source = f"{ADMIN_CONF} is in {found[0]}"
+    if running is not None and (running[1] >= catalog.SUPER_ADMIN_SPLIT) == split:
+        return Derived("kubernetesVersion", running[0], f"{first.name}/{APISERVER_MANIFEST}'s image; {source}")
+    seen = f" (its apiserver runs {running[0]}, per {APISERVER_MANIFEST})" if running else ""
+    if split:
+        return Derived("kubernetesVersion", str(catalog.SUPER_ADMIN_SPLIT), f"{source}, as from kubeadm v1.29{seen}")
+    return Derived("kubernetesVersion", None, f"{source}, as kubeadm issues it before v1.29{seen}")
+
+
+def _running_release(directory: Path) -> tuple[str, spec_model.Release] | None:
+    """The release the apiserver's static pod runs, from its image tag; None when not found."""
+    try:
+        pod = documents.load((directory / APISERVER_MANIFEST).read_bytes())
+        images = [c.get("image", "") for c in pod["spec"]["containers"]]
+    except (OSError, documents.Error, KeyError, TypeError, AttributeError):
+        return None
+    for image in images:
+        found = _IMAGE_RELEASE.search(image)
+        if found and found.group(1) == "1":
+            text = f"v1.{found.group(2)}{found.group(3) or ''}"
+            return text, spec_model.Release(1, int(found.group(2)))
+    return None
 
 
 def _check_complete(directory: Path) -> None:
@@ -318,7 +370,7 @@ def _leaves(dirs: list[Path], members: list[str]) -> tuple[dict[str, KeyPair], d
     for index, (directory, member) in enumerate(zip(dirs, members, strict=True)):
         for component, files in layout.pair_files(member).items():
             profile = catalog.profile_of(component)
-            if profile is None or (index and not profile.per_member):
+            if profile is None or (index and not profile.per_member) or profile.where is catalog.Where.RENDER_ONLY:
                 continue
             file = next(p.path for p in files if p.holds_certificate)
             origin[component] = str(directory / file) if len(dirs) > 1 else file

@@ -259,3 +259,22 @@ async def test_an_older_clusterpki_no_watch_brought_yet_is_read_afresh_and_nothi
     del world.others["x"]
     await world.reconcile(timedelta(seconds=plan.retry.delay))
     assert world.ready()["status"] == "True", "the older one gone, it issues everything"
+
+
+async def test_moving_to_v1_29_re_issues_admin_into_cluster_admins_and_issues_super_admin():
+    world = World(clusterpki(kubernetesVersion="v1.28"))
+    await world.reconcile()
+    assert "x-super-admin" not in world.secrets
+    assert cert(world, "admin").subject.rfc4514_string() == "CN=kubernetes-admin,O=system:masters"
+    world.body["spec"]["kubernetesVersion"] = "v1.29"
+    world.body["metadata"]["generation"] = world.body["metadata"].get("generation", 1) + 1
+    plan = await world.reconcile()
+    assert set(plan.issued) == {"admin", "super-admin"}, "nothing else changes"
+    assert cert(world, "admin").subject.rfc4514_string() == "CN=kubernetes-admin,O=kubeadm:cluster-admins"
+    assert cert(world, "super-admin").subject.rfc4514_string() == "CN=kubernetes-super-admin,O=system:masters"
+    said = {m.split(" (")[0]: m for _, r, m in world.events if r == "Reissued"}
+    assert "system:masters" in said["Re-issued admin"] and "kubeadm:cluster-admins" in said["Re-issued admin"]
+    found = record.Record.from_status(world.status()["record"])
+    assert found.fingerprint("super-admin") == record.certificate_fingerprint(cert(world, "super-admin"))
+    assert b"kubernetes-super-admin" in world.data("super-admin", "kubeconfig")
+    assert (await world.reconcile(timedelta(hours=1))).writes == ()

@@ -328,3 +328,18 @@ async def test_a_ca_rotation_does_not_move_before_the_nodes_reports_are_listed()
     assert world.status()["caRotation"]["waitingFor"] == "nodes (their reports are not listed yet)"
     await world.reconcile(nodes={})
     assert phase(world) == "Rotating"
+
+
+@pytest.mark.parametrize("target", ["ca", "etcd-ca", "front-proxy-ca", "sa"])
+async def test_a_planned_rotation_says_so_and_never_reads_like_corruption(target):
+    """Each leaf re-issued by a rotation is 'its CA was rotated', never 'not signed by its CA', which is
+    what a leaf of a foreign CA is told (the issue's new user read it as corruption)."""
+    world = await started(rotating_world(), target)
+    for _ in range(6):
+        await world.reconcile(GRACE + timedelta(seconds=1))
+    assert phase(world) == "Completed"
+    messages = [m for _, _, m in world.events]
+    reissued = [m for _, r, m in world.events if r == "Reissued"]
+    assert all(m.endswith(": its CA was rotated") for m in reissued), reissued
+    assert bool(reissued) == (target != "sa")
+    assert not [m for m in messages if "not signed" in m or "Tampered" in m or "does not match" in m], messages

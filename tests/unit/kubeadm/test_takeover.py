@@ -215,3 +215,50 @@ def test_a_member_whose_controllers_reach_its_own_apiserver_keeps_that_address(k
     assert {"apiserver", "kube-controller-manager"} <= set(plan.taken), plan.left
     assert any(d.field == "etcd.members[].advertiseAddress" and d.value == "cp-1=192.0.2.10:6443"
                for d in plan.derived)
+
+
+def test_a_v1_29_directory_keeps_admin_conf_in_cluster_admins_and_takes_super_admin_conf(tmp_path):
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", release=(1, 29),
+                                node_files=True)
+    plan = derive(made)
+    assert plan.resource["spec"]["kubernetesVersion"] == "v1.29.3", "the apiserver's image, which agrees"
+    taken = spec.from_resource(plan.resource)
+    assert taken.kubernetes_version == spec.Release(1, 29)
+    assert {"admin", "super-admin"} <= set(plan.taken) and "admin" not in plan.left, "no re-issue, no escalation"
+    assert plan.origin["super-admin"] == "super-admin.conf"
+    assert not any(c.startswith("kubelet") for c in [*plan.taken, *plan.left]), "the kubelet's own, not ours"
+
+
+def test_a_v1_24_directory_leaves_the_version_to_the_contract_s_identities(tmp_path):
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", node_files=True)
+    plan = derive(made)
+    assert plan.resource["spec"]["kubernetesVersion"] == "v1.24.3"
+    assert "admin" in plan.taken and "super-admin" not in [*plan.taken, *plan.left]
+
+
+def test_a_newer_cluster_whose_admin_conf_kept_system_masters_keeps_it(tmp_path):
+    """KEP-4214 lets an upgraded cluster keep its old admin.conf: import keeps what it finds."""
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", node_files=True)
+    kubeadm_openssl._node_files(made, (1, 30), "https://api.example.com:6443")
+    plan = derive(made)
+    assert "kubernetesVersion" not in plan.resource["spec"] and "admin" in plan.taken
+    said = next(d for d in plan.derived if d.field == "kubernetesVersion")
+    assert said.value is None and "system:masters" in said.source and "v1.30.3" in said.source
+
+
+def test_an_admin_conf_in_a_group_no_kubeadm_issues_is_refused(tmp_path):
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443")
+    kubeadm_openssl._leaf(made, "admin", "pki/ca", "/O=ops/CN=kubernetes-admin", kubeadm_openssl.CLIENT, [])
+    kubeadm_openssl._kubeconfig(made, "admin", "kubernetes-admin", "https://api.example.com:6443")
+    with pytest.raises(UserError, match=r"admin.conf is in O=ops, which no kubeadm release issues"):
+        derive(made)
+
+
+def test_super_admin_conf_must_be_the_first_directory_s(tmp_path):
+    body = document("demo", kubernetesVersion="v1.29",
+                    etcd={"members": [{"name": "cp-0", "ips": ["192.0.2.11"]}, {"name": "cp-1", "ips": ["192.0.2.12"]}]})
+    assert render(tmp_path, tmp_path / "all", body, "--all-members") == 0
+    with pytest.raises(UserError, match=r"cp-0/super-admin.conf is kubeadm init's: give its directory first"):
+        derive(tmp_path / "all/cp-1", tmp_path / "all/cp-0")
+    plan = derive(tmp_path / "all/cp-0", tmp_path / "all/cp-1")
+    assert "super-admin" in plan.taken and plan.left == {}
