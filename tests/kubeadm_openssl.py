@@ -1,10 +1,11 @@
-"""A kubeadm ``/etc/kubernetes`` made with the ``openssl`` CLI alone, the way kubeadm v1.24 lays it out: RSA-2048
+"""A kubeadm ``/etc/kubernetes`` made with the ``openssl`` CLI alone, the way kubeadm lays it out: RSA-2048
 keys in PKCS#1, CAs for 10 years, leaves for 1 year, kubeadm's subjects and SANs (its etcd certificates
 carry ``::1``, its apiserver the node name and advertise address), and the kubeconfigs ``admin.conf``,
 ``controller-manager.conf`` and ``scheduler.conf``, but no ``kube-proxy.conf``, which kubeadm does not write.
 With ``node_files``, ``kubelet.conf`` is a bootstrapped kubelet's (it points at the client certificate
 the kubelet rotates) and ``manifests/kube-apiserver.yaml`` names the release's image. From v1.29, as kubeadm (KEP-4214),
-``admin.conf`` is in ``kubeadm:cluster-admins`` and ``kubeadm init``'s node has ``super-admin.conf``.
+``admin.conf`` and ``apiserver-kubelet-client`` are in ``kubeadm:cluster-admins``, the etcd clients in no
+group (before, all four are in ``system:masters``), and ``kubeadm init``'s node has ``super-admin.conf``.
 Nothing of clusterpki is used to make it."""
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def make(out: Path, node: str, advertise: str, endpoint: str, service_ip: str = 
     """Write kubeadm ``release``'s PKI for the control-plane node ``node`` below ``out`` (``init``: the node
     ``kubeadm init`` ran on); return ``out``."""
     split = release >= (1, 29)
+    admins = "kubeadm:cluster-admins" if split else "system:masters"
+    etcd_clients = "" if split else "/O=system:masters"
     (out / "pki" / "etcd").mkdir(parents=True, exist_ok=True)
     for file, cn in CAS.items():
         _key(out / f"{file}.key")
@@ -41,14 +44,13 @@ def make(out: Path, node: str, advertise: str, endpoint: str, service_ip: str = 
     etcd_sans = [f"DNS:{node}", "DNS:localhost", f"IP:{advertise}", "IP:127.0.0.1", "IP:0:0:0:0:0:0:0:1"]
     leaves = [
         ("pki/apiserver", "pki/ca", "/CN=kube-apiserver", SERVER, apiserver_sans),
-        ("pki/apiserver-kubelet-client", "pki/ca", "/O=system:masters/CN=kube-apiserver-kubelet-client", CLIENT, []),
-        ("pki/apiserver-etcd-client", "pki/etcd/ca", "/CN=kube-apiserver-etcd-client", CLIENT, []),
+        ("pki/apiserver-kubelet-client", "pki/ca", f"/O={admins}/CN=kube-apiserver-kubelet-client", CLIENT, []),
+        ("pki/apiserver-etcd-client", "pki/etcd/ca", f"{etcd_clients}/CN=kube-apiserver-etcd-client", CLIENT, []),
         ("pki/front-proxy-client", "pki/front-proxy-ca", "/CN=front-proxy-client", CLIENT, []),
         ("pki/etcd/server", "pki/etcd/ca", f"/CN={node}", BOTH, etcd_sans),
         ("pki/etcd/peer", "pki/etcd/ca", f"/CN={node}", BOTH, etcd_sans),
-        ("pki/etcd/healthcheck-client", "pki/etcd/ca", "/CN=kube-etcd-healthcheck-client", CLIENT, []),
-        ("admin", "pki/ca", f"/O={'kubeadm:cluster-admins' if split else 'system:masters'}/CN=kubernetes-admin",
-         CLIENT, []),
+        ("pki/etcd/healthcheck-client", "pki/etcd/ca", f"{etcd_clients}/CN=kube-etcd-healthcheck-client", CLIENT, []),
+        ("admin", "pki/ca", f"/O={admins}/CN=kubernetes-admin", CLIENT, []),
         *([("super-admin", "pki/ca", "/O=system:masters/CN=kubernetes-super-admin", CLIENT, [])] if split and init
           else []),
         ("controller-manager", "pki/ca", "/CN=system:kube-controller-manager", CLIENT, []),

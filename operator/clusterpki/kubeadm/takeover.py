@@ -106,7 +106,8 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
     apiserver_certs = [_read_cert(d / f"{APISERVER}.crt") for d in dirs]
     apiserver = _read_pair(first, APISERVER)
     raw, derived = _spec(server, apiserver_certs, apiserver, cas["ca"].cert, members, service_cidr)
-    release = _release(dirs)
+    leaves, unreadable, origin = _leaves(dirs, names)
+    release = _release(dirs, leaves)
     if release.value is not None:
         raw["kubernetesVersion"] = release.value
     derived.append(release)
@@ -117,7 +118,6 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
     except spec_model.SpecError as exc:
         raise UserError(f"the ClusterPKI derived from {first} is not valid: {exc}") from None
 
-    leaves, unreadable, origin = _leaves(dirs, names)
     pki = engine.build(pki_spec, engine.Existing(cas=cas, leaves=leaves, service_account=sa_key), now)
     taken = {ca.component: f"{ca.file}.crt" for ca in catalog.CERTIFICATE_AUTHORITIES}
     taken[catalog.SERVICE_ACCOUNT] = catalog.SERVICE_ACCOUNT_FILES[0]
@@ -132,32 +132,42 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
     return Takeover(resource, derived, pki, taken, left)
 
 
-def _release(dirs: list[Path]) -> Derived:
-    """``kubernetesVersion``, such that the identities are those ``admin.conf`` holds (kubeadm's release,
-    from its apiserver's manifest, when that agrees; the first release that issues them so when it
-    does not); its value is None for the contract's (kubeadm's before v1.29). ``super-admin.conf``, if
-    any, must be the first directory's: kubeadm init's node's, which its agent keeps current."""
+def _release(dirs: list[Path], leaves: dict[str, KeyPair]) -> Derived:
+    """``kubernetesVersion``, such that the identities are those the leaves hold: kubeadm's release, from
+    its apiserver's manifest, when its rows are those; else the contract's (unset), or the last release
+    before kubeadm v1.29 or that release, whichever agrees with more of them. ``admin.conf`` must agree:
+    re-issuing it into another group would change who may do what. ``super-admin.conf``, if any, must be
+    the first directory's: kubeadm init's node's, which its agent keeps current."""
     first = dirs[0]
-    admin = kubeconfig.read((first / ADMIN_CONF).read_bytes())[1].cert
-    found = certificates.identity_of(admin).organizations
-    by_release = {catalog.MASTERS: None, catalog.CLUSTER_ADMINS: catalog.SUPER_ADMIN_SPLIT}
-    if found not in by_release:
-        raise UserError(f"{first / ADMIN_CONF} is in O={','.join(found) or '(none)'}, which no kubeadm release "
-                        f"issues ({catalog.MASTERS[0]} before v1.29, {catalog.CLUSTER_ADMINS[0]} since): taking it "
-                        "over would re-issue it into one of those; nothing was imported")
-    split = by_release[found] is not None
+    found = {c: certificates.identity_of(pair.cert).organizations for c, pair in leaves.items()}
+    running = _running_release(first)
+    candidates = [*([running[1]] if running else []), None, catalog.LAST_BEFORE_SPLIT, catalog.SUPER_ADMIN_SPLIT]
+    agreeing = [(sum(found.get(c) == o for c, o in wanted.items()), -index, release)
+                for index, release in enumerate(candidates)
+                if (wanted := _organizations(release)).get("admin") == found.get("admin")]
+    if not agreeing:
+        raise UserError(f"{first / ADMIN_CONF} is in O={','.join(found.get('admin', ())) or '(none)'}, which no "
+                        f"kubeadm release issues ({catalog.MASTERS[0]} before v1.29, {catalog.CLUSTER_ADMINS[0]} "
+                        "since): taking it over would re-issue it into one of those; nothing was imported")
+    release = max(agreeing, key=lambda a: a[:2])[2]
     elsewhere = [d for d in dirs[1:] if (d / SUPER_ADMIN_CONF).is_file()]
-    if split and elsewhere and not (first / SUPER_ADMIN_CONF).is_file():
+    if release is not None and release >= catalog.SUPER_ADMIN_SPLIT and elsewhere and \
+            not (first / SUPER_ADMIN_CONF).is_file():
         raise UserError(f"{elsewhere[0] / SUPER_ADMIN_CONF} is kubeadm init's: give its directory first, whose "
                         "agent keeps it current; nothing was imported")
-    running = _running_release(first)
-    source = f"{ADMIN_CONF} is in {found[0]}"
-    if running is not None and (running[1] >= catalog.SUPER_ADMIN_SPLIT) == split:
-        return Derived("kubernetesVersion", running[0], f"{first.name}/{APISERVER_MANIFEST}'s image; {source}")
+    source = f"the groups of {ADMIN_CONF} and the client certificates"
     seen = f" (its apiserver runs {running[0]}, per {APISERVER_MANIFEST})" if running else ""
-    if split:
-        return Derived("kubernetesVersion", str(catalog.SUPER_ADMIN_SPLIT), f"{source}, as from kubeadm v1.29{seen}")
-    return Derived("kubernetesVersion", None, f"{source}, as kubeadm issues it before v1.29{seen}")
+    if running and release == running[1]:
+        return Derived("kubernetesVersion", running[0], f"{first.name}/{APISERVER_MANIFEST}'s image; {source} agree")
+    if release is None:
+        return Derived("kubernetesVersion", None, f"{source} are the contract's{seen}")
+    return Derived("kubernetesVersion", str(release), f"{source} are kubeadm's of {release}{seen}")
+
+
+def _organizations(release: spec_model.Release | None) -> dict[str, tuple[str, ...]]:
+    """The O of each shared leaf, as the rows of ``release`` have it."""
+    return {p.component: p.organizations for p in catalog.rows(release)
+            if not p.per_member and p.where is not catalog.Where.RENDER_ONLY}
 
 
 def _running_release(directory: Path) -> tuple[str, spec_model.Release] | None:

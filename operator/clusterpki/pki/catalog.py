@@ -57,25 +57,35 @@ def etcd_member_sans(spec: Spec, member: EtcdMember | None) -> tuple[tuple[str, 
 
 
 class Releases(NamedTuple):
-    """The Kubernetes releases for which kubeadm issues a row: from ``since`` up to, not including,
-    ``before``; None is open. A spec without ``kubernetesVersion`` gets the contract's identities, which
-    are kubeadm's before v1.29."""
+    """The Kubernetes releases for which kubeadm issues a row so: from ``since`` up to, not including,
+    ``before`` (None is open); and whether it is the contract's row, which a spec without
+    ``kubernetesVersion`` gets (the contract's table mixes kubeadm's releases: its etcd clients are
+    v1.29's, its admin and apiserver-kubelet-client earlier ones')."""
 
     since: Release | None = None
     before: Release | None = None
+    contract: bool = True
 
     def include(self, release: Release | None) -> bool:
         if release is None:
-            return self.since is None
+            return self.contract
         return (self.since is None or release >= self.since) and (self.before is None or release < self.before)
 
 
-# kubeadm v1.29 (KEP-4214) moved admin.conf out of system:masters, into kubeadm:cluster-admins, and added
-# super-admin.conf in system:masters, written by `kubeadm init` alone, to create that group's binding.
+# kubeadm v1.29 moved its client certificates out of system:masters: admin.conf (KEP-4214) and
+# apiserver-kubelet-client into kubeadm:cluster-admins, which a ClusterRoleBinding of that name grants
+# cluster-admin, the etcd clients into no group; and added super-admin.conf in system:masters, written by
+# `kubeadm init` alone, to create that binding.
 SUPER_ADMIN_SPLIT = Release(1, 29)
+LAST_BEFORE_SPLIT = Release(1, 28)
 ALWAYS = Releases()
-BEFORE_SPLIT = Releases(before=SUPER_ADMIN_SPLIT)
-SINCE_SPLIT = Releases(since=SUPER_ADMIN_SPLIT)
+BEFORE_SPLIT = Releases(before=SUPER_ADMIN_SPLIT)  # and the contract's
+SINCE_SPLIT = Releases(since=SUPER_ADMIN_SPLIT, contract=False)
+ONLY_BEFORE_SPLIT = Releases(before=SUPER_ADMIN_SPLIT, contract=False)
+SPLIT_AND_CONTRACT = Releases(since=SUPER_ADMIN_SPLIT)
+# From kubeadm v1.33 (ControlPlaneKubeletLocalMode, beta and on), a control-plane node's kubelet.conf
+# reaches its own apiserver, as controller-manager.conf and scheduler.conf do.
+KUBELET_LOCAL = Release(1, 33)
 
 
 class Where(enum.Enum):
@@ -131,21 +141,25 @@ CERTIFICATE_AUTHORITIES: tuple[CAProfile, ...] = (
 )
 
 LEAVES: tuple[LeafProfile, ...] = (
-    #            component                   issuer            CN                               O        usages         SANs              kubeadm file / kubeconfig
-    LeafProfile("apiserver",                "ca",             "kube-apiserver",                ( ),     SERVER,        apiserver_sans,   file="pki/apiserver"),
-    LeafProfile("apiserver-kubelet-client", "ca",             "kube-apiserver-kubelet-client", MASTERS, CLIENT,        no_sans,          file="pki/apiserver-kubelet-client"),
-    LeafProfile("apiserver-etcd-client",    "etcd-ca",        "kube-apiserver-etcd-client",    ( ),     CLIENT,        no_sans,          file="pki/apiserver-etcd-client"),
-    LeafProfile("front-proxy-client",       "front-proxy-ca", "front-proxy-client",            ( ),     CLIENT,        no_sans,          file="pki/front-proxy-client"),
-    LeafProfile("etcd-server",              "etcd-ca",        MEMBER,                          ( ),     SERVER_CLIENT, etcd_member_sans, file="pki/etcd/server"),
-    LeafProfile("etcd-peer",                "etcd-ca",        MEMBER,                          ( ),     SERVER_CLIENT, etcd_member_sans, file="pki/etcd/peer"),
-    LeafProfile("etcd-healthcheck-client",  "etcd-ca",        "kube-etcd-healthcheck-client",  ( ),     CLIENT,        no_sans,          file="pki/etcd/healthcheck-client"),
-    LeafProfile("admin",                    "ca",             "kubernetes-admin",              MASTERS, CLIENT,        no_sans,          kubeconfig="admin.conf", releases=BEFORE_SPLIT),
-    LeafProfile("admin",                    "ca",             "kubernetes-admin",              CLUSTER_ADMINS, CLIENT, no_sans,          kubeconfig="admin.conf", releases=SINCE_SPLIT),
-    LeafProfile("super-admin",              "ca",             "kubernetes-super-admin",        MASTERS, CLIENT,        no_sans,          kubeconfig="super-admin.conf", releases=SINCE_SPLIT, where=Where.FIRST_MEMBER),
-    LeafProfile("kube-scheduler",           "ca",             "system:kube-scheduler",         ( ),     CLIENT,        no_sans,          kubeconfig="scheduler.conf", local=True),
-    LeafProfile("kube-controller-manager",  "ca",             "system:kube-controller-manager", ( ),    CLIENT,        no_sans,          kubeconfig="controller-manager.conf", local=True),
-    LeafProfile("kube-proxy",               "ca",             "system:kube-proxy",             ( ),     CLIENT,        no_sans,          kubeconfig="kube-proxy.conf"),
-    LeafProfile("kubelet",                  "ca",             f"system:node:{MEMBER}",         NODES,   CLIENT,        no_sans,          kubeconfig="kubelet.conf", where=Where.RENDER_ONLY),
+    #            component                   issuer            CN                               O               usages         SANs              kubeadm file / kubeconfig, releases, where
+    LeafProfile("apiserver",                "ca",             "kube-apiserver",                ( ),            SERVER,        apiserver_sans,   file="pki/apiserver"),
+    LeafProfile("apiserver-kubelet-client", "ca",             "kube-apiserver-kubelet-client", MASTERS,        CLIENT,        no_sans,          file="pki/apiserver-kubelet-client", releases=BEFORE_SPLIT),
+    LeafProfile("apiserver-kubelet-client", "ca",             "kube-apiserver-kubelet-client", CLUSTER_ADMINS, CLIENT,        no_sans,          file="pki/apiserver-kubelet-client", releases=SINCE_SPLIT),
+    LeafProfile("apiserver-etcd-client",    "etcd-ca",        "kube-apiserver-etcd-client",    ( ),            CLIENT,        no_sans,          file="pki/apiserver-etcd-client", releases=SPLIT_AND_CONTRACT),
+    LeafProfile("apiserver-etcd-client",    "etcd-ca",        "kube-apiserver-etcd-client",    MASTERS,        CLIENT,        no_sans,          file="pki/apiserver-etcd-client", releases=ONLY_BEFORE_SPLIT),
+    LeafProfile("front-proxy-client",       "front-proxy-ca", "front-proxy-client",            ( ),            CLIENT,        no_sans,          file="pki/front-proxy-client"),
+    LeafProfile("etcd-server",              "etcd-ca",        MEMBER,                          ( ),            SERVER_CLIENT, etcd_member_sans, file="pki/etcd/server"),
+    LeafProfile("etcd-peer",                "etcd-ca",        MEMBER,                          ( ),            SERVER_CLIENT, etcd_member_sans, file="pki/etcd/peer"),
+    LeafProfile("etcd-healthcheck-client",  "etcd-ca",        "kube-etcd-healthcheck-client",  ( ),            CLIENT,        no_sans,          file="pki/etcd/healthcheck-client", releases=SPLIT_AND_CONTRACT),
+    LeafProfile("etcd-healthcheck-client",  "etcd-ca",        "kube-etcd-healthcheck-client",  MASTERS,        CLIENT,        no_sans,          file="pki/etcd/healthcheck-client", releases=ONLY_BEFORE_SPLIT),
+    LeafProfile("admin",                    "ca",             "kubernetes-admin",              MASTERS,        CLIENT,        no_sans,          kubeconfig="admin.conf", releases=BEFORE_SPLIT),
+    LeafProfile("admin",                    "ca",             "kubernetes-admin",              CLUSTER_ADMINS, CLIENT,        no_sans,          kubeconfig="admin.conf", releases=SINCE_SPLIT),
+    LeafProfile("super-admin",              "ca",             "kubernetes-super-admin",        MASTERS,        CLIENT,        no_sans,          kubeconfig="super-admin.conf", releases=SINCE_SPLIT, where=Where.FIRST_MEMBER),
+    LeafProfile("kube-scheduler",           "ca",             "system:kube-scheduler",         ( ),            CLIENT,        no_sans,          kubeconfig="scheduler.conf", local=True),
+    LeafProfile("kube-controller-manager",  "ca",             "system:kube-controller-manager", ( ),           CLIENT,        no_sans,          kubeconfig="controller-manager.conf", local=True),
+    LeafProfile("kube-proxy",               "ca",             "system:kube-proxy",             ( ),            CLIENT,        no_sans,          kubeconfig="kube-proxy.conf"),
+    LeafProfile("kubelet",                  "ca",             f"system:node:{MEMBER}",         NODES,          CLIENT,        no_sans,          kubeconfig="kubelet.conf", releases=Releases(before=KUBELET_LOCAL), where=Where.RENDER_ONLY),
+    LeafProfile("kubelet",                  "ca",             f"system:node:{MEMBER}",         NODES,          CLIENT,        no_sans,          kubeconfig="kubelet.conf", local=True, releases=Releases(since=KUBELET_LOCAL, contract=False), where=Where.RENDER_ONLY),
 )
 
 # The service-account signing key pair: not a certificate; kubeadm writes pki/sa.key and pki/sa.pub.
@@ -184,7 +198,7 @@ def issuer_of(component: str) -> str | None:
 
 
 def rows(release: Release | None) -> tuple[LeafProfile, ...]:
-    """The leaf rows kubeadm issues for ``release`` (None: the contract's, kubeadm's before v1.29)."""
+    """The leaf rows kubeadm issues for ``release`` (None: the contract's)."""
     return tuple(profile for profile in LEAVES if profile.releases.include(release))
 
 

@@ -153,7 +153,7 @@ class Spec(NamedTuple):
     renew_before: timedelta = timedelta(hours=8760) / 3
     kubelet: KubeletPolicy = KubeletPolicy()
     secret_retention: SecretRetention = SecretRetention.RETAIN
-    kubernetes_version: Release | None = None  # None: the contract's identities, kubeadm's before v1.29
+    kubernetes_version: Release | None = None  # None: the contract's identities (catalog.Releases)
     rotation_grace: timedelta = DEFAULT_GRACE  # from the annotation GRACE_ANNOTATION
     token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME  # from the annotation TOKEN_LIFETIME_ANNOTATION
 

@@ -266,10 +266,14 @@ async def test_moving_to_v1_29_re_issues_admin_into_cluster_admins_and_issues_su
     await world.reconcile()
     assert "x-super-admin" not in world.secrets
     assert cert(world, "admin").subject.rfc4514_string() == "CN=kubernetes-admin,O=system:masters"
+    assert cert(world, "apiserver-etcd-client").subject.rfc4514_string() == \
+        "CN=kube-apiserver-etcd-client,O=system:masters", "kubeadm v1.28's"
     world.body["spec"]["kubernetesVersion"] = "v1.29"
     world.body["metadata"]["generation"] = world.body["metadata"].get("generation", 1) + 1
     plan = await world.reconcile()
-    assert set(plan.issued) == {"admin", "super-admin"}, "nothing else changes"
+    assert set(plan.issued) == {"admin", "super-admin", "apiserver-kubelet-client", "apiserver-etcd-client",
+                                "etcd-healthcheck-client"}, "kubeadm v1.29's groups; nothing else changes"
+    assert cert(world, "apiserver-etcd-client").subject.rfc4514_string() == "CN=kube-apiserver-etcd-client"
     assert cert(world, "admin").subject.rfc4514_string() == "CN=kubernetes-admin,O=kubeadm:cluster-admins"
     assert cert(world, "super-admin").subject.rfc4514_string() == "CN=kubernetes-super-admin,O=system:masters"
     said = {m.split(" (")[0]: m for _, r, m in world.events if r == "Reissued"}

@@ -131,10 +131,27 @@ def test_a_bad_kubernetes_version_is_a_spec_error(tmp_path):
 
 
 def test_rows_that_share_a_component_differ_only_by_release():
-    """admin is one Secret and one file whichever release issues it: its rows agree on all else."""
+    """admin is one Secret and one file whichever release issues it: its rows agree on all else, and exactly
+    one of them is each release's (super-admin's is only from v1.29)."""
     for component in {p.component for p in catalog.LEAVES}:
         rows = [p for p in catalog.LEAVES if p.component == component]
-        assert len({p._replace(organizations=(), releases=catalog.ALWAYS) for p in rows}) == 1, component
-        for release in (None, spec.Release(1, 28), spec.Release(1, 29), spec.Release(1, 31)):
-            assert sum(p.releases.include(release) for p in rows) <= 1, (component, release)
+        assert len({p._replace(organizations=(), releases=catalog.ALWAYS, local=False) for p in rows}) == 1, component
+        for release in (None, *(spec.Release(1, minor) for minor in range(20, 40))):
+            assert sum(p.releases.include(release) for p in rows) == (component != "super-admin" or
+                                                                       (release or spec.Release(1, 0)) >= catalog.SUPER_ADMIN_SPLIT), \
+                (component, release)
     assert shutil.which("openssl")
+
+
+@pytest.mark.parametrize("version, server", [(None, "https://api.example.com:6443"),
+                                             ("v1.32", "https://api.example.com:6443"),
+                                             ("v1.33", "https://192.0.2.11:6443")])
+def test_from_v1_33_a_member_s_kubelet_conf_reaches_its_own_apiserver(tmp_path, version, server):
+    """kubeadm's ControlPlaneKubeletLocalMode, beta and on from v1.33: kubelet.conf points at the node's
+    advertise address, as controller-manager.conf does; before, at controlPlaneEndpoint."""
+    members = {"members": [{"name": "cp-0", "ips": ["192.0.2.11"], "advertiseAddress": "192.0.2.11"}]}
+    body = document("x", etcd=members, controlPlaneEndpoint="api.example.com:6443",
+                    **({"kubernetesVersion": version} if version else {}))
+    assert render(tmp_path, tmp_path / "out", body) == 0
+    assert server_of(tmp_path / "out/kubelet.conf") == server
+    assert server_of(tmp_path / "out/controller-manager.conf") == "https://192.0.2.11:6443"

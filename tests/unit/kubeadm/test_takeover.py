@@ -70,8 +70,10 @@ def test_an_openssl_made_kubeadm_directory(kubeadm_dir):
         "controlPlaneEndpoint": "api.example.com:6443", "clusterDomain": "cluster.local",
         "serviceCIDR": "10.96.0.0/12", "apiServer": {"certSANs": ["cp-1", "192.0.2.10"]},
         "etcd": {"members": [{"name": "cp-1", "dnsNames": ["cp-1"], "ips": ["192.0.2.10"]}]},
-        "keyAlgorithm": "RSA-2048", "validity": {"ca": "87600h", "certificate": "8760h"}}
-    assert set(plan.taken) == COMPONENTS - {"kube-proxy"} | {"etcd-server-cp-1", "etcd-peer-cp-1"}
+        "keyAlgorithm": "RSA-2048", "validity": {"ca": "87600h", "certificate": "8760h"},
+        "kubernetesVersion": "v1.28"}
+    assert set(plan.taken) == COMPONENTS - {"kube-proxy"} | {"etcd-server-cp-1", "etcd-peer-cp-1"}, \
+        "the identities of kubeadm before v1.29 (its etcd clients in system:masters) are kept"
     assert plan.left == {"kube-proxy": "it did not exist"}, "kubeadm writes no kube-proxy.conf"
     assert plan.pki.cas["ca"].cert == x509.load_pem_x509_certificate((kubeadm_dir / "pki/ca.crt").read_bytes())
 
@@ -224,7 +226,8 @@ def test_a_v1_29_directory_keeps_admin_conf_in_cluster_admins_and_takes_super_ad
     assert plan.resource["spec"]["kubernetesVersion"] == "v1.29.3", "the apiserver's image, which agrees"
     taken = spec.from_resource(plan.resource)
     assert taken.kubernetes_version == spec.Release(1, 29)
-    assert {"admin", "super-admin"} <= set(plan.taken) and "admin" not in plan.left, "no re-issue, no escalation"
+    assert {"admin", "super-admin", "apiserver-kubelet-client"} <= set(plan.taken), "no re-issue, no escalation"
+    assert plan.left == {"kube-proxy": "it did not exist"}
     assert plan.origin["super-admin"] == "super-admin.conf"
     assert not any(c.startswith("kubelet") for c in [*plan.taken, *plan.left]), "the kubelet's own, not ours"
 
@@ -232,18 +235,32 @@ def test_a_v1_29_directory_keeps_admin_conf_in_cluster_admins_and_takes_super_ad
 def test_a_v1_24_directory_leaves_the_version_to_the_contract_s_identities(tmp_path):
     made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", node_files=True)
     plan = derive(made)
-    assert plan.resource["spec"]["kubernetesVersion"] == "v1.24.3"
-    assert "admin" in plan.taken and "super-admin" not in [*plan.taken, *plan.left]
+    assert plan.resource["spec"]["kubernetesVersion"] == "v1.24.3", "the apiserver's image, which agrees"
+    assert plan.left == {"kube-proxy": "it did not exist"} and "super-admin" not in plan.taken
 
 
-def test_a_newer_cluster_whose_admin_conf_kept_system_masters_keeps_it(tmp_path):
+def test_a_newer_cluster_whose_certificates_are_older_keeps_them(tmp_path):
     """KEP-4214 lets an upgraded cluster keep its old admin.conf: import keeps what it finds."""
     made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", node_files=True)
     kubeadm_openssl._node_files(made, (1, 30), "https://api.example.com:6443")
     plan = derive(made)
-    assert "kubernetesVersion" not in plan.resource["spec"] and "admin" in plan.taken
+    assert plan.resource["spec"]["kubernetesVersion"] == "v1.28" and plan.left == {"kube-proxy": "it did not exist"}
     said = next(d for d in plan.derived if d.field == "kubernetesVersion")
-    assert said.value is None and "system:masters" in said.source and "v1.30.3" in said.source
+    assert "kubeadm's of v1.28" in said.source and "v1.30.3" in said.source
+
+
+def test_an_upgraded_cluster_that_kept_system_masters_for_admin_conf_alone_gets_the_contract_s(tmp_path):
+    """kubeadm's v1.29 upgrade renews the etcd clients into no group; an admin.conf kept in system:masters
+    then leaves the contract's identities, which keep every certificate as it is."""
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443", node_files=True)
+    for file, subject in (("pki/apiserver-etcd-client", "/CN=kube-apiserver-etcd-client"),
+                          ("pki/etcd/healthcheck-client", "/CN=kube-etcd-healthcheck-client")):
+        kubeadm_openssl._leaf(made, file, "pki/etcd/ca", subject, kubeadm_openssl.CLIENT, [])
+    kubeadm_openssl._node_files(made, (1, 30), "https://api.example.com:6443")
+    plan = derive(made)
+    assert "kubernetesVersion" not in plan.resource["spec"] and plan.left == {"kube-proxy": "it did not exist"}
+    said = next(d for d in plan.derived if d.field == "kubernetesVersion")
+    assert said.value is None and "contract" in said.source
 
 
 def test_an_admin_conf_in_a_group_no_kubeadm_issues_is_refused(tmp_path):
