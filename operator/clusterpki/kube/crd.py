@@ -203,10 +203,11 @@ FIELDS: tuple[Field, ...] = (
            default=_MODEL.secret_retention.value, enum=_values(spec.SecretRetention)),
     _field("spec.kubernetesVersion", "string",
            "The cluster's Kubernetes version (v1.30 or v1.30.2): the certificates follow kubeadm's identities for "
-           "it. From v1.29, admin.conf is in the group kubeadm:cluster-admins and super-admin.conf in "
-           "system:masters (Secret <name>-super-admin; on the first member only); unset, admin.conf is in "
-           "system:masters, as kubeadm issues it before v1.29 [unset]. On a running cluster, create the "
-           "ClusterRoleBinding kubeadm:cluster-admins before moving to v1.29 or later.",
+           "it. From v1.29, admin.conf and apiserver-kubelet-client are in the group kubeadm:cluster-admins and "
+           "super-admin.conf (Secret <name>-super-admin; on the first member only) in system:masters; before, "
+           "those and the etcd clients are in system:masters. Unset, the contract's identities [unset]. On a "
+           "running cluster, create the ClusterRoleBinding kubeadm:cluster-admins before moving to v1.29 or "
+           "later.",
            pattern=r"^v?1\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?$"),
 )
 
