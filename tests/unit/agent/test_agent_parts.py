@@ -232,3 +232,43 @@ async def test_each_resync_reads_the_clusterpki_afresh_so_a_quiet_watch_misses_n
         await asyncio.gather(ticking, agent.watching, quiet, return_exceptions=True)
     assert api.gets >= 1 and agent.body["status"]["record"] == world.status()["record"]
     assert quiet.cancelled() and agent.watching is not quiet, "the watch that was behind is replaced"
+
+
+async def test_an_agent_renews_super_admin_conf_on_the_first_member_only_where_it_is(tmp_path):
+    """kubeadm init's node alone has super-admin.conf, and an admin may move it away as kubeadm advises:
+    the first member's agent keeps it current while it is there and never puts it back; no agent writes
+    kubelet.conf, which the kubelet rotates itself."""
+    world = World(clusterpki(kubernetesVersion="v1.29", etcd={"members": [{"name": "m0"}, {"name": "m1"}]}))
+    await world.reconcile()
+
+    class Api:
+        def __init__(self) -> None:
+            self.fetched: list[str] = []
+
+        async def get_or_none(self, what, path):
+            name = path.rsplit("/", 1)[-1]
+            self.fetched.append(name)
+            if "/leases/" in path:
+                return {"metadata": {"name": name, "resourceVersion": "1"}, "spec": {}}
+            return copy.deepcopy(world.secrets.get(name))
+
+        async def request(self, verb, what, method, path, body=None, **_):
+            return body
+
+    async def round_of(member: str, out) -> list[str]:
+        api = Api()
+        agent = Agent(api, "ns", "x", out, member, [], restarters.Command("true"),
+                      Start(world.body, spec.from_resource(world.body)))
+        await agent.round()
+        return api.fetched
+
+    first, other = tmp_path / "m0", tmp_path / "m1"
+    assert "x-super-admin" in await round_of("m0", first)
+    assert "x-super-admin" not in await round_of("m1", other), "a joined member does not even read it"
+    assert (first / "admin.conf").is_file() and not (first / "super-admin.conf").exists(), "never put there"
+    assert not (other / "super-admin.conf").exists() and not (first / "kubelet.conf").exists()
+
+    (first / "super-admin.conf").write_text("an old one, renewed by hand")
+    await round_of("m0", first)
+    written = yaml.safe_load((first / "super-admin.conf").read_text())
+    assert written["users"][0]["name"] == "kubernetes-super-admin", "kept current where it is"
