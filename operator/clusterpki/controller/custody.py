@@ -92,6 +92,26 @@ def judge(seen: Observed, now: datetime) -> Custody:
                    frozenset(seen.record.adopted) | judging.adopted, frozenset(judging.adopted), judging.invalid)
 
 
+def unrecorded_halves(seen: Observed, custody: Custody) -> tuple[str, ...]:
+    """The rotation halves stored with this ClusterPKI's labels that no record (nor claim, nor import)
+    names: nobody's to build on, yet perhaps an earlier ClusterPKI's of the same name (a ``-previous``
+    keeps an old CA's key), so never deleted or overwritten."""
+    return tuple(sorted(c for c, stored in seen.secrets.items()
+                        if secrets.is_rotation(c) and not stored.deleting and c not in custody.trusted
+                        and c not in seen.record.secrets and c not in seen.imported))
+
+
+def holds(component: str, secret: StoredSecret, material: Material) -> bool:
+    """Whether a Secret holds exactly ``material``: the same certificate (or public key) and private key."""
+    try:
+        found = read_material(component, secret)
+    except ValueError:
+        return False
+    mine, theirs = (found.key, material.key) if isinstance(found, KeyPair) and isinstance(material, KeyPair) else \
+        (found, material)
+    return fingerprint(found) == fingerprint(material) and keys.same_public_key(mine, theirs)
+
+
 class _Judging:
     """The verdicts so far, one Secret at a time."""
 

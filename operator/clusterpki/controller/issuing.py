@@ -13,12 +13,13 @@ from typing import Any
 
 from clusterpki.controller import consumers as consumer_reports
 from clusterpki.controller import gates, phases, rotation, settings, status
-from clusterpki.controller.custody import Custody, Material, fingerprint
+from clusterpki.controller.custody import Custody, Material, fingerprint, holds, unrecorded_halves
 from clusterpki.controller.gates import in_the_way, recovering
 from clusterpki.controller.observe import Observed
 from clusterpki.controller.plan import Plan, Write, WriteKind
 from clusterpki.controller.reasons import Event, Reason
-from clusterpki.controller.requests import ABORT, RENEW, ROTATE, Requests, renewal_targets, rotation_target
+from clusterpki.controller.requests import (ABORT, COMPLETE, FORCE, RENEW, ROTATE, Requests, renewal_targets,
+                                            rotation_target)
 from clusterpki.controller.rotation import Phase, Push, Rotation, Trigger
 from clusterpki.controller.wanted import Wanted, wanted_secrets
 from clusterpki.kube import secrets
@@ -44,15 +45,24 @@ class Issuing:
         self.events: list[Event] = [Event.warning(Reason.FOREIGN_SECRET_IGNORED, f"Secret {name} carries the labels "
                                                   "of this ClusterPKI's Secrets but not the name of one: it is ignored")
                                     for name in seen.impostors]
+        self.unrecorded = unrecorded_halves(seen, custody)
+        self.events += [Event.warning(Reason.FOREIGN_SECRET_IGNORED, f"Secret {seen.secrets[c].name} is not on record "
+                                      "(an earlier ClusterPKI of this name left it?): it is ignored and kept, since it "
+                                      "may hold an old CA's key; delete it once you no longer need it")
+                        for c in self.unrecorded]
         self.force: dict[str, Issue] = {}
 
     def plan(self) -> Plan:
         self._renew_request()
         step = self._rotation_step()
-        blocked = [self.seen.strangers[h] for h in (step.halves if step else {}) if h in self.seen.strangers]
+        wants = step.halves if step else {}
+        blocked = [in_the_way(self.seen.strangers[h]) for h in wants if h in self.seen.strangers] + \
+            [f"Secret {self.seen.secrets[h].name} is not on record and may hold an old CA's key, so it is never "
+             "overwritten" for h, material in wants.items()
+             if h in self.unrecorded and not holds(h, self.seen.secrets[h], material)]
         if blocked:
-            return gates.blocked(self.seen, self.now, f"{'; '.join(in_the_way(s) for s in blocked)}: the rotation "
-                                 "cannot go on; remove what is in the way")
+            return gates.blocked(self.seen, self.now, f"{'; '.join(blocked)}: the rotation cannot go on; remove what "
+                                 "is in the way")
         pki = self._build(step)
         wanted = wanted_secrets(self.seen, self.custody, pki, step)
         new_record = _record(wanted, pki, self.custody)
@@ -83,15 +93,27 @@ class Issuing:
         if self.recovering is not None:
             return self._recovery(self.recovering)
         current = self.seen.rotation
-        if current is not None and _old_key_window(current, self.now) and self.pending.rotate is not None:
-            self.events.append(Event.normal(Reason.ROTATION_WAITING, f"{ROTATE}={self.pending.rotate!r} waits until "
-                                            f"{times.format_time(current.old_key_trusted_until)}, when tokens the "
-                                            "old service-account key signed have expired"))
-        if current is None or not (current.active or _old_key_window(current, self.now)):
+        if current is not None and (current.active or _old_key_window(current, self.now)):
+            self._queued(current)
+        else:
             current = self._started() or current
         if current is None:
             return None
         return phases.step(current, self._authority(current.target), self._maker(current.target), self.now)
+
+    def _queued(self, current: Rotation) -> None:
+        """A ``rotate-ca`` value given while a rotation runs (or its old service-account key is still
+        trusted): refused at once when it names no authority, else it waits, and starts once that ends."""
+        value = self.pending.rotate
+        if value is None:
+            return
+        if rotation_target(value)[1] is not None:
+            self._started()  # handled, and told why
+            return
+        why = f"until {times.format_time(current.old_key_trusted_until)}, when tokens the old service-account " \
+              "key signed have expired" if not current.active else \
+              f"for the rotation of {current.target} ({current.phase.value}) to end"
+        self.events.append(Event.normal(Reason.ROTATION_WAITING, f"{ROTATE}={value!r} waits {why}"))
 
     def _recovery(self, target: str) -> phases.Step:
         value = self.pending.rotate
@@ -190,10 +212,12 @@ class Issuing:
         return tuple(sorted(writes, key=lambda w: not w.first))
 
     def _halves_to_delete(self, wanted: dict[str, Wanted], step: phases.Step | None) -> list[str]:
-        """The rotation's spare once moved in, and any half carrying the labels but not on record (it is not
-        the operator's, and must not pass for a rollback copy)."""
-        halves = [c for c in self.seen.secrets if secrets.is_rotation(c) and c not in wanted]
+        """The halves the rotation's step deletes (its spare once moved in, a new CA taken back), and a
+        recorded half whose material is no longer what was issued (nothing of the operator's is left in it,
+        and it must not pass for a rollback copy); never one that no record names, which may be an earlier
+        ClusterPKI's, with an old CA's key."""
         deleting = set(step.delete if step else ())
+        halves = [c for c in self.seen.secrets if secrets.is_rotation(c) and c not in wanted and c not in self.unrecorded]
         return [c for c in halves if c in deleting or c not in self.custody.trusted]
 
     def _new_material(self, writes: tuple[Write, ...], new_record: Record) -> bool:
@@ -285,23 +309,30 @@ class Issuing:
             found["nodesCurrent"] = kubelets.current if kubelets.count else None
         retry = now + timedelta(seconds=settings.RETRY_DELAY)  # due, yet not renewed: no busy loop
         until = moved.old_key_trusted_until if moved else None
+        queued = self.pending.rotate is not None and self.handled.rotate != self.pending.rotate
+        ended = moved is None or not (moved.active or _old_key_window(moved, now))
         wake = [next_renewal if next_renewal > now else retry, step_at, reports.next_stale,
-                until if until is not None and until > now else None]
+                until if until is not None and until > now else None, now if queued and ended else None]
         return found, min(w for w in wake if w is not None)
 
     def _advance(self, step: phases.Step | None, holding_up: str) -> tuple[Rotation | None, datetime | None]:
         if step is None:
             self._abort_refused(self.seen.rotation)
+            self._push_refused("complete", self.seen.rotation)
+            self._push_refused("force", self.seen.rotation)
             return self.seen.rotation, None
         self.events.extend(step.events)
         before = step.rotation
+        if before.phase is not Phase.ROTATING:
+            self._push_refused("complete", before)
         push = Push(complete=self.pending.complete is not None, force=self.pending.force is not None,
                     abort=self.pending.abort is not None)
         moved, step_at, used = rotation.advance(before, self.spec.rotation_grace, self.now, holding_up, push,
                                                 self.spec.token_lifetime)
+        expired = moved.phase is not before.phase  # a force given in a phase is for that phase
         self.handled = self.handled.with_handled(
             complete=self.pending.complete if used.complete else self.handled.complete,
-            force=self.pending.force if used.force else self.handled.force,
+            force=self.pending.force if used.force or expired else self.handled.force,
             abort=self.pending.abort if used.abort else self.handled.abort)
         if not used.abort:
             self._abort_refused(before)
@@ -324,6 +355,18 @@ class Issuing:
             f"the {current.target} key's rotation cannot be taken back" if current.of_service_account else \
             f"the rotation of {current.target} is {current.phase.value}: only Preparing and Rotating can be taken back"
         self.events.append(Event.warning(Reason.INVALID_ROTATION_REQUEST, f"{ABORT}={value!r}: {why}"))
+
+    def _push_refused(self, push: str, current: Rotation | None) -> None:
+        """A ``rotate-ca-complete`` value outside Rotating, or a ``-force`` one with no rotation under way:
+        handled, and said so, once; never kept for a later phase it was not meant for."""
+        value = getattr(self.pending, push)
+        if value is None or getattr(self.handled, push) == value:
+            return
+        self.handled = self.handled.with_handled(**{push: value})
+        why = "no CA rotation is under way" if current is None or not current.active else \
+            f"the rotation of {current.target} is {current.phase.value}: only Rotating can be completed early"
+        annotation = COMPLETE if push == "complete" else FORCE
+        self.events.append(Event.warning(Reason.INVALID_ROTATION_REQUEST, f"{annotation}={value!r}: {why}"))
 
     def _consumer_conditions(self, reports: consumer_reports.Consumers) -> list[dict[str, Any]]:
         seen, now, generation = self.seen, self.now, self.seen.meta.generation

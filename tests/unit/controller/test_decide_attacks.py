@@ -126,3 +126,29 @@ async def test_a_rotation_asked_for_in_the_old_service_account_key_s_window_says
     world.annotate(**{ROTATE: "ca"})
     await world.reconcile()
     assert world.events[-1][1] == "RotationWaiting" and "waits until" in world.events[-1][2]
+
+
+async def test_a_half_no_record_names_is_kept_and_never_overwritten():
+    """Found by a new user: a retained ClusterPKI applied again deleted its -previous, the only copy of
+    the old CA's key. A half no record names may be an earlier ClusterPKI's: it is kept, and a rotation
+    that would write over it waits until it is moved away."""
+    world = World(clusterpki(annotations=GRACE, validity={"ca": "8760h"}))
+    await world.reconcile()
+    old_key = keys.generate(spec.KeyAlgorithm.ECDSA_P256)
+    old_ca = certificates.create_ca("front-proxy-ca", old_key, timedelta(days=300), T0)
+    world.plant("x-front-proxy-ca-previous", {"tls.crt": old_ca.public_bytes(serialization.Encoding.PEM),
+                                              "tls.key": keys.private_pem(old_key)},
+                secrets.labels("x", "front-proxy-ca-previous"))
+    kept = dict(world.secrets["x-front-proxy-ca-previous"]["data"])
+    await world.reconcile()
+    assert world.secrets["x-front-proxy-ca-previous"]["data"] == kept
+    assert any(r == "ForeignSecretIgnored" and "x-front-proxy-ca-previous is not on record" in m
+               for _, r, m in world.events)
+    await rotated(world, "front-proxy-ca")
+    assert world.secrets["x-front-proxy-ca-previous"]["data"] == kept, "never overwritten"
+    assert world.ready()["reason"] == "SecretConflict" and "x-front-proxy-ca-previous is not on record" in \
+        world.ready()["message"]
+    del world.secrets["x-front-proxy-ca-previous"]
+    for _ in range(4):
+        await world.reconcile(timedelta(seconds=31))
+    assert world.status()["caRotation"]["phase"] == "Completed" and world.ready()["status"] == "True"

@@ -343,3 +343,63 @@ async def test_a_planned_rotation_says_so_and_never_reads_like_corruption(target
     assert all(m.endswith(": its CA was rotated") for m in reissued), reissued
     assert bool(reissued) == (target != "sa")
     assert not [m for m in messages if "not signed" in m or "Tampered" in m or "does not match" in m], messages
+
+
+async def test_a_rotation_asked_for_during_another_waits_says_so_and_starts_once_that_ends():
+    """Found by a new user: the second request waited for an unrelated event (a year, at worst)."""
+    world = await started(rotating_world(), "etcd-ca")
+    world.annotate(**{requests.ROTATE: "front-proxy-ca"})
+    await world.reconcile()
+    assert world.events[-1][1:] == ("RotationWaiting", "pki.clusterpki.dev/rotate-ca='front-proxy-ca' waits for the "
+                                                       "rotation of etcd-ca (Preparing) to end")
+    plan = None
+    while phase(world) != "Completed":
+        plan = await world.reconcile(GRACE + timedelta(seconds=1))
+    assert plan is not None and plan.wake_at == world.now, "looked at again at once"
+    await world.reconcile()
+    assert world.status()["caRotation"]["ca"] == "front-proxy-ca" and phase(world) == "Preparing"
+
+
+async def test_a_rotation_of_no_authority_is_refused_at_once_even_during_another():
+    world = await started(rotating_world(), "etcd-ca")
+    world.annotate(**{requests.ROTATE: "etcd"})
+    await world.reconcile()
+    assert world.events[-1][1:] == ("InvalidRotationRequest", "pki.clusterpki.dev/rotate-ca='etcd': 'etcd' is not "
+                                                             "one of ca, etcd-ca, front-proxy-ca, sa")
+    assert world.status()["requests"]["rotate"] == "etcd"
+
+
+async def test_complete_outside_rotating_is_refused_and_never_cuts_a_later_rotating_short():
+    """Found by a new user: a complete given in Preparing fired when Rotating began, which then lasted
+    0.13 s instead of its grace period."""
+    world = await started(rotating_world())
+    world.annotate(**{requests.COMPLETE: "early"})
+    await world.reconcile()
+    assert world.events[-1][1:] == ("InvalidRotationRequest", "pki.clusterpki.dev/rotate-ca-complete='early': the "
+                                    "rotation of ca is Preparing: only Rotating can be completed early")
+    await world.reconcile(GRACE)
+    await world.reconcile()
+    assert phase(world) == "Rotating"
+    await world.reconcile(GRACE / 2)
+    assert phase(world) == "Rotating", "its whole grace period"
+
+
+async def test_complete_or_force_with_no_rotation_under_way_is_told():
+    world = rotating_world()
+    await world.reconcile()
+    world.annotate(**{requests.COMPLETE: "1", requests.FORCE: "1"})
+    await world.reconcile()
+    said = [m for _, r, m in world.events if r == "InvalidRotationRequest"]
+    assert said == ["pki.clusterpki.dev/rotate-ca-complete='1': no CA rotation is under way",
+                    "pki.clusterpki.dev/rotate-ca-force='1': no CA rotation is under way"]
+    assert world.status()["requests"] == {"complete": "1", "force": "1"}
+
+
+async def test_a_force_given_in_one_phase_is_spent_when_that_phase_ends():
+    world = await started(rotating_world())
+    world.annotate(**{requests.FORCE: "now"})
+    await world.reconcile()
+    assert "force" not in (world.status().get("requests") or {}), "Preparing is not over: the force is for it"
+    await world.reconcile(GRACE)
+    assert phase(world) == "Rotating" and world.status()["requests"]["force"] == "now", \
+        "spent with Preparing: it never moves Rotating past consumers"
