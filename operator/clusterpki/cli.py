@@ -19,7 +19,9 @@ USAGE, FAILED = 2, 1  # exit codes: arguments that do not go together (as argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # said with the command's own usage, not the top level's
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if getattr(args, "cluster", False):
             _use_credentials(args)
@@ -70,7 +72,9 @@ def _print_render(name: str, outcome: Any, out: str) -> None:
     width = max(len(component) for component, _, _ in outcome.actions)
     for component, action, detail in outcome.actions:
         print(f"{component.ljust(width)}  {action}{f' ({detail})' if detail else ''}")
-    print(f"Wrote {len(outcome.written)} files of ClusterPKI {name!r} to {out} (etcd member {outcome.member}).")
+    count = len(outcome.written)
+    print(f"Wrote {count} file{'' if count == 1 else 's'} of ClusterPKI {name!r} to {out} (etcd member "
+          f"{outcome.member}).")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -489,7 +493,7 @@ def _parser() -> argparse.ArgumentParser:
         _cluster_flags(commands.choices[name])
     node.add_argument("--context", help="the kubeconfig's context [its current one]")
     for command in commands.choices.values():
-        command.set_defaults(usage=lambda command=command: command.print_usage(sys.stderr))
+        command.set_defaults(usage=lambda command=command: command.print_usage(sys.stderr), parser=command)
     return parser
 
 

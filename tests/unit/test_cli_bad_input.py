@@ -55,7 +55,7 @@ FAILURES = {  # argv (with {placeholders} from files), the line's words
                                               "--kubeconfig /nope.conf: no such file"),
     "renew, KUBECONFIG that is not there": (["renew", "-n", "x", "y"], "KUBECONFIG=/nonexistent/kubeconfig"),
     "renew, a context the kubeconfig lacks": (["renew", "-n", "x", "y", "--kubeconfig", "{unreachable}", "--context",
-                                               "nope"], "(context nope)"),
+                                               "nope"], "(context nope): context 'nope' is not in it (it has x)"),
     "renew, a server that does not answer": (["renew", "-n", "x", "y", "--kubeconfig", "{unreachable}"],
                                              "https://127.0.0.1:1"),
     "import, a directory that is not kubeadm's": (["import", "-n", "x", "y", "--dir", "/nonexistent",
@@ -83,7 +83,7 @@ USAGE = {  # arguments that do not go together: the usage, then one line, exit 2
     "agent-manifests, no namespace anywhere": (["agent-manifests", "-f", "examples/clusterpki.yaml"], "-n"),
     "run, a CSR policy that is not NAMESPACE/NAME": (["run", "--csr-policy", "x", "--kubeconfig", "{unreachable}"],
                                                     "NAMESPACE/NAME"),
-    "an unknown flag": (["render", "-f", "x", "--out", "y", "--outt", "x"], "unrecognized"),
+    "an unknown flag": (["render", "-f", "x", "--out", "y", "--outt", "x"], "clusterpki render: error: unrecognized"),
 }
 
 

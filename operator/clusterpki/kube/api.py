@@ -99,11 +99,24 @@ def load_configuration() -> client.Configuration:
             except config.ConfigException:
                 config.load_kube_config(client_configuration=configuration)
     except config.ConfigException as exc:  # worded by the client: names and paths, never a token or key
-        raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: {exc}") from None
+        raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: "
+                        f"{_missing_context(source, kubeconfig) or exc}") from None
     except Exception as exc:  # unreadable YAML, a missing file...: its text may quote the file, so not shown
         raise UserError(f"cannot load Kubernetes credentials from {source.describe()}: "
                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     return configuration
+
+
+def _missing_context(source: Source, kubeconfig: str | None) -> str | None:
+    """kubectl's words for a ``--context`` the kubeconfig does not have, with the ones it has."""
+    try:
+        contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:  # noqa: BLE001 (unreadable: the client's own words stand)
+        return None
+    names = [c.get("name") for c in contexts or [] if isinstance(c, dict)]
+    if source.context is None or source.context in names:
+        return None
+    return f"context {source.context!r} is not in it (it has {', '.join(map(str, names)) or 'none'})"
 
 
 def configuration_of(kubeconfig: Path, context: str | None = None) -> client.Configuration:

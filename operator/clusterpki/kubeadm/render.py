@@ -119,13 +119,19 @@ def render_members(pki_spec: spec.Spec, out: Path, force: bool, now: datetime) -
     names = [member.name for member in pki_spec.etcd_members]
     first = out / names[0]
     outcomes = [render(pki_spec, first, names[0], force, now)]
+    authorities = {*catalog.CA_BY_COMPONENT, catalog.SERVICE_ACCOUNT}
     for name in names[1:]:
-        _share(first, out / name)
-        outcomes.append(render(pki_spec, out / name, name, force, now))
+        shared = _share(first, out / name)
+        outcome = render(pki_spec, out / name, name, force, now)
+        copied = ("copied", f"from {names[0]}")
+        actions = [(c, *copied) if c in authorities and shared else (c, action, detail)
+                   for c, action, detail in outcome.actions]
+        outcomes.append(outcome._replace(actions=actions, written=[*shared, *outcome.written]))
     return outcomes
 
 
-def _share(source: Path, target: Path) -> None:
+def _share(source: Path, target: Path) -> list[str]:
+    """Copy the shared files of ``source`` that ``target`` lacks; the paths written."""
     files = {}
     for relative in shared_files():
         data = (source / relative).read_bytes()
@@ -135,7 +141,8 @@ def _share(source: Path, target: Path) -> None:
                             "CAs and service-account key; remove it, or render that member apart")
         if not present.exists():
             files[relative] = writer.FileContent(data, (source / relative).stat().st_mode & 0o777)
-    if files:
-        if target.exists() and not target.is_dir():
-            raise UserError(f"{target} exists and is not a directory")
-        writer.write(target, files, set())
+    if not files:
+        return []
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} exists and is not a directory")
+    return writer.write(target, files, set())

@@ -260,6 +260,10 @@ def test_every_member_in_one_run_shares_the_cas_and_the_service_account_key(tmp_
                cwd=REPO)
     assert done.returncode == 0, done.stderr
     first, second = snapshot(tmp_path / "out" / "m0"), snapshot(tmp_path / "out" / "m1")
+    said = done.stdout.split("Wrote ")[1:]
+    assert [line.split(" files")[0] for line in said] == [str(len(first)), str(len(second))], \
+        "each member's count is every file written into it, the shared ones included"
+    assert "ca                        copied (from m0)" in done.stdout.split("(etcd member m0).")[1]
     assert all(first[f] == second[f] for f in shared_files()), "the same CAs and key, modes included"
     server = x509.load_pem_x509_certificate(second["pki/etcd/server.crt"][0])
     ips = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
