@@ -223,3 +223,40 @@ async def test_a_lost_new_ca_restarts_preparing_and_only_the_recorded_ca_is_prom
     found = await api.secrets_of(namespace, "alpha")
     assert serial(found, "ca") == second and serial(found, "ca-previous") == old_ca
     assert_bundle_invariant(found, "ca")
+
+
+async def test_a_rotation_asked_for_during_another_starts_as_soon_as_that_ends(operator, api, namespace):
+    """Found by a new user's hour: the second request waited for an unrelated event."""
+    await api.apply_pki(pki("alpha", namespace))
+    await api.ready(namespace, "alpha")
+    await rotate(api, namespace, "etcd-ca", "2s")
+    await wait_phase(api, namespace, "Preparing")
+    await api.patch("clusterpkis", "alpha", {"metadata": {"annotations": {
+        "pki.clusterpki.dev/rotate-ca": "front-proxy-ca"}}}, namespace)
+    await api.wait_for(lambda: api.has_event(namespace, "RotationWaiting", "pki.clusterpki.dev/rotate-ca='front-proxy-"
+                                             "ca' waits for the rotation of etcd-ca"), what="the RotationWaiting Event")
+
+    async def second_done():
+        rotation = ((await api.get("clusterpkis", "alpha", namespace)).get("status") or {}).get("caRotation") or {}
+        return rotation.get("ca") == "front-proxy-ca" and rotation.get("phase") == "Completed"
+    await api.wait_for(second_done, 40, "the front-proxy-ca rotation, started and done by itself")
+
+
+async def test_a_retained_clusterpki_applied_again_keeps_the_old_ca_s_key(operator, api, namespace):
+    """Found by a new user's hour: applying a retained ClusterPKI again deleted its -previous Secret, the
+    only copy left of the old CA's key."""
+    await api.apply_pki(pki("alpha", namespace))
+    await api.ready(namespace, "alpha")
+    await rotate(api, namespace, "front-proxy-ca", "1s")
+    await wait_phase(api, namespace, "Completed")
+    kept = (await api.secrets_of(namespace, "alpha"))["front-proxy-ca-previous"]["data"]
+    await api.delete("clusterpkis", "alpha", namespace)
+
+    async def gone():
+        return await api.get("clusterpkis", "alpha", namespace) is None
+    await api.wait_for(gone, 30, "the ClusterPKI gone")
+    await api.apply_pki(pki("alpha", namespace))
+    await api.ready(namespace, "alpha")
+    await api.wait_for(lambda: api.has_event(namespace, "ForeignSecretIgnored", "Secret alpha-front-proxy-ca-previous is "
+                                             "not on record", "Warning"), what="the ForeignSecretIgnored Event")
+    assert (await api.secrets_of(namespace, "alpha"))["front-proxy-ca-previous"]["data"] == kept
