@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from clusterpki.kube import reports, resource, secrets, turns
-from clusterpki.pki import placement
+from clusterpki.pki import catalog, placement
 from clusterpki.pki.spec import EtcdMember, Spec
 
 IMAGE = "ghcr.io/clusterpki/clusterpki:0.1.0"
@@ -30,10 +30,11 @@ def agent_name(pki_name: str, member: str) -> str:
     return f"clusterpki-agent-{pki_name}-{member}"
 
 
-def secret_names(pki_name: str, member: str) -> list[str]:
-    """The Secrets one member's files may come from, for any release: what its Role may read (so that a
-    change of ``kubernetesVersion`` or of the first member needs no new Role)."""
-    components = [*placement.sources(member), *placement.old_signers()]
+def secret_names(pki_name: str, member: str, first: bool) -> list[str]:
+    """The Secrets one member's files may come from, for any release (a change of ``kubernetesVersion``
+    needs no new Role): what its Role may read. Only the first member's holds ``super-admin.conf``."""
+    components = [c for c in placement.sources(member) if first or c not in _first_members_only()]
+    components += placement.old_signers()
     return [secrets.secret_name(pki_name, c) for c in components]
 
 
@@ -49,7 +50,7 @@ def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str
         name = agent_name(pki_spec.name, member.name)
         objects += [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, namespace)},
-            _role(pki_spec.name, namespace, member.name, others),
+            _role(pki_spec.name, namespace, member.name, others, member == pki_spec.etcd_members[0]),
             _binding(name, namespace),
             reports.lease(pki_spec.name, namespace, member.name, REPORT_SECONDS),
             _daemon_set(pki_spec, namespace, member, image, directory),
@@ -82,10 +83,14 @@ def _restart_lease(pki_name: str, namespace: str) -> dict[str, Any]:
             "metadata": {"name": turns.lease_name(pki_name), "namespace": namespace}, "spec": {}}
 
 
-def _role(pki_name: str, namespace: str, member: str, others: list[str]) -> dict[str, Any]:
+def _first_members_only() -> set[str]:
+    return {p.component for p in catalog.LEAVES if p.where is catalog.Where.FIRST_MEMBER}
+
+
+def _role(pki_name: str, namespace: str, member: str, others: list[str], first: bool) -> dict[str, Any]:
     own = [reports.lease_name(pki_name, member), turns.lease_name(pki_name)]
     rules = [
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secret_names(pki_name, member),
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secret_names(pki_name, member, first),
          "verbs": ["get"]},
         {"apiGroups": [resource.GROUP], "resources": [resource.PLURAL], "resourceNames": [pki_name],
          "verbs": ["get", "list", "watch"]},

@@ -73,3 +73,16 @@ def test_the_namespace_comes_from_the_file_unless_given(tmp_path):
     neither = _agent_manifests(tmp_path, "-f", str(tmp_path / "p.yaml"))
     said = neither.stderr.splitlines()
     assert neither.returncode == 2 and said[0].startswith("usage:") and "-n" in said[-1], neither.stderr
+
+
+def test_only_the_first_member_s_agent_may_read_the_super_admin_secret():
+    """super-admin.conf is kubeadm init's node's alone; its system:masters credential is read by no other
+    agent, whatever kubernetesVersion (so a change of it needs no new Role)."""
+    members = {"members": [{"name": "m0"}, {"name": "m1"}]}
+    for version in ({}, {"kubernetesVersion": "v1.30"}):
+        objects = manifests.manifests(spec.from_resource(document("p", etcd=members, **version)), "ns")
+        readable = {o["metadata"]["name"]: o["rules"][0]["resourceNames"] for o in objects if o["kind"] == "Role"
+                    and o["metadata"]["name"].startswith("clusterpki-agent-p-")}
+        assert "p-super-admin" in readable["clusterpki-agent-p-m0"]
+        assert "p-super-admin" not in readable["clusterpki-agent-p-m1"]
+        assert not [n for names in readable.values() for n in names if n.startswith("p-kubelet")], "no Secret"
