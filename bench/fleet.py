@@ -15,20 +15,29 @@ from ../shared/k8s) each run in processes of their own. For each count:
 4. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
    reports only new leaf certificates, and the peak RSS during the wave.
+The floor, in the same run and just before (--no-floor to skip): the same number of Secrets, as large
+(one ClusterPKI's Secrets, made by the engine, under other names), created by a lean client from
+precomputed bodies at the operator's concurrency (CONCURRENT_RECONCILES requests at once) on the same
+server; then deleted. The operator's all-Ready time is printed as a ratio to it.
 Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-resume]
-       [--no-wave]
+       [--no-wave] [--no-floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from statistics import median
 from typing import Any
 
+from clusterpki.controller.settings import CONCURRENT_RECONCILES
+from clusterpki.controller.wanted import of_pki
+from clusterpki.kube import secrets
+from clusterpki.pki import engine, spec, times
 from harness import Bench, OperatorProcess, bench, clusterpki, percentile
 
 from tests.kube import GROUP_PATH
@@ -84,6 +93,41 @@ async def issuance(b: Bench, count: int, algorithm: str) -> dict[str, float]:
     return {"all_ready": max(readied.values()) - min(sent.values()), "p50": median(latencies),
             "p99": percentile(latencies, 0.99), "requests": sum(requests.values()) / count,
             "request_kinds": requests, "server_cpu": server_cpu, "operator_cpu": operator_cpu}
+
+
+async def floor(b: Bench, count: int, algorithm: str) -> dict[str, float]:
+    """The Secrets of ``count`` ClusterPKIs, created by a lean client at the operator's concurrency: the
+    time the server itself takes to store them; then they are deleted."""
+    made = engine.build(spec.from_resource(clusterpki("floor", "floor", keyAlgorithm=algorithm)), engine.Existing(),
+                        times.now())
+    namespaces = [f"floor-{i}" for i in range(NAMESPACES)]
+    bodies = []
+    for i in range(count):
+        namespace = namespaces[i % NAMESPACES]
+        for component, wanted in of_pki(made).items():
+            obj = secrets.secret_object(namespace, f"floor-{i}", component, wanted.kind, wanted.data, None, None, False)
+            bodies.append((namespace, json.dumps(obj).encode()))
+    await b.create_namespaces(namespaces)
+    slots = asyncio.Semaphore(CONCURRENT_RECONCILES)
+    headers = {"Content-Type": "application/json"}
+
+    async def create(namespace: str, body: bytes) -> None:
+        async with slots, b.session.post(f"{b.url}/api/v1/namespaces/{namespace}/secrets", data=body,
+                                         headers=headers) as response:
+            if response.status != 201:
+                raise RuntimeError(f"the floor's create got {response.status}: {await response.text()}")
+
+    start = time.monotonic()
+    await asyncio.gather(*(create(namespace, body) for namespace, body in bodies))
+    took = time.monotonic() - start
+
+    async def delete(namespace: str, name: str) -> None:
+        async with slots, b.session.delete(f"{b.url}/api/v1/namespaces/{namespace}/secrets/{name}") as response:
+            response.raise_for_status()
+
+    # gone before the operator's run, so that it competes with nothing
+    await asyncio.gather(*(delete(namespace, json.loads(body)["metadata"]["name"]) for namespace, body in bodies))
+    return {"floor": took, "floor_secrets": len(bodies), "floor_bytes": sum(len(body) for _, body in bodies) / len(bodies)}
 
 
 async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -> float:
@@ -168,11 +212,14 @@ async def wave(b: Bench, count: int) -> dict[str, float]:
 
 
 async def measure(count: int, algorithm: str, steady_seconds: float, with_resume: bool, with_wave: bool,
-                  real: bool) -> dict[str, Any]:
+                  real: bool, with_floor: bool = True) -> dict[str, Any]:
     async with bench(real) as b:
+        lower = await floor(b, count, algorithm) if with_floor else {}
+        if lower:
+            print(f"{count}, floor: {lower}", file=sys.stderr)
         operator = await b.start_operator()
         try:
-            result = await issuance(b, count, algorithm)
+            result = {**lower, **await issuance(b, count, algorithm)}
             result["rss_issuance"] = operator.peak_rss_mb()
             print(f"{count}, issuance: {result}", file=sys.stderr)
             if steady_seconds:
@@ -197,17 +244,20 @@ def main() -> None:
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="skip the restart")
     parser.add_argument("--no-wave", dest="wave", action="store_false", help="skip the renewal wave")
     parser.add_argument("--real", action="store_true", help="on a real control plane (../shared/k8s), not the emulator")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the floor")
     args = parser.parse_args()
     results = []
     for count in args.count:
         results.append((count, asyncio.run(measure(count, args.algorithm, args.steady, args.resume, args.wave,
-                                                   args.real))))
+                                                   args.real, args.floor))))
     print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'})")
-    print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'p50':>8} {'p99':>8} {'requests/PKI':>13} {'peak RSS':>9} "
-          f"{'operator CPU':>13} {'server CPU':>11}")
+    print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'floor':>8} {'ratio':>6} {'p50':>8} {'p99':>8} {'requests/PKI':>13} "
+          f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11}")
     for count, r in results:
-        print(f"{count:>11} {r['all_ready']:>9.1f}s {r['p50']:>7.2f}s {r['p99']:>7.2f}s {r['requests']:>13.1f} "
-              f"{r['rss_issuance']:>6.0f}MiB {r['operator_cpu']:>12.1f}s {r['server_cpu']:>10.1f}s")
+        lower = f"{r['floor']:>7.1f}s {r['all_ready'] / r['floor']:>5.2f}x" if "floor" in r else f"{'-':>8} {'-':>6}"
+        print(f"{count:>11} {r['all_ready']:>9.1f}s {lower} {r['p50']:>7.2f}s {r['p99']:>7.2f}s "
+              f"{r['requests']:>13.1f} {r['rss_issuance']:>6.0f}MiB {r['operator_cpu']:>12.1f}s "
+              f"{r['server_cpu']:>10.1f}s")
     if args.steady:
         print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
         print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8} "

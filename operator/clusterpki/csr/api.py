@@ -12,10 +12,11 @@ SPEC_FIELDS = ("request", "signerName", "usages", "username", "groups", "uid", "
 
 
 class CsrApi(Api):
-    async def decide(self, csr: dict[str, Any]) -> None:
-        """PUT a CSR with its Approved or Denied condition to the ``approval`` subresource."""
+    async def decide(self, csr: dict[str, Any]) -> dict[str, Any]:
+        """PUT a CSR with its Approved or Denied condition to the ``approval`` subresource; the CSR as
+        the API now has it."""
         name = csr["metadata"]["name"]
-        await self.request("decide", f"CSR {name}", "PUT", f"{CSRS}/{name}/approval", _minimal(csr))
+        return await self.request("decide", f"CSR {name}", "PUT", f"{CSRS}/{name}/approval", _minimal(csr))
 
     async def set_certificate(self, csr: dict[str, Any]) -> None:
         """PUT a CSR with ``status.certificate`` to the ``status`` subresource."""

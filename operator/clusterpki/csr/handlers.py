@@ -37,6 +37,7 @@ NODE_RECHECK = 2.0  # seconds between looks at a serving CSR whose Node is not s
 UNSYNCED_RECHECK = 0.5  # seconds before a CSR seen before the first list of Nodes is looked at again
 RETRY_DELAY = 10  # seconds before a failed recheck is tried again
 API_RETRY = 2.0  # seconds before a decision or signature the API did not take is written again
+CSR_RELIST = 60.0  # seconds between fresh lists of the CSRs (see relist)
 LOGGER = logging.getLogger("clusterpki.csr")
 Key = tuple[str, str]  # (namespace, name) of a ClusterPKI
 
@@ -69,6 +70,7 @@ class CsrState:
         self.waiting: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
         self.deciding: set[str] = set()
+        self.signing: set[str] = set()  # signed, or being signed, by this operator: never twice
         self.scheduler = Scheduler(self.recheck, retry_after=RETRY_DELAY)
         self.node_watch = Watch(api, [], "", lambda kind, obj, _: track_node(self, kind, obj), plural="nodes",
                                 metadata_only=False, report_first=True, keep=_metadata)
@@ -113,7 +115,17 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.csr = CsrState(CsrApi(load_configuration(), reload=load_configuration), memo.csr_policy)
-    state.running = asyncio.gather(state.scheduler.run(), state.node_watch.run(), state.csr_watch.run())
+    state.running = asyncio.gather(state.scheduler.run(), state.node_watch.run(), state.csr_watch.run(),
+                                   relist(state))
+
+
+async def relist(state: CsrState, every: float | None = None) -> None:
+    """List the CSRs again every ``CSR_RELIST`` seconds: a watch that stays open and brings nothing (an
+    apiserver behind a load balancer whose cache stopped following etcd) must not leave a node agent's CSR
+    unseen for longer; its node agent waits five minutes."""
+    while True:
+        await asyncio.sleep(every or CSR_RELIST)
+        state.csr_watch.restart("", behind=False)
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -158,6 +170,7 @@ def track_csr(state: CsrState, kind: str, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
     if kind == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
         state.done(name)
+        state.signing.discard(name)
     elif csr.concerns(body):
         state.spawn(decide(state, body))
     elif csr.needs_signature(body):
@@ -190,7 +203,7 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     state.done(name)
     state.deciding.add(name)
     try:
-        await state.api.decide(csr.with_decision(body, decision, now))
+        decided = await state.api.decide(csr.with_decision(body, decision, now))
     except ApiError as exc:  # 409: the CSR changed meanwhile, and its next event brings it back
         LOGGER.warning(f"CSR {name}: could not record {decision.verdict} ({decision.reason}): {exc}")
         _again_unless_settled(state, body, exc)
@@ -201,12 +214,16 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
     CSR_DECISIONS.labels(signer=signer, decision=decision.verdict.value, reason=decision.reason.value).inc()
     LOGGER.info(f"CSR {name} ({signer}, {body['spec'].get('username')}): {decision.verdict.value}, "
                 f"{decision.reason.value}: {decision.message}")
+    if isinstance(decided, dict) and csr.needs_signature(decided):  # not left to the watch, which may be quiet
+        await sign(state, decided)
 
 
 async def sign(state: CsrState, body: dict[str, Any]) -> None:
     """Sign an approved CSR with the policy's CA, if the policy signs and the CSR passes every rule now,
     whoever approved it; one that does not is marked Failed, told in a Warning Event, and counted."""
     name = body["metadata"]["name"]
+    if name in state.signing:  # the approval's answer and the watch both bring an approved CSR
+        return
     now = times.now()
     state.first_seen.setdefault(name, now)
     policy = _policy(state)
@@ -229,14 +246,17 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
     if refused is not None:
         await _refuse(state, body, refused)
         return
+    state.signing.add(name)
     try:
         ca = await _recorded_ca(state)
         if ca is None:  # not issued yet, or tampered with: looked at again
+            state.signing.discard(name)
             state.wait(body, RETRY_DELAY)
             return
         certificate = csr.sign(body, ca, policy.spec.cert_validity, times.now())
         await state.api.set_certificate({**body, "status": {**(body.get("status") or {}), "certificate": certificate}})
     except (ApiError, ValueError) as exc:
+        state.signing.discard(name)
         LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
         if isinstance(exc, ApiError):
             _again_unless_settled(state, body, exc)

@@ -49,6 +49,7 @@ class Watch:
         self.index: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self.synced: set[str | None] = set()  # namespaces (None: all) whose first list is done
         self._restart: dict[str | None, asyncio.Event] = {}  # set: list again now (see restart)
+        self._behind: dict[str | None, bool] = {}
 
     def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
         """Every object of the namespace this watch has seen (for a metadata-only watch, their metadata)."""
@@ -61,12 +62,14 @@ class Watch:
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
 
-    def restart(self, namespace: str) -> None:
-        """List again now, and watch from there: a fresh read found the watch of ``namespace`` behind. A
-        watch can stay open and bring nothing, through a load balancer or from an apiserver whose cache
-        stopped following etcd (seen behind HAProxy, across the apiservers' restarts, for ten minutes)."""
+    def restart(self, namespace: str, behind: bool = True) -> None:
+        """List again now, and watch from there: a fresh read found the watch of ``namespace`` behind
+        (``behind``, said in the log), or it is time to make sure it is not. A watch can stay open and
+        bring nothing, through a load balancer or from an apiserver whose cache stopped following etcd
+        (seen behind HAProxy, across the apiservers' restarts, for ten minutes)."""
         key = namespace if namespace in self.namespaces else None
         if key in self._restart:
+            self._behind[key] = behind
             self._restart[key].set()
 
     async def _follow(self, namespace: str | None) -> None:
@@ -84,7 +87,8 @@ class Watch:
                     initial = False
                     self.synced.add(namespace)
                 if await _unless(restart, self._watch_from(path, what, progress)):
-                    LOGGER.info(f"watch {what} was behind a fresh read: listing again")
+                    if self._behind.pop(namespace, True):
+                        LOGGER.info(f"watch {what} was behind a fresh read: listing again")
                     restart.clear()
                     progress[0] = None
                 else:

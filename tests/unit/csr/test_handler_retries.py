@@ -45,3 +45,57 @@ async def test_a_decision_the_api_did_not_take_is_written_again_unless_the_csr_c
     finally:
         await state.scheduler.stop(runner)
     assert api.decided == (["c"] if again else [])
+
+
+async def test_an_approved_csr_is_signed_from_the_approval_s_answer_once_without_waiting_for_the_watch():
+    """Found by the HA proof: the approval of a node agent's CSR was written on its retry, and the CSR
+    watch (through a load balancer, across apiserver restarts) never brought the approved CSR back, so it
+    was never signed. The approval's own answer is signed at once; the watch's copy is not signed again."""
+    import copy
+
+    from clusterpki.csr.rules import ROTATION_SIGNER
+
+    from tests.unit.controller.world import World, clusterpki
+
+    world = World(clusterpki("p", kubelet={"signCSRs": True}))
+    await world.reconcile()
+
+    class Signing:
+        def __init__(self) -> None:
+            self.signed: list[str] = []
+
+        async def decide(self, body):
+            return copy.deepcopy(body)  # the API's answer: the CSR with its condition
+
+        async def secret(self, namespace, name):
+            return copy.deepcopy(world.secrets[name])
+
+        async def set_certificate(self, body):
+            self.signed.append(body["metadata"]["name"])
+
+    api = Signing()
+    state = handlers.CsrState(api, ("ns", "p"))
+    state.policy_body = world.body
+    state.node_watch.synced.add(None)
+    handlers.track_node(state, "ADDED", node_body("node-a", ("node-a",), ("10.0.0.1",)))
+    body = kubelet_csr("agent-1", "node-a", signerName=ROTATION_SIGNER)
+    await handlers.decide(state, body)
+    assert api.signed == ["agent-1"], "signed without any watch event"
+    approved = handlers.csr.with_decision(body, handlers.csr.Decision(handlers.csr.APPROVED,
+                                                                      next(iter(handlers.csr.Reason)), "x"),
+                                          handlers.times.now())
+    assert handlers.csr.needs_signature(approved)
+    handlers.track_csr(state, "MODIFIED", approved)  # the watch's copy, approved and not signed yet
+    await asyncio.gather(*state.tasks)
+    assert api.signed == ["agent-1"], "never signed twice"
+
+
+async def test_the_csrs_are_listed_again_every_so_often_so_a_quiet_watch_leaves_none_unseen():
+    state = state_with(Api([]))
+    restarts = []
+    state.csr_watch.restart = lambda namespace, behind=True: restarts.append((namespace, behind))
+    relisting = asyncio.create_task(handlers.relist(state, every=0.01))
+    await asyncio.sleep(0.1)
+    relisting.cancel()
+    await asyncio.gather(relisting, return_exceptions=True)
+    assert len(restarts) >= 3 and set(restarts) == {("", False)}, "quietly: it was not found behind"
