@@ -325,6 +325,8 @@ class Issuing:
         before = step.rotation
         if before.phase is not Phase.ROTATING:
             self._push_refused("complete", before)
+        if not before.active:  # the sa key's window after its rotation: nothing to push
+            self._push_refused("force", before)
         push = Push(complete=self.pending.complete is not None, force=self.pending.force is not None,
                     abort=self.pending.abort is not None)
         moved, step_at, used = rotation.advance(before, self.spec.rotation_grace, self.now, holding_up, push,

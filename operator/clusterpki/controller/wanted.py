@@ -36,7 +36,7 @@ def of_pki(pki: engine.PKI) -> dict[str, Wanted]:
                                   pki.cas[ca.component]) for ca in catalog.CERTIFICATE_AUTHORITIES}
     for component, leaf in pki.planned.items():
         pair = pki.leaves[component]
-        login = kubeconfig.render(pki.spec.server_url, leaf.profile.common_name, pair, pki.bundle(leaf.issuer)) \
+        login = kubeconfig.render(pki.spec.server_url, leaf.identity.common_name, pair, pki.bundle(leaf.issuer)) \
             if leaf.profile.kubeconfig else None
         found[component] = Wanted(TLS, secrets.tls_data(pair, pki.bundle(leaf.issuer), login), pair)
     found[catalog.SERVICE_ACCOUNT] = Wanted(OPAQUE, secrets.sa_data(pki.service_account, pki.service_account_keys()),

@@ -70,7 +70,7 @@ class CsrState:
         self.waiting: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, Any] = {}  # CSR name -> when this operator first saw it
         self.deciding: set[str] = set()
-        self.signing: set[str] = set()  # signed, or being signed, by this operator: never twice
+        self.signing: set[str] = set()  # CSRs (by uid) signed, or being signed, by this operator: never twice
         self.scheduler = Scheduler(self.recheck, retry_after=RETRY_DELAY)
         self.node_watch = Watch(api, [], "", lambda kind, obj, _: track_node(self, kind, obj), plural="nodes",
                                 metadata_only=False, report_first=True, keep=_metadata)
@@ -170,7 +170,7 @@ def track_csr(state: CsrState, kind: str, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
     if kind == "DELETED" or not (body.get("spec") or {}).get("signerName") in csr.SIGNERS:
         state.done(name)
-        state.signing.discard(name)
+        state.signing.discard(_uid(body))
     elif csr.concerns(body):
         state.spawn(decide(state, body))
     elif csr.needs_signature(body):
@@ -221,8 +221,8 @@ async def decide(state: CsrState, body: dict[str, Any]) -> None:
 async def sign(state: CsrState, body: dict[str, Any]) -> None:
     """Sign an approved CSR with the policy's CA, if the policy signs and the CSR passes every rule now,
     whoever approved it; one that does not is marked Failed, told in a Warning Event, and counted."""
-    name = body["metadata"]["name"]
-    if name in state.signing:  # the approval's answer and the watch both bring an approved CSR
+    name, uid = body["metadata"]["name"], _uid(body)
+    if uid in state.signing:  # the approval's answer and the watch both bring an approved CSR
         return
     now = times.now()
     state.first_seen.setdefault(name, now)
@@ -246,22 +246,31 @@ async def sign(state: CsrState, body: dict[str, Any]) -> None:
     if refused is not None:
         await _refuse(state, body, refused)
         return
-    state.signing.add(name)
+    state.signing.add(uid)
+    signed = False
     try:
         ca = await _recorded_ca(state)
         if ca is None:  # not issued yet, or tampered with: looked at again
-            state.signing.discard(name)
             state.wait(body, RETRY_DELAY)
             return
         certificate = csr.sign(body, ca, policy.spec.cert_validity, times.now())
         await state.api.set_certificate({**body, "status": {**(body.get("status") or {}), "certificate": certificate}})
+        signed = True
     except (ApiError, ValueError) as exc:
-        state.signing.discard(name)
         LOGGER.warning(f"CSR {name}: could not sign it: {exc}")
         if isinstance(exc, ApiError):
             _again_unless_settled(state, body, exc)
         return
+    finally:
+        if not signed:
+            state.signing.discard(uid)
     LOGGER.info(f"CSR {name}: signed with the CA of ClusterPKI {'/'.join(state.policy)}")
+
+
+def _uid(body: dict[str, Any]) -> str:
+    """A CSR's identity across its lives: a kubelet may create one again under the same name."""
+    meta = body["metadata"]
+    return meta.get("uid") or meta["name"]
 
 
 async def _recorded_ca(state: CsrState) -> KeyPair | None:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from clusterpki.kube.resource import GROUP, KIND, PLURAL, VERSION
-from clusterpki.pki import durations, spec
+from clusterpki.pki import catalog, durations, spec
 
 REGENERATE = "PYTHONPATH=operator python -m clusterpki.kube.crd > crds/clusterpki.yaml"
 # In a description: the field's default, written as in a spec; a list's items, so that "[{default}]" reads as
@@ -42,6 +42,7 @@ def _field(path: str, type_: str, description: str, *, list_map_keys: Iterable[s
     return Field(path, type_, description, checks)
 
 
+_SPLIT, _ADMINS, _MASTERS = catalog.SUPER_ADMIN_SPLIT, catalog.CLUSTER_ADMINS[0], catalog.MASTERS[0]
 _MODEL = spec.Spec(name="-")
 _KUBELET = spec.KubeletPolicy()
 _SERVING = spec.ServingNames()
@@ -202,13 +203,12 @@ FIELDS: tuple[Field, ...] = (
            f"garbage collector deletes them with it (adopted CA Secrets excepted) [{DEFAULT}].",
            default=_MODEL.secret_retention.value, enum=_values(spec.SecretRetention)),
     _field("spec.kubernetesVersion", "string",
-           "The cluster's Kubernetes version (v1.30 or v1.30.2): the certificates follow kubeadm's identities for "
-           "it. From v1.29, admin.conf and apiserver-kubelet-client are in the group kubeadm:cluster-admins and "
-           "super-admin.conf (Secret <name>-super-admin; on the first member only) in system:masters; before, "
-           "those and the etcd clients are in system:masters. Unset, the contract's identities [unset]. On a "
-           "running cluster, create the ClusterRoleBinding kubeadm:cluster-admins before moving to v1.29 or "
-           "later.",
-           pattern=r"^v?1\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?$"),
+           f"The cluster's Kubernetes version (v1.30 or v1.30.2): the certificates follow kubeadm's identities for "
+           f"it. From {_SPLIT}, admin.conf and apiserver-kubelet-client are in the group {_ADMINS} and "
+           f"super-admin.conf (Secret <name>-super-admin; on the first member only) in {_MASTERS}; before, "
+           f"those and the etcd clients are in {_MASTERS}. Unset, the contract's identities [unset]. On a "
+           f"running cluster, create the ClusterRoleBinding {_ADMINS} before moving to {_SPLIT} or later.",
+           pattern=f"^{spec.RELEASE_PATTERN}$"),
 )
 
 # The order of a schema node's keys in the file.

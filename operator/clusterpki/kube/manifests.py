@@ -50,7 +50,7 @@ def manifests(pki_spec: Spec, namespace: str, image: str = IMAGE, directory: str
         name = agent_name(pki_spec.name, member.name)
         objects += [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, namespace)},
-            _role(pki_spec.name, namespace, member.name, others, member == pki_spec.etcd_members[0]),
+            _role(pki_spec.name, namespace, member.name, others, member == pki_spec.first_member),
             _binding(name, namespace),
             reports.lease(pki_spec.name, namespace, member.name, REPORT_SECONDS),
             _daemon_set(pki_spec, namespace, member, image, directory),

@@ -26,7 +26,6 @@ from clusterpki.pki.certificates import KeyPair
 ADMIN_CONF = "admin.conf"
 SUPER_ADMIN_CONF = "super-admin.conf"
 APISERVER_MANIFEST = "manifests/kube-apiserver.yaml"
-_IMAGE_RELEASE = re.compile(r":v?(\d+)\.(\d+)(\.\d+)?(?:[-+@].*)?$")
 CONTROLLER_MANAGER_CONF = "controller-manager.conf"
 APISERVER = "pki/apiserver"
 ETCD_SERVER, ETCD_PEER = "pki/etcd/server", "pki/etcd/peer"
@@ -135,20 +134,23 @@ def derive(dirs: list[Path], name: str, namespace: str, now: datetime, service_c
 def _release(dirs: list[Path], leaves: dict[str, KeyPair]) -> Derived:
     """``kubernetesVersion``, such that the identities are those the leaves hold: kubeadm's release, from
     its apiserver's manifest, when its rows are those; else the contract's (unset), or the last release
-    before kubeadm v1.29 or that release, whichever agrees with more of them. ``admin.conf`` must agree:
-    re-issuing it into another group would change who may do what. ``super-admin.conf``, if any, must be
-    the first directory's: kubeadm init's node's, which its agent keeps current."""
+    before kubeadm v1.29 or that release, whichever agrees with more of them. ``admin.conf`` must agree,
+    and none may put a certificate into ``system:masters`` that is not there now: re-issuing would change
+    who may do what. ``super-admin.conf``, if any, must be the first directory's: kubeadm init's node's,
+    which its agent keeps current."""
     first = dirs[0]
     found = {c: certificates.identity_of(pair.cert).organizations for c, pair in leaves.items()}
     running = _running_release(first)
     candidates = [*([running[1]] if running else []), None, catalog.LAST_BEFORE_SPLIT, catalog.SUPER_ADMIN_SPLIT]
     agreeing = [(sum(found.get(c) == o for c, o in wanted.items()), -index, release)
                 for index, release in enumerate(candidates)
-                if (wanted := _organizations(release)).get("admin") == found.get("admin")]
+                if _keeps_privileges(wanted := _organizations(release), found)]
     if not agreeing:
-        raise UserError(f"{first / ADMIN_CONF} is in O={','.join(found.get('admin', ())) or '(none)'}, which no "
-                        f"kubeadm release issues ({catalog.MASTERS[0]} before v1.29, {catalog.CLUSTER_ADMINS[0]} "
-                        "since): taking it over would re-issue it into one of those; nothing was imported")
+        groups = ", ".join(f"{c} O={','.join(found.get(c, ())) or '(none)'}" for c in sorted(found)
+                           if c in ("admin", "apiserver-kubelet-client"))
+        raise UserError(f"{first}: {groups} is what no kubeadm release issues together ({catalog.MASTERS[0]} "
+                        f"before v1.29, {catalog.CLUSTER_ADMINS[0]} since): taking it over would re-issue a "
+                        "certificate into another group; nothing was imported")
     release = max(agreeing, key=lambda a: a[:2])[2]
     elsewhere = [d for d in dirs[1:] if (d / SUPER_ADMIN_CONF).is_file()]
     if release is not None and release >= catalog.SUPER_ADMIN_SPLIT and elsewhere and \
@@ -162,6 +164,14 @@ def _release(dirs: list[Path], leaves: dict[str, KeyPair]) -> Derived:
     if release is None:
         return Derived("kubernetesVersion", None, f"{source} are the contract's{seen}")
     return Derived("kubernetesVersion", str(release), f"{source} are kubeadm's of {release}{seen}")
+
+
+def _keeps_privileges(wanted: dict[str, tuple[str, ...]], found: dict[str, tuple[str, ...]]) -> bool:
+    """Whether rows that want ``wanted`` keep admin.conf's group and put nothing into system:masters that
+    is not there now."""
+    escalated = [c for c, groups in wanted.items() if c in found and set(catalog.MASTERS) <= set(groups)
+                 and not set(catalog.MASTERS) <= set(found[c])]
+    return wanted.get("admin") == found.get("admin") and not escalated
 
 
 def _organizations(release: spec_model.Release | None) -> dict[str, tuple[str, ...]]:
@@ -178,10 +188,12 @@ def _running_release(directory: Path) -> tuple[str, spec_model.Release] | None:
     except (OSError, documents.Error, KeyError, TypeError, AttributeError):
         return None
     for image in images:
-        found = _IMAGE_RELEASE.search(image)
-        if found and found.group(1) == "1":
-            text = f"v1.{found.group(2)}{found.group(3) or ''}"
-            return text, spec_model.Release(1, int(found.group(2)))
+        tag = image.split("@")[0].rpartition(":")[2]
+        text = re.split(r"[-+]", tag)[0]  # v1.29.3-rc.0, v1.29.3+build: the release is v1.29
+        try:
+            return f"v{text.removeprefix('v')}", spec_model.Release.parse(text)
+        except ValueError:
+            continue
     return None
 
 

@@ -207,7 +207,7 @@ def plan(spec: Spec, members: list[str] | None = None, rendering: bool = False) 
     files (``render`` and an agent write one member's): a per-member row's leaf for each, and a
     first-member row's only with the first. ``rendering`` adds the rows no Secret holds (render's)."""
     planned = []
-    first = spec.etcd_members[0].name
+    first = spec.first_member.name
     for profile in rows(spec.kubernetes_version):
         if profile.where is Where.RENDER_ONLY and not rendering:
             continue

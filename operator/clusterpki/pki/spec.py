@@ -67,7 +67,8 @@ class SecretRetention(str, enum.Enum):
 
 DEFAULT_BIND_PORT = 6443  # kubeadm's localAPIEndpoint.bindPort
 
-_RELEASE = re.compile(r"v?(1)\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?")
+RELEASE_PATTERN = r"v?(1)\.(0|[1-9][0-9]?)(\.(0|[1-9][0-9]*))?"  # spec.kubernetesVersion, as the CRD checks it too
+_RELEASE = re.compile(RELEASE_PATTERN)
 
 
 class Release(NamedTuple):
@@ -172,10 +173,15 @@ class Spec(NamedTuple):
         """Where every kubeconfig points: ``https://host:port``, with IPv6 hosts bracketed."""
         return https_url(self.endpoint_host, self.endpoint_port)
 
+    @property
+    def first_member(self) -> EtcdMember:
+        """kubeadm init's node: the one member whose files include what ``kubeadm join`` does not write."""
+        return self.etcd_members[0]
+
     def member(self, name: str | None) -> EtcdMember:
         """The named etcd member, or the first one when ``name`` is None."""
         if name is None:
-            return self.etcd_members[0]
+            return self.first_member
         for member in self.etcd_members:
             if member.name == name:
                 return member

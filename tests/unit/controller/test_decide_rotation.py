@@ -403,3 +403,18 @@ async def test_a_force_given_in_one_phase_is_spent_when_that_phase_ends():
     await world.reconcile(GRACE)
     assert phase(world) == "Rotating" and world.status()["requests"]["force"] == "now", \
         "spent with Preparing: it never moves Rotating past consumers"
+
+
+async def test_a_force_or_complete_in_the_old_service_account_key_s_window_is_refused_never_kept():
+    """Found by review: after an sa rotation, while its old key stays trusted, no rotation is active; a
+    force given then was neither used nor refused, and pushed the next rotation's Preparing past consumers."""
+    world = await started(rotating_world(), "sa")
+    for _ in range(4):
+        await world.reconcile(GRACE + timedelta(seconds=1))
+    assert phase(world) == "Completed" and world.status()["caRotation"].get("oldKeyTrustedUntil")
+    world.annotate(**{requests.FORCE: "stale", requests.COMPLETE: "stale"})
+    await world.reconcile()
+    assert world.status()["requests"]["force"] == "stale" and world.status()["requests"]["complete"] == "stale"
+    said = [m for _, r, m in world.events if r == "InvalidRotationRequest"]
+    assert said[-2:] == ["pki.clusterpki.dev/rotate-ca-complete='stale': no CA rotation is under way",
+                         "pki.clusterpki.dev/rotate-ca-force='stale': no CA rotation is under way"]

@@ -89,6 +89,38 @@ async def test_an_approved_csr_is_signed_from_the_approval_s_answer_once_without
     await asyncio.gather(*state.tasks)
     assert api.signed == ["agent-1"], "never signed twice"
 
+    again = copy.deepcopy(body)  # the kubelet's CSR made again under the same name, the old one's DELETED missed
+    again["metadata"]["uid"] = "another"
+    await handlers.decide(state, again)
+    assert api.signed == ["agent-1", "agent-1"], "a CSR of the same name but another life is signed"
+
+    failing = copy.deepcopy(body)
+    failing["metadata"].update(name="agent-2", uid="u2")
+    api.set_certificate = _fails_once(api.set_certificate)
+    handlers.API_RETRY = 0.01
+    runner = asyncio.create_task(state.scheduler.run())
+    try:
+        await handlers.decide(state, failing)
+        for _ in range(50):
+            if "agent-2" in api.signed:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await state.scheduler.stop(runner)
+        handlers.API_RETRY = 2.0
+    assert api.signed[-1] == "agent-2", "a signature the API did not take is not taken for done"
+
+
+def _fails_once(write):
+    failed = []
+
+    async def once(body):
+        if not failed:
+            failed.append(body)
+            raise ApiError("sign", "CSR", 503, "unavailable")
+        await write(body)
+    return once
+
 
 async def test_the_csrs_are_listed_again_every_so_often_so_a_quiet_watch_leaves_none_unseen():
     state = state_with(Api([]))

@@ -267,7 +267,18 @@ def test_an_admin_conf_in_a_group_no_kubeadm_issues_is_refused(tmp_path):
     made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443")
     kubeadm_openssl._leaf(made, "admin", "pki/ca", "/O=ops/CN=kubernetes-admin", kubeadm_openssl.CLIENT, [])
     kubeadm_openssl._kubeconfig(made, "admin", "kubernetes-admin", "https://api.example.com:6443")
-    with pytest.raises(UserError, match=r"admin.conf is in O=ops, which no kubeadm release issues"):
+    with pytest.raises(UserError, match=r"admin O=ops, apiserver-kubelet-client O=system:masters is what no "
+                                        r"kubeadm release issues together"):
+        derive(made)
+
+
+def test_no_certificate_is_taken_into_system_masters_that_is_not_there(tmp_path):
+    """admin.conf in system:masters (kubeadm before v1.29, or the contract) with an apiserver-kubelet-client
+    of v1.29's: every release that keeps admin.conf would re-issue the other into system:masters."""
+    made = kubeadm_openssl.make(tmp_path / "etc", "cp-1", "192.0.2.10", "api.example.com:6443")
+    kubeadm_openssl._leaf(made, "pki/apiserver-kubelet-client", "pki/ca",
+                          "/O=kubeadm:cluster-admins/CN=kube-apiserver-kubelet-client", kubeadm_openssl.CLIENT, [])
+    with pytest.raises(UserError, match=r"apiserver-kubelet-client O=kubeadm:cluster-admins is what no kubeadm"):
         derive(made)
 
 
