@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.controlplane import free_port_block
 from tests.helpers import document, render
 
 pytestmark = pytest.mark.integration
@@ -26,10 +26,6 @@ if not (ETCD and ETCDCTL):
 MEMBERS = ("cp-0", "cp-1")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def etcdctl(endpoints: list[str], pki: Path, client: str, *args: str,
@@ -45,7 +41,8 @@ def etcdctl(endpoints: list[str], pki: Path, client: str, *args: str,
 def cluster(tmp_path_factory) -> Iterator[tuple[list[str], dict[str, Path]]]:
     """Two etcd members, each rendered into its own DIR with --etcd-member, sharing one etcd CA."""
     tmp = tmp_path_factory.mktemp("etcd")
-    ports = {m: (free_port(), free_port()) for m in MEMBERS}
+    base = free_port_block(2 * len(MEMBERS))  # below the ephemeral range: a full run's clients took one once
+    ports = {m: (base + 2 * i, base + 2 * i + 1) for i, m in enumerate(MEMBERS)}
     body = document("etcd-it", etcd={"members": [{"name": m, "ips": ["127.0.0.1"]} for m in MEMBERS]})
     dirs = {m: tmp / m for m in MEMBERS}
     assert render(tmp, dirs["cp-0"], body, "--etcd-member", "cp-0") == 0
