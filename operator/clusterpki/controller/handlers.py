@@ -366,7 +366,7 @@ class Clients:
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._state.secrets.get(namespace, name)
 
-    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]:
+    async def clusterpki_names(self, namespace: str) -> list[str]:
         return await self._state.clusterpkis.names(namespace)
 
     async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:

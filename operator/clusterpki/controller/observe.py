@@ -90,7 +90,7 @@ class Reads(Protocol):
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]: ...
+    async def clusterpki_names(self, namespace: str) -> list[str]: ...
 
     async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -200,9 +200,9 @@ async def _related_afresh(reads: Reads, body: Mapping[str, Any],
     known = {other["metadata"]["name"]: other for other in neighbours}
     found: list[Mapping[str, Any]] = []
     for other in await reads.clusterpki_names(meta["namespace"]):
-        if other["name"] == meta["name"] or not _related(meta["name"], other["name"]):
+        if other == meta["name"] or not _related(meta["name"], other):
             continue
-        fresh = known.get(other["name"]) or await reads.clusterpki(meta["namespace"], other["name"])
+        fresh = known.get(other) or await reads.clusterpki(meta["namespace"], other)
         if fresh is not None:
             found.append(fresh)
     return found

@@ -80,8 +80,8 @@ class World:
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.secrets.get(name))
 
-    async def clusterpki_names(self, namespace: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(b["metadata"]) for b in (self.body, *self.others.values())]
+    async def clusterpki_names(self, namespace: str) -> list[str]:
+        return [b["metadata"]["name"] for b in (self.body, *self.others.values())]
 
     async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.others.get(name))
