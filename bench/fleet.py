@@ -117,9 +117,9 @@ async def floor(b: Bench, count: int, algorithm: str) -> dict[str, float]:
             if response.status != 201:
                 raise RuntimeError(f"the floor's create got {response.status}: {await response.text()}")
 
-    start = time.monotonic()
+    start, server_cpu = time.monotonic(), b.server_cpu()
     await asyncio.gather(*(create(namespace, body) for namespace, body in bodies))
-    took = time.monotonic() - start
+    took, server_cpu = time.monotonic() - start, b.server_cpu() - server_cpu
 
     async def delete(namespace: str, name: str) -> None:
         async with slots, b.session.delete(f"{b.url}/api/v1/namespaces/{namespace}/secrets/{name}") as response:
@@ -127,7 +127,8 @@ async def floor(b: Bench, count: int, algorithm: str) -> dict[str, float]:
 
     # gone before the operator's run, so that it competes with nothing
     await asyncio.gather(*(delete(namespace, json.loads(body)["metadata"]["name"]) for namespace, body in bodies))
-    return {"floor": took, "floor_secrets": len(bodies), "floor_bytes": sum(len(body) for _, body in bodies) / len(bodies)}
+    return {"floor": took, "floor_server_cpu": server_cpu, "floor_secrets": len(bodies),
+            "floor_bytes": sum(len(body) for _, body in bodies) / len(bodies)}
 
 
 async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -> float:
@@ -252,12 +253,12 @@ def main() -> None:
                                                    args.real, args.floor))))
     print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'})")
     print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'floor':>8} {'ratio':>6} {'p50':>8} {'p99':>8} {'requests/PKI':>13} "
-          f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11}")
+          f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11} {'floor server CPU':>17}")
     for count, r in results:
         lower = f"{r['floor']:>7.1f}s {r['all_ready'] / r['floor']:>5.2f}x" if "floor" in r else f"{'-':>8} {'-':>6}"
         print(f"{count:>11} {r['all_ready']:>9.1f}s {lower} {r['p50']:>7.2f}s {r['p99']:>7.2f}s "
               f"{r['requests']:>13.1f} {r['rss_issuance']:>6.0f}MiB {r['operator_cpu']:>12.1f}s "
-              f"{r['server_cpu']:>10.1f}s")
+              f"{r['server_cpu']:>10.1f}s {r.get('floor_server_cpu', float('nan')):>16.1f}s")
     if args.steady:
         print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
         print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8} "

@@ -265,15 +265,20 @@ async def _reconcile(state: State, key: Key, body: dict[str, Any], logger: loggi
 async def _decided(state: State, key: Key, body: dict[str, Any], clients: Clients) -> tuple[Observed, Plan]:
     """What was observed, and the plan for it; a read that failed is the plan to report it."""
     neighbours = [b for (namespace, _), b in state.bodies.items() if namespace == key[0] and b is not body]
-    try:
-        seen = await observe(clients, body, neighbours, await _reports(state, key), state.holder,
-                             _none_stored(state, key), _nodes(state, key))
-    except ApiError as exc:
-        if exc.namespace_terminating:
-            raise
-        seen = view(body, ())
-        return seen, failed(seen, times.now(), Reason.API_ERROR, str(exc), Retry(settings.RETRY_DELAY, str(exc)))
-    return seen, await asyncio.to_thread(decide, seen, times.now())  # new keys: off the event loop
+    halves = False
+    while True:
+        try:
+            seen = await observe(clients, body, neighbours, await _reports(state, key), state.holder,
+                                 _none_stored(state, key), _nodes(state, key), halves)
+        except ApiError as exc:
+            if exc.namespace_terminating:
+                raise
+            seen = view(body, ())
+            return seen, failed(seen, times.now(), Reason.API_ERROR, str(exc), Retry(settings.RETRY_DELAY, str(exc)))
+        plan = await asyncio.to_thread(decide, seen, times.now())  # new keys: off the event loop
+        if not plan.read_halves or halves:
+            return seen, plan
+        halves = True
 
 
 async def _report(seen: Observed, plan: Plan, logger: logging.LoggerAdapter, clients: Clients,

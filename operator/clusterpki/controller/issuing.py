@@ -56,6 +56,8 @@ class Issuing:
         self._renew_request()
         step = self._rotation_step()
         wants = step.halves if step else {}
+        if not self.seen.halves_read and any(h not in self.seen.secrets for h in wants):
+            return Plan(read_halves=True)
         blocked = [in_the_way(self.seen.strangers[h]) for h in wants if h in self.seen.strangers] + \
             [f"Secret {self.seen.secrets[h].name} is not on record and may hold an old CA's key, so it is never "
              "overwritten" for h, material in wants.items()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -78,6 +78,9 @@ class Observed:
     holder: str = ""  # this operator's identity, for claims
     status: Mapping[str, Any] = field(default_factory=dict)  # as read, to tell whether it changes
     wanted: frozenset[str] = frozenset()  # the components it wants a Secret for, and every rotation half
+    # Whether the names of its missing rotation halves were looked for (strangers there): only once a
+    # rotation would write one (see :func:`observe`)
+    halves_read: bool = True
 
 
 class Reads(Protocol):
@@ -97,10 +100,12 @@ class Reads(Protocol):
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
                   reports: Sequence[Report], holder: str, none_stored: bool = False,
-                  nodes: Mapping[str, str] | None = MappingProxyType({})) -> Observed:
+                  nodes: Mapping[str, str] | None = MappingProxyType({}), halves: bool = False) -> Observed:
     """Read what ``body`` needs and view it. ``none_stored`` (the watch has seen none of its Secrets)
     spares the LIST of a new ClusterPKI's Secrets; a stale watch only means a 409 later, never a
-    second write."""
+    second write. The names of its missing rotation halves are looked for only with ``halves`` (a
+    rotation is to write one: :attr:`Plan.read_halves`) or when one is on record: a ClusterPKI at rest
+    reads nothing but its own Secrets."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     items = [] if none_stored else await reads.list(namespace, name)
@@ -108,8 +113,8 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     if base.spec is None or base.meta.deleting:
         return base
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
-    if not missing:
-        return base
+    if not halves and all(secrets.is_rotation(c) and not _recorded(base, c) for c in missing):
+        return replace(base, halves_read=not missing)
     neighbours = await _related_afresh(reads, body, neighbours)  # before anything is written: who else wants it
     present = await reads.names(namespace)
     fetch = [c for c, n in missing.items() if n in present and _may_be_its_own(c, present[n], name, base)]
@@ -167,6 +172,11 @@ def _wanted(pki_spec: spec.Spec) -> list[str]:
     stranger at one of those names is in the way only of the rotation that writes it)."""
     halves = [f"{target}{suffix}" for target in TARGETS for suffix in (secrets.NEXT, secrets.PREVIOUS)]
     return [*secrets.components(pki_spec), *halves]
+
+
+def _recorded(seen: Observed, component: str) -> bool:
+    """Whether the record, or a claim in flight, names ``component``."""
+    return component in seen.record.secrets or (seen.claim is not None and component in seen.claim.record.secrets)
 
 
 def _may_be_its_own(component: str, found: SecretMeta, name: str, seen: Observed) -> bool:

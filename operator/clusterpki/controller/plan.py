@@ -43,7 +43,9 @@ class Retry:
 class Plan:
     """Writes in order (a claim first when they bring new material), then the status and the Events.
     ``wake_at``: the next look (a renewal, a rotation's step, a report that turns stale); ``retry``:
-    after a transient failure; ``stop``: the ClusterPKI is going away, nothing is written."""
+    after a transient failure; ``stop``: the ClusterPKI is going away, nothing is written;
+    ``read_halves``: a rotation is to write a half whose name was not looked at, so nothing is done
+    until it is observed again with them (:func:`clusterpki.controller.observe.observe`)."""
 
     writes: tuple[Write, ...] = ()
     claim: Claim | None = None
@@ -54,3 +56,4 @@ class Plan:
     retry: Retry | None = None
     issued: Mapping[str, Issue] = field(default_factory=dict)
     stop: str | None = None
+    read_halves: bool = False

@@ -418,3 +418,21 @@ async def test_a_force_or_complete_in_the_old_service_account_key_s_window_is_re
     said = [m for _, r, m in world.events if r == "InvalidRotationRequest"]
     assert said[-2:] == ["pki.clusterpki.dev/rotate-ca-complete='stale': no CA rotation is under way",
                          "pki.clusterpki.dev/rotate-ca-force='stale': no CA rotation is under way"]
+
+
+async def test_a_fleet_at_rest_reads_only_its_own_secrets_and_a_rotation_looks_at_its_halves_names_first():
+    """A ClusterPKI at rest lacks only rotation halves it does not write: it reads its own Secrets and
+    nothing else. A rotation that is to write a half looks at the names first, and a Secret someone else
+    put at that name blocks it, untouched."""
+    world = rotating_world()
+    await world.reconcile()
+    world.reads.clear()
+    await world.reconcile(timedelta(minutes=1))
+    assert world.reads == ["list"], "at rest, nothing but its own Secrets is read"
+    world.plant("x-ca-next", {"tls.crt": b"mallory"}, kind="Opaque")
+    world.annotate(**{requests.ROTATE: "ca"})
+    await world.reconcile()
+    assert world.reads[1:] == ["list", "list", "clusterpki_names", "names"], "the halves' names, read once needed"
+    assert world.reasons()[-1] == "SecretConflict" and "Secret x-ca-next exists and is not managed" in \
+        world.ready()["message"]
+    assert world.data("ca-next", "tls.crt") == b"mallory" and "caRotation" not in world.status()

@@ -45,6 +45,7 @@ class World:
         self.now = T0
         self.plans: list[Plan] = []
         self.others: dict[str, dict[str, Any]] = {}  # other ClusterPKIs of the namespace, which no watch brought
+        self.reads: list[str] = []  # the reads observe made, by name
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -53,8 +54,12 @@ class World:
         """One loop, ``after`` later than the last: observe, decide, apply (and report a failed apply).
         ``nodes``: node -> the revision its node agent reports (None: not listed yet; none by default)."""
         self.now += after
-        seen = await observe(self, copy.deepcopy(self.body), [], reports, holder, nodes={} if nodes is False else nodes)
-        plan = decide(seen, self.now)
+        for halves in (False, True):  # as the handler does: the halves' names are read once a rotation needs them
+            seen = await observe(self, copy.deepcopy(self.body), [], reports, holder,
+                                 nodes={} if nodes is False else nodes, halves=halves)
+            plan = decide(seen, self.now)
+            if not plan.read_halves:
+                break
         applied = await apply(plan, seen.meta, self, seen.status)
         if applied.failure is not None:
             plan = failed(seen, self.now, *applied.failure)
@@ -71,16 +76,19 @@ class World:
     # -- reads ---------------------------------------------------------------------------------
 
     async def list(self, namespace: str, pki_name: str) -> list[dict[str, Any]]:
+        self.reads.append("list")
         return [copy.deepcopy(s) for s in self.secrets.values()
                 if secrets.owner_of(s["metadata"].get("labels") or {}) == pki_name]
 
     async def names(self, namespace: str) -> dict[str, Any]:
+        self.reads.append("names")
         return {name: meta_of(s["metadata"]) for name, s in self.secrets.items()}
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.secrets.get(name))
 
     async def clusterpki_names(self, namespace: str) -> list[str]:
+        self.reads.append("clusterpki_names")
         return [b["metadata"]["name"] for b in (self.body, *self.others.values())]
 
     async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
