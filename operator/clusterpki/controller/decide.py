@@ -3,7 +3,8 @@ keys are made here, so a caller runs it off the event loop for RSA).
 
 A straight pipeline: a ClusterPKI being deleted, or another writer's claim in flight, waits; custody
 (:mod:`clusterpki.controller.custody`) says which stored material it may build on; the gates
-(:mod:`clusterpki.controller.gates`) stop an invalid spec, names in the way and a lost CA or key; and
+(:mod:`clusterpki.controller.gates`) stop an invalid spec, names in the way and a lost CA or key, and
+hold a first write while an older ClusterPKI made the same second may be on its way; and
 issuing (:mod:`clusterpki.controller.issuing`) makes the plan: the Secrets that change, the record to
 commit (claimed first when new material is written), the status, the Events and when to look again.
 """
@@ -29,4 +30,4 @@ def decide(seen: Observed, now: datetime) -> Plan:
     if claim is not None and claim.holder != seen.holder and now - claim.at < CLAIM_TTL:
         return Plan(retry=Retry(settings.CONFLICT_RETRY_DELAY, f"{claim.holder} is writing its Secrets"))
     custody = judge(seen, now) if seen.spec is not None else None
-    return gates.stopped(seen, custody, now) or Issuing(seen, custody, now).plan()
+    return gates.stopped(seen, custody, now) or gates.settling(seen, now) or Issuing(seen, custody, now).plan()

@@ -4,7 +4,7 @@ lost CA or key (unless a ``rotate-ca`` asks to replace it)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from clusterpki.controller import settings
 from clusterpki.controller.custody import Custody
@@ -32,6 +32,30 @@ def stopped(seen: Observed, custody: Custody | None, now: datetime) -> Plan | No
         return blocked(seen, now, f"{'; '.join(conflicts)}: nothing was written; rename this ClusterPKI, or remove "
                                   "what is in the way")
     return _lost_authorities(seen, custody, now)
+
+
+def settling(seen: Observed, now: datetime) -> Plan | None:
+    """Wait, writing nothing, while a ClusterPKI made the same second may still be on its way.
+
+    Of two ClusterPKIs whose Secret names clash, the older (by creation time, then by name) gets them. The
+    watch reports ClusterPKIs in the server's order, so every one made before this one is known; one made
+    after it but in the same second is older when its name sorts first, which for a clash means that it is
+    a dash-prefix of this one's (``x`` of ``x-etcd-server``). Only a first write whose name has such a
+    prefix, and only until ``SETTLE_SECONDS`` after its creation second, waits."""
+    created = seen.meta.created
+    if created is None or seen.secrets or seen.record.secrets or seen.claim is not None:
+        return None
+    settled = created + timedelta(seconds=settings.SETTLE_SECONDS)
+    if now >= settled or not _may_have_an_older_twin(seen.meta.name, seen.wanted):
+        return None
+    return Plan(wake_at=settled)
+
+
+def _may_have_an_older_twin(name: str, wanted: frozenset[str]) -> bool:
+    """Whether a ClusterPKI named after a dash-prefix of ``name`` could want one of its Secret names: its
+    ``<rest>-<component>`` is one of the catalog's components."""
+    rests = [name[i + 1:] for i, ch in enumerate(name) if ch == "-"]
+    return any(catalog.is_component(f"{rest}-{component}") for rest in rests for component in wanted)
 
 
 def failed(seen: Observed, now: datetime, reason: Reason, message: str, retry: Retry | None = None) -> Plan:

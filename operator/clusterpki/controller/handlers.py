@@ -43,7 +43,6 @@ from clusterpki.kube.scheduling import Scheduler
 from clusterpki.kube.secret_client import SecretClient, SecretMeta, meta_of
 from clusterpki.pki import times
 
-CLUSTERPKI = {"group": resource.GROUP, "version": resource.VERSION, "plural": resource.PLURAL}
 Key = tuple[str, str]  # (namespace, name)
 LOGGER = logging.getLogger("clusterpki.reconcile")
 
@@ -74,6 +73,11 @@ class State:
         self.told: dict[Key, frozenset[tuple[str, str]]] = {}  # the Events of each one's last reconcile
         self.scheduler = Scheduler(lambda key: reconcile_now(self, key), retry_after=settings.RETRY_DELAY)
         self.task: asyncio.Task | None = None  # the scheduler's
+        # The ClusterPKIs: their events in the server's order, so that when one is first looked at every
+        # ClusterPKI made before it is known (the neighbours whose Secret names it must not take)
+        self.watch_clusterpkis = Watch(api, namespaces, "", lambda kind, obj, _: track(self, kind, obj),
+                                       plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
+                                       report_first=True, keep=_version_only)
         self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
                               lambda kind, obj, _: drift(self, kind, obj))
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
@@ -91,14 +95,13 @@ class State:
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.startup(registry=registry)(start)
     kopf.on.cleanup(registry=registry)(stop)
-    kopf.on.event(**CLUSTERPKI, registry=registry)(track)
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.state = State(Api(load_configuration(), reload=load_configuration), memo.get("namespaces") or [],
                                node_policy=memo.get("csr_policy"))
     state.task = asyncio.create_task(state.scheduler.run())
-    state.watch = asyncio.gather(state.informer.run(), state.reports.run(),
+    state.watch = asyncio.gather(state.watch_clusterpkis.run(), state.informer.run(), state.reports.run(),
                                  *([state.nodes.run()] if state.nodes is not None else []))
 
 
@@ -111,15 +114,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-async def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look.
-    (Kopf's initial listing at start-up comes with type None: every ClusterPKI is looked at once.)
-    Async so that it runs on the event loop: Kopf runs a sync handler in a thread of its own, and the
-    scheduler's asyncio primitives must not be touched from another thread."""
-    state: State = memo.state
-    obj = event["object"]
+def track(state: State, kind: str, obj: dict[str, Any]) -> None:
+    """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look (the
+    watch's first list reports each one: every ClusterPKI is looked at once at start-up). Called on the
+    event loop, by the watch, in the server's order."""
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-    if event["type"] == "DELETED":
+    if kind == "DELETED":
         state.bodies.pop(key, None)
         state.told.pop(key, None)
         state.scheduler.forget(key)
@@ -129,6 +129,14 @@ async def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     remember(state, key, obj)
     if asks_for_a_look(previous, obj):
         state.scheduler.after(key, 0)
+
+
+def _version_only(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the ClusterPKI watch's own index keeps: enough to tell a relist's changes (the bodies are
+    kept once, in ``State.bodies``)."""
+    meta = obj["metadata"]
+    return {"metadata": {"namespace": meta["namespace"], "name": meta["name"],
+                         "resourceVersion": meta["resourceVersion"]}}
 
 
 def remember(state: State, key: Key, obj: dict[str, Any]) -> None:
@@ -370,12 +378,6 @@ class Clients:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._state.secrets.get(namespace, name)
-
-    async def clusterpki_names(self, namespace: str) -> list[str]:
-        return await self._state.clusterpkis.names(namespace)
-
-    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._state.clusterpkis.get(namespace, name)
 
     async def create(self, secret: dict[str, Any]) -> dict[str, Any]:
         return await self._write(self._state.secrets.create, secret)

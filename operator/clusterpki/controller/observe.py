@@ -93,15 +93,14 @@ class Reads(Protocol):
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def clusterpki_names(self, namespace: str) -> list[str]: ...
-
-    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
                   reports: Sequence[Report], holder: str, none_stored: bool = False,
                   nodes: Mapping[str, str] | None = MappingProxyType({}), halves: bool = False) -> Observed:
-    """Read what ``body`` needs and view it. ``none_stored`` (the watch has seen none of its Secrets)
+    """Read what ``body`` needs and view it. ``neighbours``: the namespace's other ClusterPKIs, from the
+    watch, which reports in the server's order, so every one made before ``body`` is among them (an
+    older one's Secret names are not ``body``'s to take). ``none_stored`` (the watch has seen none of its Secrets)
     spares the LIST of a new ClusterPKI's Secrets; a stale watch only means a 409 later, never a
     second write. The names of its missing rotation halves are looked for only with ``halves`` (a
     rotation is to write one: :attr:`Plan.read_halves`) or when one is on record: a ClusterPKI at rest
@@ -115,7 +114,6 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
     if not halves and all(secrets.is_rotation(c) and not _recorded(base, c) for c in missing):
         return replace(base, halves_read=not missing)
-    neighbours = await _related_afresh(reads, body, neighbours)  # before anything is written: who else wants it
     present = await reads.names(namespace)
     fetch = [c for c, n in missing.items() if n in present and _may_be_its_own(c, present[n], name, base)]
     found = await asyncio.gather(*(reads.get(namespace, missing[c]) for c in fetch))
@@ -200,22 +198,6 @@ def _legacy(status: Mapping[str, Any]) -> dict[str, str]:
     """The serials a status written before the record existed lists, by component."""
     return {str(e["name"]): str(e["serialNumber"]) for e in status.get("certificates") or []
             if isinstance(e, Mapping) and e.get("name") and e.get("serialNumber")}
-
-
-async def _related_afresh(reads: Reads, body: Mapping[str, Any],
-                          neighbours: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The ClusterPKIs whose Secret names may clash with ``body``'s, read afresh: the operator's watch may
-    not have brought one created the same second yet, and two created together must never both write."""
-    meta = body["metadata"]
-    known = {other["metadata"]["name"]: other for other in neighbours}
-    found: list[Mapping[str, Any]] = []
-    for other in await reads.clusterpki_names(meta["namespace"]):
-        if other == meta["name"] or not _related(meta["name"], other):
-            continue
-        fresh = known.get(other) or await reads.clusterpki(meta["namespace"], other)
-        if fresh is not None:
-            found.append(fresh)
-    return found
 
 
 def _related(one: str, other: str) -> bool:

@@ -11,3 +11,7 @@ NODE_REPORT_DELAY = 2.0  # seconds to gather nodes' reports (thousands per rotat
 # renewal wave of a whole fleet would otherwise peak at the fleet's size; the work is CPU-bound, and
 # more at once would not finish sooner.
 CONCURRENT_RECONCILES = 16
+# A ClusterPKI that has written nothing yet, and whose name an older ClusterPKI's could clash with (see
+# gates.settling), writes nothing until this long after its creation second: by then the watch has brought
+# every ClusterPKI made that second, some of which may be older by name (creation times are whole seconds)
+SETTLE_SECONDS = 2

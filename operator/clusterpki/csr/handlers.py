@@ -6,8 +6,8 @@ and ``validity.certificate`` govern the decisions, and its ``ca`` signs when ``s
 Nodes and CSRs are followed by watches of the approver's own (:class:`clusterpki.kube.informer.Watch`),
 not Kopf's: a CSR is two watch events and one write, and Kopf's handling of an event cost twice the
 decision itself. Nothing is ever written onto a CSR but its decision (or its certificate). The
-state here is the approver's own; it shares nothing with the ClusterPKI controller but Kopf's
-watch of ClusterPKIs, from which it keeps the policy's latest version.
+state here is the approver's own, shared with nothing: a watch of the policy ClusterPKI alone keeps
+its latest version.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class CsrState:
         self.csr_watch = Watch(api, [], "", lambda kind, obj, _: track_csr(self, kind, obj),
                                plural="certificatesigningrequests", group=CSRS.rsplit("/", 1)[0],
                                metadata_only=False, report_first=True, keep=_metadata)
+        self.policy_watch = Watch(api, [policy[0]], "", lambda kind, obj, _: track_policy(self, kind, obj),
+                                  plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
+                                  report_first=True, keep=_metadata, fields=f"metadata.name={policy[1]}")
         self.tasks: set[asyncio.Task] = set()  # decisions and signatures in flight
         self.running: asyncio.Future | None = None  # the scheduler and both watches
 
@@ -110,13 +113,12 @@ class CsrState:
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.startup(registry=registry)(start)
     kopf.on.cleanup(registry=registry)(stop)
-    kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)(track_policy)
 
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.csr = CsrState(CsrApi(load_configuration(), reload=load_configuration), memo.csr_policy)
-    state.running = asyncio.gather(state.scheduler.run(), state.node_watch.run(), state.csr_watch.run(),
-                                   relist(state))
+    state.running = asyncio.gather(state.scheduler.run(), state.policy_watch.run(), state.node_watch.run(),
+                                   state.csr_watch.run(), relist(state))
 
 
 async def relist(state: CsrState, every: float | None = None) -> None:
@@ -138,14 +140,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-async def track_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+def track_policy(state: CsrState, kind: str, obj: dict[str, Any]) -> None:
     """Keep the policy ClusterPKI's latest version; once it is known, look again at every CSR that
-    waited for it. (Async: on the event loop, like the scheduler it wakes.)"""
-    state: CsrState = memo.csr
-    obj = event["object"]
+    waited for it."""
     if (obj["metadata"]["namespace"], obj["metadata"]["name"]) != state.policy:
         return
-    if event["type"] == "DELETED":
+    if kind == "DELETED":
         state.policy_body = None
         return
     arrived = state.policy_body is None

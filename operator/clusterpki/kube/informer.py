@@ -1,8 +1,9 @@
-"""A watch of one kind of object, as an informer keeps one: the operator's own Secrets (metadata only,
-``PartialObjectMetadata``: names, labels and versions are all it needs, and a fleet's Secrets with
-their data would cost the operator hundreds of MiB at start-up), the agents' report Leases (whole:
-they are small, and what they say is in their spec and annotations), and, for the CSR approver, Nodes
-and CSRs (cluster-scoped, whole as they come, but only their metadata kept).
+"""A watch of one kind of object, as an informer keeps one: the ClusterPKIs (whole as they come; the
+controller keeps their bodies), the operator's own Secrets (metadata only, ``PartialObjectMetadata``:
+names, labels and versions are all it needs, and a fleet's Secrets with their data would cost the
+operator hundreds of MiB at start-up), the agents' report Leases (whole: they are small, and what they
+say is in their spec and annotations), and, for the CSR approver, the policy ClusterPKI, Nodes and CSRs
+(cluster-scoped, whole as they come, but only their metadata kept).
 
 List, then watch from the list's version (label-filtered on the server); resume from the last
 version when the server ends the watch; list again when that version has expired (HTTP 410). An
@@ -37,11 +38,13 @@ class Watch:
 
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
                  plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True,
-                 report_first: bool = False, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 report_first: bool = False, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 fields: str = "") -> None:
         """``report_first``: the first list reports each object as ADDED too. ``keep``: what of an object
         (of its metadata, when ``metadata_only``) the index retains (all of it by default), and a DELETED
-        found by a relist reports."""
+        found by a relist reports. ``fields``: a field selector (e.g. ``metadata.name=x``)."""
         self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
+        self.params = {"labelSelector": selector, **({"fieldSelector": fields} if fields else {})}
         self.group, self.metadata_only, self.report_first = group, metadata_only, report_first
         self.keep = keep or (lambda obj: obj)
         self.namespaces: list[str | None] = list(namespaces) or [None]
@@ -105,7 +108,7 @@ class Watch:
     async def _watch_from(self, path: str, what: str, progress: list[str | None]) -> None:
         """One watch from ``progress[0]``, keeping it at the last version seen (None: expired, list again)."""
         params = {"watch": "1", "resourceVersion": progress[0] or "", "allowWatchBookmarks": "true",
-                  "timeoutSeconds": str(WATCH_TIMEOUT), "labelSelector": self.selector}
+                  "timeoutSeconds": str(WATCH_TIMEOUT), **self.params}
         async for event in self.api.stream(what, path, params, timeout=WATCH_TIMEOUT + 30,
                                            accept=PARTIAL_METADATA_WATCH if self.metadata_only else None):
             kind, obj = event.get("type"), event.get("object") or {}
@@ -121,7 +124,7 @@ class Watch:
     async def _list(self, path: str, what: str, namespace: str | None, report: bool) -> str:
         """List, bring the index up to date, and report what changed since the index was last
         right (unless ``report`` is off: the first list). Returns the list's version."""
-        listed = await self.api.request("list", what, "GET", path, params={"labelSelector": self.selector},
+        listed = await self.api.request("list", what, "GET", path, params=self.params,
                                         accept=PARTIAL_METADATA if self.metadata_only else None)
         present = set()
         for item in listed.get("items") or []:

@@ -11,7 +11,7 @@ from clusterpki.pki.spec import API_GROUP as GROUP
 from clusterpki.pki.spec import KIND, VERSION
 
 PLURAL = "clusterpkis"
-TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"  # server-side printing's rows
+GROUP_PATH = f"/apis/{GROUP}/{VERSION}"
 
 __all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "ClusterPKIClient", "path"]
 
@@ -29,16 +29,6 @@ class ClusterPKIClient:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.api.get_or_none(f"ClusterPKI {namespace}/{name}", path(namespace, name))
-
-    async def names(self, namespace: str) -> list[str]:
-        """The names of the namespace's ClusterPKIs, read from etcd (not a watch cache, which may not have
-        one created a moment ago). As a Table without its objects: even a metadata list carries each
-        one's managedFields, and decoding those was a tenth of the operator's time issuing a fleet."""
-        body = await self.api.request("list", f"the ClusterPKIs of namespace {namespace}", "GET", path(namespace),
-                                      params={"includeObject": "None"}, accept=TABLE)
-        if "rows" in body:
-            return [row["cells"][0] for row in body["rows"]]
-        return [item["metadata"]["name"] for item in body.get("items") or []]  # a server that sends no Table
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -191,6 +191,12 @@ def profile_of(component: str) -> LeafProfile | None:
     return None
 
 
+def is_component(name: str) -> bool:
+    """Whether ``name`` is a Secret component of some spec: a CA, ``sa``, or a leaf of a row (of any
+    release; a per-member row's with any member)."""
+    return name in CA_BY_COMPONENT or name == SERVICE_ACCOUNT or profile_of(name) is not None
+
+
 def issuer_of(component: str) -> str | None:
     """The CA that issues a component's certificate, from its row; None for a CA or an unknown name."""
     profile = profile_of(component)

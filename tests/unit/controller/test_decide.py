@@ -8,6 +8,7 @@ import base64
 import json
 from datetime import timedelta
 
+import pytest
 from clusterpki.controller import settings
 from clusterpki.controller.plan import WriteKind
 from clusterpki.controller.requests import IMPORTED, RENEW, ROTATE
@@ -246,19 +247,34 @@ async def test_a_status_from_before_the_record_keeps_every_certificate_it_lists(
     assert plan.writes == () and world.status()["record"] == listed["record"]
 
 
-async def test_an_older_clusterpki_no_watch_brought_yet_is_read_afresh_and_nothing_is_written():
-    """Two created the same second: x (older by name) has the member "admin", whose Secret
-    x-etcd-server-admin is also x-etcd-server's "admin" leaf. Its ADDED event has not arrived when
-    x-etcd-server is first looked at: the namespace's ClusterPKIs are read afresh before anything is
-    written (it used to write its 14 other Secrets, then report the clash)."""
+async def test_a_first_write_waits_for_an_older_clusterpki_made_the_same_second_and_writes_nothing():
+    """x-etcd-server is made, then x, the same second: x is older (by name), and its member "admin" has
+    the Secret x-etcd-server-admin, which is also x-etcd-server's "admin" leaf. The watch brings x only
+    after x-etcd-server: x-etcd-server writes nothing until its creation second has settled, then sees x
+    (it used to write its 14 other Secrets, then report the clash)."""
     world = World(clusterpki("x-etcd-server"))
-    world.others["x"] = clusterpki("x", etcd={"members": [{"name": "admin", "ips": ["10.0.0.1"]}]})
     plan = await world.reconcile()
+    assert plan.writes == () and plan.status is None and plan.wake_at == T0 + timedelta(seconds=2)
+    world.others["x"] = clusterpki("x", etcd={"members": [{"name": "admin", "ips": ["10.0.0.1"]}]})
+    plan = await world.reconcile(timedelta(seconds=2))
     assert plan.writes == () and world.secrets == {} and world.ready()["reason"] == "SecretConflict"
     assert "Secret x-etcd-server-admin is wanted by ClusterPKI x, which is older" in world.ready()["message"]
     del world.others["x"]
     await world.reconcile(timedelta(seconds=plan.retry.delay))
     assert world.ready()["status"] == "True", "the older one gone, it issues everything"
+
+
+@pytest.mark.parametrize("name", ["x", "pki-7", "cluster-a", "tenant-42-prod", "x-kube"])
+async def test_a_name_no_older_clusterpki_s_secrets_can_clash_with_writes_at_once(name):
+    world = World(clusterpki(name))
+    plan = await world.reconcile()
+    assert plan.writes and world.ready()["status"] == "True"
+
+
+@pytest.mark.parametrize("name", ["x-etcd", "x-front-proxy", "a-b-etcd-server-m0", "x-etcd-peer"])
+async def test_a_name_an_older_clusterpki_s_secrets_can_clash_with_waits(name):
+    plan = await World(clusterpki(name)).reconcile()
+    assert plan.writes == () and plan.wake_at == T0 + timedelta(seconds=2)
 
 
 async def test_moving_to_v1_29_re_issues_admin_into_cluster_admins_and_issues_super_admin():

@@ -432,7 +432,7 @@ async def test_a_fleet_at_rest_reads_only_its_own_secrets_and_a_rotation_looks_a
     world.plant("x-ca-next", {"tls.crt": b"mallory"}, kind="Opaque")
     world.annotate(**{requests.ROTATE: "ca"})
     await world.reconcile()
-    assert world.reads[1:] == ["list", "list", "clusterpki_names", "names"], "the halves' names, read once needed"
+    assert world.reads[1:] == ["list", "list", "names"], "the halves' names, read once needed"
     assert world.reasons()[-1] == "SecretConflict" and "Secret x-ca-next exists and is not managed" in \
         world.ready()["message"]
     assert world.data("ca-next", "tls.crt") == b"mallory" and "caRotation" not in world.status()

@@ -44,7 +44,7 @@ class World:
         self.versions = itertools.count(2)
         self.now = T0
         self.plans: list[Plan] = []
-        self.others: dict[str, dict[str, Any]] = {}  # other ClusterPKIs of the namespace, which no watch brought
+        self.others: dict[str, dict[str, Any]] = {}  # other ClusterPKIs of the namespace, as the watch brought them
         self.reads: list[str] = []  # the reads observe made, by name
 
     # -- the loop ------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ class World:
         ``nodes``: node -> the revision its node agent reports (None: not listed yet; none by default)."""
         self.now += after
         for halves in (False, True):  # as the handler does: the halves' names are read once a rotation needs them
-            seen = await observe(self, copy.deepcopy(self.body), [], reports, holder,
+            seen = await observe(self, copy.deepcopy(self.body), list(self.others.values()), reports, holder,
                                  nodes={} if nodes is False else nodes, halves=halves)
             plan = decide(seen, self.now)
             if not plan.read_halves:
@@ -86,13 +86,6 @@ class World:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.secrets.get(name))
-
-    async def clusterpki_names(self, namespace: str) -> list[str]:
-        self.reads.append("clusterpki_names")
-        return [b["metadata"]["name"] for b in (self.body, *self.others.values())]
-
-    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.others.get(name))
 
     # -- writes --------------------------------------------------------------------------------
 
