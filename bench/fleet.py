@@ -19,8 +19,10 @@ The floor, in the same run and just before (--no-floor to skip): the same number
 (one ClusterPKI's Secrets, made by the engine, under other names), created by a lean client from
 precomputed bodies at the operator's concurrency (CONCURRENT_RECONCILES requests at once) on the same
 server; then deleted. The operator's all-Ready time is printed as a ratio to it.
+With --replicas N, the operator is N replicas of `run -A --leader-elect --shards N`, each leading one part
+of the fleet (its namespaces); CPU is their sum, peak RSS the largest one's.
 Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-resume]
-       [--no-wave] [--no-floor]
+       [--no-wave] [--no-floor] [--replicas N]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from harness import Bench, OperatorProcess, bench, clusterpki, percentile
 from tests.kube import GROUP_PATH
 
 NAMESPACES = 50
+LEASES = "bench-leases"  # the namespace of the replicas' Leases
 WAVE_LEAD = 20.0  # seconds between the last renewBefore patch and the moment everything falls due
 
 
@@ -161,20 +164,54 @@ async def steady(b: Bench, operator_cpu: Any, count: int, seconds: float) -> dic
     return result
 
 
-async def resume(b: Bench, operator: OperatorProcess, count: int) -> tuple[OperatorProcess, dict[str, Any]]:
+class Replicas:
+    """The operator: one ``run -A``, or ``replicas`` of ``run -A --leader-elect --shards N``, each leading
+    one part of the fleet."""
+
+    def __init__(self, b: Bench, replicas: int) -> None:
+        self.b, self.count = b, replicas
+        self.members: list[OperatorProcess] = []
+        self.args = ["--leader-elect", "--leader-election-namespace", LEASES, "--shards", str(replicas)] \
+            if replicas > 1 else []
+
+    async def start(self) -> Replicas:
+        if self.args and not self.b.operators:
+            await self.b.create_namespaces([LEASES])
+        self.members = [await self.b.start_operator(*self.args) for _ in range(self.count)]
+        return self
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(member.stop() for member in self.members))
+
+    async def reconciles(self) -> float:
+        return sum([await member.reconciles() for member in self.members])
+
+    def peak_rss_mb(self) -> float:
+        """The largest replica's high-water mark."""
+        return max(member.peak_rss_mb() for member in self.members)
+
+    def cpu_seconds(self) -> float:
+        return sum(member.cpu_seconds() for member in self.members)
+
+    def reset_peak_rss(self) -> None:
+        for member in self.members:
+            member.reset_peak_rss()
+
+
+async def resume(b: Bench, operator: Replicas, count: int) -> dict[str, Any]:
     """Replace the operator by a new one, and time its look at every ClusterPKI."""
     await operator.stop()
     since = await b.mark()
     start = time.monotonic()
-    operator = await b.start_operator()
+    await operator.start()
     while await operator.reconciles() < count:
         await asyncio.sleep(0.1)
     checked = time.monotonic() - start
     await asyncio.sleep(2)  # anything the look would write has been written by now
     requests = await b.operator_requests(since)
     writes = sum(n for (verb, _, _), n in requests.items() if verb in ("POST", "PUT", "PATCH", "DELETE"))
-    return operator, {"resumed": checked, "resume_writes": writes, "resume_requests": sum(requests.values()) / count,
-                      "rss_resume": operator.peak_rss_mb()}
+    return {"resumed": checked, "resume_writes": writes, "resume_requests": sum(requests.values()) / count,
+            "rss_resume": operator.peak_rss_mb()}
 
 
 async def wave(b: Bench, count: int) -> dict[str, float]:
@@ -213,12 +250,12 @@ async def wave(b: Bench, count: int) -> dict[str, float]:
 
 
 async def measure(count: int, algorithm: str, steady_seconds: float, with_resume: bool, with_wave: bool,
-                  real: bool, with_floor: bool = True) -> dict[str, Any]:
+                  real: bool, with_floor: bool = True, replicas: int = 1) -> dict[str, Any]:
     async with bench(real) as b:
         lower = await floor(b, count, algorithm) if with_floor else {}
         if lower:
             print(f"{count}, floor: {lower}", file=sys.stderr)
-        operator = await b.start_operator()
+        operator = await Replicas(b, replicas).start()
         try:
             result = {**lower, **await issuance(b, count, algorithm)}
             result["rss_issuance"] = operator.peak_rss_mb()
@@ -226,8 +263,7 @@ async def measure(count: int, algorithm: str, steady_seconds: float, with_resume
             if steady_seconds:
                 result.update(await steady(b, operator.cpu_seconds, count, steady_seconds))
             if with_resume:
-                operator, resumed = await resume(b, operator, count)
-                result.update(resumed)
+                result.update(await resume(b, operator, count))
             if with_wave:
                 operator.reset_peak_rss()
                 result.update(await wave(b, count))
@@ -246,12 +282,15 @@ def main() -> None:
     parser.add_argument("--no-wave", dest="wave", action="store_false", help="skip the renewal wave")
     parser.add_argument("--real", action="store_true", help="on a real control plane (../shared/k8s), not the emulator")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the floor")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="operator replicas, each leading a part of the fleet (run --leader-elect --shards N)")
     args = parser.parse_args()
     results = []
     for count in args.count:
         results.append((count, asyncio.run(measure(count, args.algorithm, args.steady, args.resume, args.wave,
-                                                   args.real, args.floor))))
-    print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'})")
+                                                   args.real, args.floor, args.replicas))))
+    print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'}, "
+          f"{args.replicas} operator replica{'s' if args.replicas > 1 else ''})")
     print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'floor':>8} {'ratio':>6} {'p50':>8} {'p99':>8} {'requests/PKI':>13} "
           f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11} {'floor server CPU':>17}")
     for count, r in results:

@@ -12,6 +12,7 @@ from typing import Any
 
 from clusterpki import __version__
 from clusterpki.errors import UsageError, UserError
+from clusterpki.kube.parts import MAX_SHARDS
 
 PROG = "clusterpki"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -83,7 +84,15 @@ def _run(args: argparse.Namespace) -> int:
     return runtime.run(namespaces=[] if args.all_namespaces else args.namespace, standalone=args.standalone,
                        liveness=args.liveness, verbose=args.verbose, csr_policy=args.csr_policy,
                        metrics_port=args.metrics_port,
-                       lease_namespace=(args.leader_election_namespace or _own_namespace()) if args.leader_elect else None)
+                       lease_namespace=(args.leader_election_namespace or _own_namespace()) if args.leader_elect else None,
+                       shards=args.shards)
+
+
+def _shards(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of parts from 1 to {MAX_SHARDS} (the Role "
+                                         "names that many Leases)")
+    return int(value)
 
 
 def _own_namespace() -> str:
@@ -383,6 +392,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only while holding the Lease 'clusterpki' (coordination.k8s.io/v1); for 2+ replicas")
     run.add_argument("--leader-election-namespace", metavar="NS",
                      help="the Lease's namespace [the pod's own, else clusterpki-system]")
+    run.add_argument("--shards", type=_shards, default=1, metavar="N",
+                     help=f"split the fleet by namespace into N parts (2 to {MAX_SHARDS}), each led by the replica "
+                          "holding the Lease 'clusterpki-shard-<i>'; needs --leader-elect and N replicas or more [1]")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
 

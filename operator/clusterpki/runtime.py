@@ -20,15 +20,20 @@ import kopf
 
 from clusterpki.errors import UsageError
 from clusterpki.kube.api import connection_info, load_configuration
+from clusterpki.kube.parts import Part
 from clusterpki.pki import times
 
 logger = logging.getLogger(__name__)
 
 
 def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: bool,
-        csr_policy: str | None = None, metrics_port: int | None = None, lease_namespace: str | None = None) -> int:
-    """Run the operator. With ``lease_namespace``, only once this replica holds the Lease there."""
+        csr_policy: str | None = None, metrics_port: int | None = None, lease_namespace: str | None = None,
+        shards: int = 1) -> int:
+    """Run the operator. With ``lease_namespace``, only once this replica holds the Lease there; with
+    ``shards``, for the part of the fleet whose Lease it holds (:mod:`clusterpki.kube.parts`)."""
     policy = parse_policy(csr_policy, namespaces)
+    if shards > 1 and lease_namespace is None:
+        raise UsageError("--shards needs --leader-elect: each part is led by the replica holding its Lease")
     configuration = load_configuration()
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -41,9 +46,14 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
 
         prometheus_client.start_http_server(metrics_port)
     _until_served(configuration, namespaces, liveness)
+    part = Part(0, 1)
     if lease_namespace is not None:
-        _wait_to_lead(configuration, lease_namespace, liveness)
-    kopf.run(registry=build_registry(csr_policy=policy is not None), memo=kopf.Memo(csr_policy=policy, namespaces=namespaces),
+        part = Part(_wait_to_lead(configuration, lease_namespace, liveness, shards), shards)
+    if policy is not None and not part.owns(policy[0]):
+        logger.info("The CSR policy's namespace %s is another part's: its replica approves the CSRs", policy[0])
+        policy = None
+    kopf.run(registry=build_registry(csr_policy=policy is not None),
+             memo=kopf.Memo(csr_policy=policy, namespaces=namespaces, part=part),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
     return 0
@@ -70,12 +80,13 @@ def _until_served(configuration: Any, namespaces: list[str], liveness: str | Non
             health.close()
 
 
-def _wait_to_lead(configuration: object, namespace: str, liveness: str | None) -> None:
-    """Campaign for the Lease and block until this replica leads. Meanwhile the liveness endpoint answers,
-    so that the kubelet does not restart a healthy standby; Kopf serves it once this replica leads."""
+def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, shards: int) -> int:
+    """Campaign for a Lease and block until this replica leads; the part it leads. Meanwhile the liveness
+    endpoint answers, so that the kubelet does not restart a healthy standby; Kopf serves it once this
+    replica leads."""
     from clusterpki.kube.leadership import Elector
 
-    elector = Elector(configuration, namespace, on_lost=_exit_now)
+    elector = Elector(configuration, namespace, on_lost=_exit_now, shards=shards)
     health = _StandbyHealth(liveness) if liveness else None
     elector.start()
     try:
@@ -83,6 +94,8 @@ def _wait_to_lead(configuration: object, namespace: str, liveness: str | None) -
     finally:
         if health is not None:
             health.close()
+    assert elector.shard is not None
+    return elector.shard
 
 
 def _exit_now(message: str) -> None:

@@ -1,6 +1,7 @@
 """Two replicas of ``clusterpki run --leader-elect`` on a real kube-apiserver, as the Deployment runs them, with
 the ServiceAccount's token and the manifests' Lease RBAC: one leads, the other stands by without a write,
-takes over when the leader is killed, and a leader that loses its Lease exits at once.
+takes over when the leader is killed, and a leader that loses its Lease exits at once. A fleet in two
+parts (``--shards 2``) is led by two replicas, one each, and a third takes over a part.
 
 Failover is timed by ``bench/failover.py --real``; here only that it happens is asserted."""
 
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from clusterpki.kube.parts import lease_names, shard_of
 
 from tests.e2e.conftest import pki
 from tests.kube import Api
@@ -91,3 +93,49 @@ async def test_a_leader_that_loses_its_lease_exits_at_once(replicas, api):
     assert "Lost the Lease clusterpki-system/clusterpki" in leader.log()
     assert "Exiting, to restart as a standby." in leader.log()
     leader.process = None
+
+
+async def test_a_fleet_in_two_parts_is_led_by_one_replica_each_and_a_standby_takes_over_a_part(
+        operator_kubeconfig, api, namespace, tmp_path):
+    """Three replicas of ``run --leader-elect --shards 2``: two lead a part each (by namespace), each
+    handles only its own part's ClusterPKIs, and the third takes over the part whose leader is killed."""
+    other = next(f"{namespace}-{i}" for i in range(100) if shard_of(f"{namespace}-{i}", 2) != shard_of(namespace, 2))
+    leases = lease_names(2)
+    await api.create("namespaces", {"metadata": {"name": other, "labels": {"clusterpki-e2e": "true"}}})
+    for lease in leases:
+        await api.delete("leases", lease, LEASE_NAMESPACE, missing_ok=True)
+    replicas = [OperatorProcess(operator_kubeconfig, tmp_path / f"replica-{i}.log", "-n", namespace, "-n", other,
+                                "--leader-elect", "--leader-election-namespace", LEASE_NAMESPACE, "--shards", "2")
+                for i in range(3)]
+    try:
+        for replica in replicas:
+            await asyncio.to_thread(replica.start)
+
+        def leading() -> dict[str, OperatorProcess] | None:
+            held = {lease: r for r in replicas if r.process is not None for lease in leases
+                    if f"Leading: holding the Lease {LEASE_NAMESPACE}/{lease} " in r.log()}
+            return held if len(held) == 2 else None
+        held = await api.wait_for(leading, 30, "both parts led")
+        mine, theirs = held[leases[shard_of(namespace, 2)]], held[leases[shard_of(other, 2)]]
+        standby = next(r for r in replicas if r not in (mine, theirs))
+        await api.apply_pki(pki("alpha", namespace))
+        await api.apply_pki(pki("beta", other))
+        await api.ready(namespace, "alpha")
+        await api.ready(other, "beta")
+        assert f"{namespace}/alpha" in mine.log() and f"{other}/beta" not in mine.log()
+        assert f"{other}/beta" in theirs.log() and f"{namespace}/alpha" not in theirs.log()
+        assert "Leading:" not in standby.log() and "alpha" not in standby.log(), "a standby writes nothing"
+
+        mine.process.send_signal(signal.SIGKILL)
+        mine.process.wait()
+        mine.process = None
+        await api.apply_pki(pki("gamma", namespace))
+        await api.ready(namespace, "gamma", timeout=40)
+        assert f"Leading: holding the Lease {LEASE_NAMESPACE}/{leases[shard_of(namespace, 2)]} " in standby.log()
+        assert f"{namespace}/gamma" not in theirs.log(), "the other part's leader never handles this part"
+    finally:
+        for replica in replicas:
+            await asyncio.to_thread(replica.stop)
+        for lease in leases:
+            await api.delete("leases", lease, LEASE_NAMESPACE, missing_ok=True)
+        await api.delete("namespaces", other, missing_ok=True)

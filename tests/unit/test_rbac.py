@@ -1,6 +1,7 @@
 """The operator's RBAC, rule for rule: adding a wildcard or a verb makes this fail on purpose."""
 
 import yaml
+from clusterpki.kube.parts import MAX_SHARDS, lease_names
 
 from tests.helpers import REPO
 
@@ -42,13 +43,15 @@ def test_it_is_bound_to_the_manifests_service_account():
     assert (account["metadata"]["name"], account["metadata"]["namespace"]) == ("clusterpki", "clusterpki-system")
 
 
-def test_leader_election_may_touch_only_its_own_lease():
+def test_leader_election_may_touch_only_its_own_leases():
+    """The leader's Lease, and each part's for every number of parts ``run --shards`` accepts."""
     role = next(d for d in documents() if d["kind"] == "Role")
     assert (role["metadata"]["name"], role["metadata"]["namespace"]) == ("clusterpki-leader-election",
                                                                          "clusterpki-system")
+    names = sorted({name for shards in range(1, MAX_SHARDS + 1) for name in lease_names(shards)})
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["clusterpki"],
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": names,
          "verbs": ["get", "update"]}]
     binding = next(d for d in documents() if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["name"] == "clusterpki-leader-election"

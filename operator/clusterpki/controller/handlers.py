@@ -1,18 +1,24 @@
-"""The Kopf handlers: triggers only, as controller-runtime has them, and the loop that runs
-observe → decide → apply for one ClusterPKI at a time.
+"""The controller on Kopf: its start-up and clean-up, the watches that trigger it, as
+controller-runtime has them, and the loop that runs observe → decide → apply for one ClusterPKI at a
+time.
 
-Kopf's event handlers only watch; each trigger puts the ClusterPKI's key into one fleet-wide
-:class:`~clusterpki.kube.scheduling.Scheduler`, which runs :func:`reconcile_now`. The triggers:
+Each trigger puts the ClusterPKI's key into one fleet-wide
+:class:`~clusterpki.kube.scheduling.Scheduler`, which runs :func:`reconcile_now`. The triggers come from
+watches of the controller's own (:class:`~clusterpki.kube.informer.Watch`), not Kopf's: Kopf's handling
+of a ClusterPKI's event (a deep copy and a diff base) was an eighth of the operator's time issuing a
+fleet, and a watch of its own reports in the server's order (see :func:`clusterpki.controller.gates.settling`):
 - a ClusterPKI seen for the first time (created, or listed at start-up), a new generation (spec), or a
   change of its annotations (the renew and rotate requests, the grace period);
 - its next wake: a renewal, a rotation's next step, a consumer report that turns stale;
 - a change to one of its Secrets that the operator did not make (drift), seen by a label-filtered,
-  metadata-only watch (Kopf would deep-copy every Secret of every event);
+  metadata-only watch;
 - a change to an agent's report (a Lease);
 - a retry after a transient failure.
-Kopf keeps no state on the objects (no progress annotations, no finalizer): the status is all there is.
+With ``run --shards``, every watch keeps only the namespaces of this replica's part of the fleet.
+Nothing keeps state on the objects (no progress annotations, no finalizer): the status is all there is.
 
-:func:`register` puts them on an operator's registry (:mod:`clusterpki.runtime` composes it).
+:func:`register` puts the start-up and clean-up on an operator's registry (:mod:`clusterpki.runtime`
+composes it).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from clusterpki.kube.api import Api, ApiError, load_configuration
 from clusterpki.kube.events import EventRecorder
 from clusterpki.kube.informer import Watch
 from clusterpki.kube.leadership import identity
+from clusterpki.kube.parts import Part
 from clusterpki.kube.resource import ClusterPKIClient
 from clusterpki.kube.scheduling import Scheduler
 from clusterpki.kube.secret_client import SecretClient, SecretMeta, meta_of
@@ -45,6 +52,7 @@ from clusterpki.pki import times
 
 Key = tuple[str, str]  # (namespace, name)
 LOGGER = logging.getLogger("clusterpki.reconcile")
+WHOLE = Part()  # the whole fleet: one replica, or one leader
 
 
 class ObjectLogger(logging.LoggerAdapter):
@@ -59,7 +67,7 @@ class State:
     ClusterPKI and a bound on reconciles at once, the scheduler, the two watches, and the
     resourceVersions of its own Secret writes (to tell them from drift)."""
 
-    def __init__(self, api: Api, namespaces: list[str], node_policy: Key | None = None) -> None:
+    def __init__(self, api: Api, namespaces: list[str], node_policy: Key | None = None, part: Part = WHOLE) -> None:
         self.api, self.holder = api, identity()
         self.secrets, self.clusterpkis, self.events = SecretClient(api), ClusterPKIClient(api), EventRecorder(api)
         self.bodies: dict[Key, dict[str, Any]] = {}
@@ -77,11 +85,11 @@ class State:
         # ClusterPKI made before it is known (the neighbours whose Secret names it must not take)
         self.watch_clusterpkis = Watch(api, namespaces, "", lambda kind, obj, _: track(self, kind, obj),
                                        plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
-                                       report_first=True, keep=_version_only)
+                                       report_first=True, keep=_version_only, owns=part.owns)
         self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
-                              lambda kind, obj, _: drift(self, kind, obj))
+                              lambda kind, obj, _: drift(self, kind, obj), owns=part.owns)
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
-                             plural="leases", group=reports.LEASES, metadata_only=False)
+                             plural="leases", group=reports.LEASES, metadata_only=False, owns=part.owns)
         # Nodes' reports, for the --csr-policy ClusterPKI alone (the cluster the operator runs in, whose
         # nodes' client certificates it signs): node -> (ClusterPKI, revision), metadata alone kept. The
         # first list reports every Node, and a ca rotation does not move before it (see _nodes).
@@ -99,7 +107,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 async def start(memo: kopf.Memo, **_: Any) -> None:
     state = memo.state = State(Api(load_configuration(), reload=load_configuration), memo.get("namespaces") or [],
-                               node_policy=memo.get("csr_policy"))
+                               node_policy=memo.get("csr_policy"), part=memo.get("part") or WHOLE)
     state.task = asyncio.create_task(state.scheduler.run())
     state.watch = asyncio.gather(state.watch_clusterpkis.run(), state.informer.run(), state.reports.run(),
                                  *([state.nodes.run()] if state.nodes is not None else []))

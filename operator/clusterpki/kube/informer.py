@@ -39,10 +39,13 @@ class Watch:
     def __init__(self, api: Api, namespaces: list[str], selector: str, on_event: Handler,
                  plural: str = "secrets", group: str = "/api/v1", metadata_only: bool = True,
                  report_first: bool = False, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 fields: str = "") -> None:
+                 fields: str = "", owns: Callable[[str], bool] = lambda namespace: True) -> None:
         """``report_first``: the first list reports each object as ADDED too. ``keep``: what of an object
         (of its metadata, when ``metadata_only``) the index retains (all of it by default), and a DELETED
-        found by a relist reports. ``fields``: a field selector (e.g. ``metadata.name=x``)."""
+        found by a relist reports. ``fields``: a field selector (e.g. ``metadata.name=x``). ``owns``: the
+        namespaces whose objects count (a replica's part of the fleet); the others are neither kept nor
+        reported."""
+        self.owns = owns
         self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
         self.params = {"labelSelector": selector, **({"fieldSelector": fields} if fields else {})}
         self.group, self.metadata_only, self.report_first = group, metadata_only, report_first
@@ -129,6 +132,8 @@ class Watch:
         present = set()
         for item in listed.get("items") or []:
             meta = item["metadata"]
+            if not self.owns(_namespace(meta)):
+                continue
             present.add((_namespace(meta), meta["name"]))
             known = self.index.get(_namespace(meta), {}).get(meta["name"])
             if known is None or known[0] != meta["resourceVersion"]:
@@ -146,6 +151,8 @@ class Watch:
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
+        if not self.owns(_namespace(meta)):
+            return
         known = self.index.get(_namespace(meta), {}).get(meta["name"])
         if kind == "DELETED":
             self.index.get(_namespace(meta), {}).pop(meta["name"], None)

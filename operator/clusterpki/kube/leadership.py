@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 import uuid
@@ -27,11 +28,9 @@ from kubernetes import client
 
 from clusterpki.kube.api import Api, ApiError
 from clusterpki.kube.lease import Lease
+from clusterpki.kube.parts import lease_names
 
 logger = logging.getLogger(__name__)
-
-LEASE_NAME = "clusterpki"
-
 
 class Timing(NamedTuple):
     """Seconds. Shorter than controller-runtime's 15/10/2 so that a failover after SIGKILL of the leader
@@ -51,23 +50,29 @@ def identity() -> str:
 
 
 class Elector:
-    """Campaigns for the Lease ``namespace/clusterpki`` in a thread of its own."""
+    """Campaigns in a thread of its own for the Lease ``namespace/clusterpki``, or with ``shards`` for
+    whichever part's Lease is free (``clusterpki-shard-<i>``): a replica leads one part at most, and
+    :attr:`shard` says which."""
 
-    def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None]) -> None:
-        self.namespace, self.name = namespace, LEASE_NAME
+    def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None],
+                 shards: int = 1) -> None:
+        self.namespace, self.names = namespace, lease_names(shards)
+        self.name = self.names[0]  # the Lease held, once leading
+        self.shard: int | None = None
         self.holder = identity()
         self.on_lost = on_lost
         self.leading = threading.Event()
         self._configuration = configuration
 
     def start(self) -> None:
-        logger.info("Campaigning for the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
+        logger.info("Campaigning for the Lease %s/%s as %s.", self.namespace, " or ".join(self.names), self.holder)
         threading.Thread(target=asyncio.run, args=(self._campaign(),), name="leader-election", daemon=True).start()
 
     def wait(self) -> None:
         """Block until this process leads."""
         while not self.leading.wait(timeout=60):
-            logger.info("Standing by: the Lease %s/%s is held by another replica.", self.namespace, self.name)
+            logger.info("Standing by: the Lease %s/%s is held by another replica.", self.namespace,
+                        " and ".join(self.names))
         logger.info("Leading: holding the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
 
     async def _campaign(self) -> None:
@@ -75,15 +80,17 @@ class Elector:
         Each request may take at most half a retry period, so that a hung one is only a failed attempt."""
         api = Api(self._configuration)
         try:
-            await self.elect(Lease(api, self.namespace, self.name, self.holder, TIMING.lease_duration,
-                                   timeout=TIMING.retry_period / 2))
+            await self.elect(*(Lease(api, self.namespace, name, self.holder, TIMING.lease_duration,
+                                     timeout=TIMING.retry_period / 2) for name in self.names))
         finally:
             await api.close()
 
-    async def elect(self, lease: Lease) -> None:
-        """Stand by until this replica takes ``lease``, lead while it renews it, then call ``on_lost``."""
+    async def elect(self, *leases: Lease) -> None:
+        """Stand by until this replica takes one of ``leases``, lead while it renews it, then call
+        ``on_lost``."""
         try:
-            renewed = await self._acquire(lease)
+            renewed, lease = await self._acquire(leases)
+            self.name, self.shard = lease.name, leases.index(lease)
             self.leading.set()
             why = await self._lead(lease, renewed)
         except Exception as exc:  # noqa: BLE001  API and network errors are retried: this is a bug, and a
@@ -91,17 +98,20 @@ class Elector:
             why = f"the election failed: {type(exc).__name__}"
         self.on_lost(f"Lost the Lease {self.namespace}/{self.name}: {why}.")
 
-    async def _acquire(self, lease: Lease) -> float:
-        """Try to take the Lease every retry period, which only reads it while another replica holds
-        it; the loop time at which the successful attempt started."""
+    async def _acquire(self, leases: tuple[Lease, ...]) -> tuple[float, Lease]:
+        """Try to take a Lease every retry period, each in turn from a random one (so that replicas
+        starting together spread over the parts), which only reads those another replica holds; the
+        loop time at which the successful attempt started, and the Lease taken."""
         clock = asyncio.get_running_loop().time
+        first = random.randrange(len(leases))
         while True:
             started = clock()
-            try:
-                if await lease.take() is None:
-                    return started
-            except ApiError as exc:  # e.g. "get Lease ... failed: HTTP 403 Forbidden": RBAC to fix
-                logger.warning("%s; trying again in %ss.", exc, TIMING.retry_period)
+            for lease in leases[first:] + leases[:first]:
+                try:
+                    if await lease.take() is None:
+                        return started, lease
+                except ApiError as exc:  # e.g. "get Lease ... failed: HTTP 403 Forbidden": RBAC to fix
+                    logger.warning("%s; trying again in %ss.", exc, TIMING.retry_period)
             await asyncio.sleep(TIMING.retry_period)
 
     async def _lead(self, lease: Lease, renewed: float) -> str:

@@ -55,8 +55,8 @@ class ScriptedLease:
     """A Lease whose take() and renew() give the next answer of their script: a value, an exception to
     raise, or HANG. Each call is noted with the loop's time."""
 
-    def __init__(self, takes: list[Any], renewals: list[Any]) -> None:
-        self.takes, self.renewals = takes, renewals
+    def __init__(self, takes: list[Any], renewals: list[Any], name: str = "clusterpki") -> None:
+        self.takes, self.renewals, self.name = takes, renewals, name
         self.calls: list[tuple[float, str]] = []
 
     async def take(self) -> str | None:
@@ -147,3 +147,14 @@ def test_a_bug_ends_the_election():
     outcome = Outcome(takes=[KeyError("spec")], renewals=[])
     assert not outcome.elector.leading.is_set()
     assert outcome.lost == [(0, "Lost the Lease ns/clusterpki: the election failed: KeyError.")]
+
+
+def test_a_replica_of_a_fleet_in_parts_leads_the_part_whose_lease_is_free_and_only_that_one():
+    held = ScriptedLease(["other"] * 10, [], "clusterpki-shard-0")
+    free = ScriptedLease(["other", None], [True, False], "clusterpki-shard-1")
+    lost: list[str] = []
+    elector = Elector(client.Configuration(), "ns", on_lost=lost.append, shards=2)
+    run(elector.elect(held, free))
+    assert (elector.shard, elector.name) == (1, "clusterpki-shard-1")
+    assert [called for _, called in held.calls if called == "renew"] == [], "the held part is never renewed"
+    assert lost == ["Lost the Lease ns/clusterpki-shard-1: it is no longer ours (other holds it)."]
