@@ -15,10 +15,12 @@ from ../shared/k8s) each run in processes of their own. For each count:
 4. Renewal wave: set every ClusterPKI's spec.renewBefore so that all its leaf certificates fall due
    at the same moment, a minute after the first patch; time from that moment until every ClusterPKI
    reports only new leaf certificates, and the peak RSS during the wave.
-The floor, in the same run and just before (--no-floor to skip): the same number of Secrets, as large
-(one ClusterPKI's Secrets, made by the engine, under other names), created by a lean client from
-precomputed bodies at the operator's concurrency (CONCURRENT_RECONCILES requests at once) on the same
-server; then deleted. The operator's all-Ready time is printed as a ratio to it.
+The floors, in the same run and just before (--no-floor to skip), each by a lean client from precomputed
+bodies at the operator's concurrency (CONCURRENT_RECONCILES at once) on the same server, then deleted:
+- the Secrets alone: the same number, as large (one ClusterPKI's, made by the engine, under other names);
+- the 19 requests: for as many ClusterPKIs (made first, no operator running), the operator's own requests
+  in its order, with the claim, the status and the Secrets it writes for one (see api_floor).
+The operator's all-Ready time is printed as a ratio to each.
 With --replicas N, the operator is N replicas of `run -A --leader-elect --shards N`, each leading one part
 of the fleet (its namespaces); CPU is their sum, peak RSS the largest one's.
 Usage: python bench/fleet.py [--real] [--count N ...] [--algorithm ECDSA-P256] [--steady 60] [--no-resume]
@@ -39,13 +41,14 @@ from typing import Any
 from clusterpki.controller.settings import CONCURRENT_RECONCILES
 from clusterpki.controller.wanted import of_pki
 from clusterpki.kube import secrets
-from clusterpki.pki import engine, spec, times
+from clusterpki.kube.api import PARTIAL_METADATA
+from clusterpki.pki import catalog, engine, spec, times
 from harness import Bench, OperatorProcess, bench, clusterpki, percentile
 
 from tests.kube import GROUP_PATH
 
 NAMESPACES = 50
-LEASES = "bench-leases"  # the namespace of the replicas' Leases
+LEASES = "clusterpki-system"  # the replicas' Leases: where the manifests' Role lets its ServiceAccount take them
 WAVE_LEAD = 20.0  # seconds between the last renewBefore patch and the moment everything falls due
 
 
@@ -134,6 +137,79 @@ async def floor(b: Bench, count: int, algorithm: str) -> dict[str, float]:
             "floor_bytes": sum(len(body) for _, body in bodies) / len(bodies)}
 
 
+async def api_floor(b: Bench, count: int, algorithm: str) -> dict[str, float]:
+    """The operator's own 19 requests for each of ``count`` fresh ClusterPKIs, made by a lean client from
+    precomputed bodies at the operator's concurrency (each ClusterPKI's in the operator's order: the
+    metadata LIST of the namespace's other Secrets, the claim, the CA Secrets, the other Secrets, the
+    status and the Event): what the API itself takes to issue the fleet, the operator's computation
+    aside. The ClusterPKIs (made first, with no operator running) and their Secrets are deleted after."""
+    claim, final, made = await _statuses(algorithm)
+    pkis = [(f"api-floor-{i % NAMESPACES}", f"api-floor-{i}") for i in range(count)]
+    await b.create_namespaces(sorted({namespace for namespace, _ in pkis}))
+    for batch in range(0, count, 100):
+        await asyncio.gather(*(b.api.apply_pki(clusterpki(namespace, name, keyAlgorithm=algorithm))
+                               for namespace, name in pkis[batch:batch + 100]))
+    slots = asyncio.Semaphore(CONCURRENT_RECONCILES)
+    json_body, merge = {"Content-Type": "application/json"}, {"Content-Type": "application/merge-patch+json"}
+
+    async def send(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                   params: dict[str, str] | None = None) -> None:
+        async with b.session.request(method, b.url + path, data=body, headers=headers, params=params) as response:
+            await response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"the API floor's {method} {path} got {response.status}")
+
+    async def issue(namespace: str, name: str) -> None:
+        pki_path = f"{GROUP_PATH}/namespaces/{namespace}/clusterpkis/{name}/status"
+        secret_path = f"/api/v1/namespaces/{namespace}/secrets"
+        bodies = [(component in catalog.CA_BY_COMPONENT, json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": kind, "data": data,
+            "metadata": {"name": secrets.secret_name(name, component), "namespace": namespace,
+                         "labels": secrets.labels(name, component)}}).encode())
+            for component, (kind, data) in made.items()]
+        event = json.dumps({"metadata": {"generateName": f"{name}."}, "type": "Normal", "reason": "Issued",
+                            "message": "Issued 19", "involvedObject": {"apiVersion": f"{GROUP_PATH[6:]}",
+                            "kind": "ClusterPKI", "namespace": namespace, "name": name}}).encode()
+        async with slots:
+            await send("GET", secret_path, params={"labelSelector": f"{secrets.LABEL_MANAGED_BY}!={secrets.MANAGER}",
+                                                   "resourceVersion": "0"}, headers={"Accept": PARTIAL_METADATA})
+            await send("PATCH", pki_path, claim, merge)
+            for first in (True, False):
+                await asyncio.gather(*(send("POST", secret_path, body, json_body) for ca, body in bodies if ca is first))
+            await send("PATCH", pki_path, final, merge)
+            await send("POST", f"/api/v1/namespaces/{namespace}/events", event, json_body)
+
+    start, server_cpu = time.monotonic(), b.server_cpu()
+    await asyncio.gather(*(issue(namespace, name) for namespace, name in pkis))
+    took, server_cpu = time.monotonic() - start, b.server_cpu() - server_cpu
+    await asyncio.gather(*(send("DELETE", f"{GROUP_PATH}/namespaces/{namespace}/clusterpkis/{name}")
+                           for namespace, name in pkis))
+    for batch in range(0, count, 100):
+        await asyncio.gather(*(send("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}-{component}")
+                               for namespace, name in pkis[batch:batch + 100] for component in made))
+    return {"api_floor": took, "api_floor_server_cpu": server_cpu}
+
+
+async def _statuses(algorithm: str) -> tuple[bytes, bytes, dict[str, tuple[str, dict[str, str]]]]:
+    """The claim and the status the operator patches onto a new ClusterPKI, and its Secrets (component ->
+    type and data): one ClusterPKI issued by the controller's own loop on the unit tests' in-memory API."""
+    from tests.unit.controller.world import World
+    from tests.unit.controller.world import clusterpki as body
+
+    world = World(body(keyAlgorithm=algorithm))
+    patches: list[dict[str, Any]] = []
+    patch_status = world.patch_status
+
+    async def recorded(namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None):
+        patches.append(status)
+        return await patch_status(namespace, name, status, resource_version)
+    world.patch_status = recorded  # type: ignore[method-assign]
+    await world.reconcile()
+    claim, final = patches
+    made = {s["metadata"]["labels"][secrets.LABEL_COMPONENT]: (s["type"], s["data"]) for s in world.secrets.values()}
+    return json.dumps({"status": claim}).encode(), json.dumps({"status": final}).encode(), made
+
+
 async def settle(operator_cpu: Any, window: float = 5.0, limit: float = 300.0) -> float:
     """Wait until the operator has worked off what issuance left (the tail of watch events): less
     than 1% of a core over ``window`` seconds. Returns how long that took."""
@@ -175,8 +251,6 @@ class Replicas:
             if replicas > 1 else []
 
     async def start(self) -> Replicas:
-        if self.args and not self.b.operators:
-            await self.b.create_namespaces([LEASES])
         self.members = [await self.b.start_operator(*self.args) for _ in range(self.count)]
         return self
 
@@ -252,7 +326,7 @@ async def wave(b: Bench, count: int) -> dict[str, float]:
 async def measure(count: int, algorithm: str, steady_seconds: float, with_resume: bool, with_wave: bool,
                   real: bool, with_floor: bool = True, replicas: int = 1) -> dict[str, Any]:
     async with bench(real) as b:
-        lower = await floor(b, count, algorithm) if with_floor else {}
+        lower = {**await floor(b, count, algorithm), **await api_floor(b, count, algorithm)} if with_floor else {}
         if lower:
             print(f"{count}, floor: {lower}", file=sys.stderr)
         operator = await Replicas(b, replicas).start()
@@ -292,12 +366,20 @@ def main() -> None:
     print(f"Issuance ({args.algorithm}, {'a real control plane' if args.real else 'the emulator'}, "
           f"{args.replicas} operator replica{'s' if args.replicas > 1 else ''})")
     print(f"{'ClusterPKIs':>11} {'all Ready':>10} {'floor':>8} {'ratio':>6} {'p50':>8} {'p99':>8} {'requests/PKI':>13} "
-          f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11} {'floor server CPU':>17}")
+          f"{'peak RSS':>9} {'operator CPU':>13} {'server CPU':>11}")
     for count, r in results:
         lower = f"{r['floor']:>7.1f}s {r['all_ready'] / r['floor']:>5.2f}x" if "floor" in r else f"{'-':>8} {'-':>6}"
         print(f"{count:>11} {r['all_ready']:>9.1f}s {lower} {r['p50']:>7.2f}s {r['p99']:>7.2f}s "
               f"{r['requests']:>13.1f} {r['rss_issuance']:>6.0f}MiB {r['operator_cpu']:>12.1f}s "
-              f"{r['server_cpu']:>10.1f}s {r.get('floor_server_cpu', float('nan')):>16.1f}s")
+              f"{r['server_cpu']:>10.1f}s")
+    if any("floor" in r for _, r in results):
+        print("\nFloors (a lean client from precomputed bodies, at the operator's concurrency, on the same server)")
+        print(f"{'ClusterPKIs':>11} {'Secrets alone':>14} {'server CPU':>11} {'the 19 requests':>16} {'server CPU':>11} "
+              f"{'operator vs those':>18}")
+        for count, r in results:
+            if "floor" in r:
+                print(f"{count:>11} {r['floor']:>13.1f}s {r['floor_server_cpu']:>10.1f}s {r['api_floor']:>15.1f}s "
+                      f"{r['api_floor_server_cpu']:>10.1f}s {r['all_ready'] / r['api_floor']:>17.2f}x")
     if args.steady:
         print(f"\nSteady state (measured over {args.steady:.0f}s, scaled to an hour)")
         print(f"{'ClusterPKIs':>11} {'settled after':>14} {'requests/PKI/h':>15} {'CPU s/h':>8} "

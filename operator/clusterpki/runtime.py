@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import kopf
@@ -22,6 +22,9 @@ from clusterpki.errors import UsageError
 from clusterpki.kube.api import connection_info, load_configuration
 from clusterpki.kube.parts import Part
 from clusterpki.pki import times
+
+if TYPE_CHECKING:
+    from clusterpki.kube.leadership import Elector
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +49,11 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
 
         prometheus_client.start_http_server(metrics_port)
     _until_served(configuration, namespaces, liveness)
-    part = Part(0, 1)
+    part, elector = Part(0, 1), None
     if lease_namespace is not None:
-        part = Part(_wait_to_lead(configuration, lease_namespace, liveness, shards), shards)
+        elector = _wait_to_lead(configuration, lease_namespace, liveness, shards)
+        assert elector.shard is not None
+        part = Part(elector.shard, shards)
     if policy is not None and not part.owns(policy[0]):
         logger.info("The CSR policy's namespace %s is another part's: its replica approves the CSRs", policy[0])
         policy = None
@@ -56,6 +61,8 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
              memo=kopf.Memo(csr_policy=policy, namespaces=namespaces, part=part),
              clusterwide=not namespaces, namespaces=namespaces, standalone=standalone,
              liveness_endpoint=liveness)
+    if elector is not None:  # stopped (SIGTERM): nothing more is written, so a standby may lead at once
+        elector.release(timeout=5)
     return 0
 
 
@@ -80,8 +87,8 @@ def _until_served(configuration: Any, namespaces: list[str], liveness: str | Non
             health.close()
 
 
-def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, shards: int) -> int:
-    """Campaign for a Lease and block until this replica leads; the part it leads. Meanwhile the liveness
+def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, shards: int) -> Elector:
+    """Campaign for a Lease and block until this replica leads (``shard`` says which part). Meanwhile the liveness
     endpoint answers, so that the kubelet does not restart a healthy standby; Kopf serves it once this
     replica leads."""
     from clusterpki.kube.leadership import Elector
@@ -94,8 +101,7 @@ def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, s
     finally:
         if health is not None:
             health.close()
-    assert elector.shard is not None
-    return elector.shard
+    return elector
 
 
 def _exit_now(message: str) -> None:

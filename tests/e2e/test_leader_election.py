@@ -1,6 +1,7 @@
 """Two replicas of ``clusterpki run --leader-elect`` on a real kube-apiserver, as the Deployment runs them, with
 the ServiceAccount's token and the manifests' Lease RBAC: one leads, the other stands by without a write,
-takes over when the leader is killed, and a leader that loses its Lease exits at once. A fleet in two
+takes over when the leader is killed or at once when it is stopped (it gives the Lease back), and a
+leader that loses its Lease exits at once. A fleet in two
 parts (``--shards 2``) is led by two replicas, one each, and a third takes over a part.
 
 Failover is timed by ``bench/failover.py --real``; here only that it happens is asserted."""
@@ -79,6 +80,19 @@ async def test_one_replica_leads_the_other_stands_by_and_takes_over_when_it_is_k
     await api.ready(namespace, "beta", timeout=40)
     lease = await api.get("leases", LEASE, LEASE_NAMESPACE)
     assert lease["spec"]["holderIdentity"] in standby.log()
+
+
+async def test_a_leader_stopped_as_a_pod_is_gives_its_lease_back_and_the_standby_leads_at_once(replicas, api):
+    """SIGTERM (a rollout, a drain): the leader stops its work, then gives the Lease back, so that the
+    standby leads within a retry period, not once the Lease lapses (10 s)."""
+    leader = await replicas.leader(api)
+    standby = next(r for r in replicas.replicas if r is not leader)
+    await asyncio.to_thread(leader.stop)
+    leader.process = None
+    assert f"Gave the Lease {LEASE_NAMESPACE}/{LEASE} back." in leader.log()
+    started = asyncio.get_running_loop().time()
+    assert await replicas.leader(api, exclude=leader) is standby
+    assert asyncio.get_running_loop().time() - started < 5, "taken at the next retry, not after the lease lapsed"
 
 
 async def test_a_leader_that_loses_its_lease_exits_at_once(replicas, api):

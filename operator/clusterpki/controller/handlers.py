@@ -87,7 +87,7 @@ class State:
                                        plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
                                        report_first=True, keep=_version_only, owns=part.owns)
         self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
-                              lambda kind, obj, _: drift(self, kind, obj), owns=part.owns)
+                              lambda kind, obj, _: drift(self, kind, obj), keep=_secret_meta, owns=part.owns)
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
                              plural="leases", group=reports.LEASES, metadata_only=False, owns=part.owns)
         # Nodes' reports, for the --csr-policy ClusterPKI alone (the cluster the operator runs in, whose
@@ -139,6 +139,13 @@ def track(state: State, kind: str, obj: dict[str, Any]) -> None:
         state.scheduler.after(key, 0)
 
 
+def _secret_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the Secret watch's index keeps of a Secret's metadata: what drift and the names of a namespace's
+    Secrets need (not its managedFields, a third of a fleet's index)."""
+    return {key: meta[key] for key in ("name", "namespace", "resourceVersion", "labels", "creationTimestamp")
+            if key in meta}
+
+
 def _version_only(obj: dict[str, Any]) -> dict[str, Any]:
     """What the ClusterPKI watch's own index keeps: enough to tell a relist's changes (the bodies are
     kept once, in ``State.bodies``)."""
@@ -154,6 +161,7 @@ def remember(state: State, key: Key, obj: dict[str, Any]) -> None:
     kept = state.bodies.get(key)
     new, old = _version(obj), _version(kept) if kept is not None else None
     if new is None or old is None or new >= old:
+        obj["metadata"].pop("managedFields", None)  # never read, and as large as the status it tracks
         state.bodies[key] = obj
 
 

@@ -62,6 +62,9 @@ class Elector:
         self.holder = identity()
         self.on_lost = on_lost
         self.leading = threading.Event()
+        self.released = threading.Event()
+        self._stop = asyncio.Event()  # set (on the election's loop) by release()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._configuration = configuration
 
     def start(self) -> None:
@@ -75,9 +78,18 @@ class Elector:
                         " and ".join(self.names))
         logger.info("Leading: holding the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
 
+    def release(self, timeout: float) -> bool:
+        """Give the Lease back, once this replica has stopped working, so that a standby takes over at once
+        rather than after the Lease lapses; whether that was done within ``timeout``."""
+        if self._loop is None or not self.leading.is_set():
+            return False
+        self._loop.call_soon_threadsafe(self._stop.set)
+        return self.released.wait(timeout)
+
     async def _campaign(self) -> None:
         """The election on this thread's loop, with an API session of its own (a session serves one loop).
         Each request may take at most half a retry period, so that a hung one is only a failed attempt."""
+        self._loop = asyncio.get_running_loop()
         api = Api(self._configuration)
         try:
             await self.elect(*(Lease(api, self.namespace, name, self.holder, TIMING.lease_duration,
@@ -93,10 +105,23 @@ class Elector:
             self.name, self.shard = lease.name, leases.index(lease)
             self.leading.set()
             why = await self._lead(lease, renewed)
+            if why is None:
+                await self._give_back(lease)
+                return
         except Exception as exc:  # noqa: BLE001  API and network errors are retried: this is a bug, and a
             # thread that died of it silently would leave a leader running without renewing its Lease
             why = f"the election failed: {type(exc).__name__}"
         self.on_lost(f"Lost the Lease {self.namespace}/{self.name}: {why}.")
+
+    async def _give_back(self, lease: Lease) -> None:
+        try:
+            await lease.give_back()
+            logger.info("Gave the Lease %s/%s back.", self.namespace, self.name)
+        except ApiError as exc:  # it lapses by itself
+            logger.warning("Cannot give the Lease %s/%s back (%s): it lapses within %ss.", self.namespace,
+                           self.name, exc, TIMING.lease_duration)
+        finally:
+            self.released.set()
 
     async def _acquire(self, leases: tuple[Lease, ...]) -> tuple[float, Lease]:
         """Try to take a Lease every retry period, each in turn from a random one (so that replicas
@@ -114,13 +139,18 @@ class Elector:
                     logger.warning("%s; trying again in %ss.", exc, TIMING.retry_period)
             await asyncio.sleep(TIMING.retry_period)
 
-    async def _lead(self, lease: Lease, renewed: float) -> str:
+    async def _lead(self, lease: Lease, renewed: float) -> str | None:
         """Renew the Lease every retry period; why leading ended: the Lease has another holder, or no
-        renewal succeeded within the renew deadline. Attempts and pauses end at that deadline, so the
-        loss is known at once, not an attempt later."""
+        renewal succeeded within the renew deadline (None: :meth:`release` ended it). Attempts and
+        pauses end at that deadline, so the loss is known at once, not an attempt later."""
         clock = asyncio.get_running_loop().time
         while True:
-            await asyncio.sleep(min(TIMING.retry_period, max(0.0, renewed + TIMING.renew_deadline - clock())))
+            pause = min(TIMING.retry_period, max(0.0, renewed + TIMING.renew_deadline - clock()))
+            try:
+                await asyncio.wait_for(self._stop.wait(), pause)
+                return None
+            except TimeoutError:
+                pass
             started = clock()
             left = renewed + TIMING.renew_deadline - started
             if left <= 0:

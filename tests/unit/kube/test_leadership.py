@@ -65,6 +65,9 @@ class ScriptedLease:
     async def renew(self) -> bool:
         return await self._answer("renew", self.renewals)
 
+    async def give_back(self) -> None:
+        self.calls.append((asyncio.get_running_loop().time(), "give_back"))
+
     def holder(self) -> str:
         return "other"
 
@@ -158,3 +161,17 @@ def test_a_replica_of_a_fleet_in_parts_leads_the_part_whose_lease_is_free_and_on
     assert (elector.shard, elector.name) == (1, "clusterpki-shard-1")
     assert [called for _, called in held.calls if called == "renew"] == [], "the held part is never renewed"
     assert lost == ["Lost the Lease ns/clusterpki-shard-1: it is no longer ours (other holds it)."]
+
+
+def test_a_leader_stopped_gives_its_lease_back_and_is_not_lost():
+    lease = ScriptedLease([None], [True] * 10)
+    lost: list[str] = []
+    elector = Elector(client.Configuration(), "ns", on_lost=lost.append)
+
+    async def stopped_after_5s() -> None:
+        asyncio.get_running_loop().call_later(5, elector._stop.set)
+        await elector.elect(lease)
+    run(stopped_after_5s())
+    assert [(at, called) for at, called in lease.calls if called != "take"] == \
+        [(2, "renew"), (4, "renew"), (5, "give_back")], "given back at once, not at the next renewal"
+    assert lost == [] and elector.released.is_set()
