@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
@@ -210,7 +211,28 @@ def identity_of(cert: x509.Certificate) -> Identity:
 
 
 def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """Whether ``ca`` issued ``cert``: the names chain and ``ca``'s key made the signature."""
+    """Whether ``ca`` issued ``cert``: the names chain and ``ca``'s key made the signature. Remembered by
+    the two certificates' SHA-256 fingerprints (decisions run in threads, hence the lock): the operator
+    checks every leaf of a fleet at each look, and the verification (0.1 ms for ECDSA) was a tenth of a
+    fleet's resume."""
+    key = (cert.fingerprint(_SHA256), ca.fingerprint(_SHA256))
+    found = _VERIFIED.get(key)
+    if found is None:
+        found = _verify(cert, ca)
+        with _VERIFIED_LOCK:
+            if len(_VERIFIED) >= _REMEMBERED:
+                del _VERIFIED[next(iter(_VERIFIED))]  # the oldest
+            _VERIFIED[key] = found
+    return found
+
+
+_SHA256 = hashes.SHA256()
+_REMEMBERED = 32768  # the leaves of 2,000 ClusterPKIs, in about 6 MiB
+_VERIFIED: dict[tuple[bytes, bytes], bool] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _verify(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):

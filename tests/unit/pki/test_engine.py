@@ -273,3 +273,13 @@ def test_a_repaired_pair_gets_a_new_key():
                          NOW)
     assert again.leaves["admin"].key is not other.leaves["admin"].key
     assert again.leaves["admin"].key is not first.leaves["admin"].key
+
+
+def test_a_signature_remembered_is_remembered_for_that_pair_of_certificates_only(pki):
+    leaf, ca, other = pki.leaves["apiserver"].cert, pki.cas["ca"].cert, pki.cas["etcd-ca"].cert
+    for _ in range(2):  # the second time from memory
+        assert certificates.signed_by(leaf, ca) and not certificates.signed_by(leaf, other)
+    forged = x509.CertificateBuilder(leaf.issuer, leaf.subject, leaf.public_key(), leaf.serial_number,
+                                     leaf.not_valid_before_utc, leaf.not_valid_after_utc, list(leaf.extensions)
+                                     ).sign(pki.cas["etcd-ca"].key, certificates._hash_for(pki.cas["etcd-ca"].key))
+    assert not certificates.signed_by(forged, ca), "the same names and key, signed by another CA"
