@@ -389,12 +389,14 @@ def _parser() -> argparse.ArgumentParser:
                           "is touched]")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on /metrics")
     run.add_argument("--leader-elect", action="store_true",
-                     help="run only while holding the Lease 'clusterpki' (coordination.k8s.io/v1); for 2+ replicas")
+                     help="run only while holding the Lease 'clusterpki' (coordination.k8s.io/v1), or with --shards a "
+                          "part's; for 2+ replicas")
     run.add_argument("--leader-election-namespace", metavar="NS",
                      help="the Lease's namespace [the pod's own, else clusterpki-system]")
     run.add_argument("--shards", type=_shards, default=1, metavar="N",
                      help=f"split the fleet by namespace into N parts (2 to {MAX_SHARDS}), each led by the replica "
-                          "holding the Lease 'clusterpki-shard-<i>'; needs --leader-elect and N replicas or more [1]")
+                          "holding the Lease 'clusterpki-shard-<i>-of-N'; needs --leader-elect and N replicas or "
+                          "more [1]")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from clusterpki.controller import settings
 from clusterpki.controller.custody import Custody
-from clusterpki.controller.observe import Observed, Stranger
+from clusterpki.controller.observe import Observed, Stranger, twins
 from clusterpki.controller.plan import Plan, Retry
 from clusterpki.controller.reasons import Event, Reason
 from clusterpki.controller.status import failure
@@ -41,21 +41,15 @@ def settling(seen: Observed, now: datetime) -> Plan | None:
     watch reports ClusterPKIs in the server's order, so every one made before this one is known; one made
     after it but in the same second is older when its name sorts first, which for a clash means that it is
     a dash-prefix of this one's (``x`` of ``x-etcd-server``). Only a first write whose name has such a
-    prefix, and only until ``SETTLE_SECONDS`` after its creation second, waits."""
+    prefix, and only until ``SETTLE_SECONDS`` after its creation second, waits; then observe reads those
+    names afresh too (a watch may be behind, and the operator's clock is not the apiserver's)."""
     created = seen.meta.created
     if created is None or seen.secrets or seen.record.secrets or seen.claim is not None:
         return None
     settled = created + timedelta(seconds=settings.SETTLE_SECONDS)
-    if now >= settled or not _may_have_an_older_twin(seen.meta.name, seen.wanted):
+    if now >= settled or not twins(seen.meta.name, seen.wanted):
         return None
     return Plan(wake_at=settled)
-
-
-def _may_have_an_older_twin(name: str, wanted: frozenset[str]) -> bool:
-    """Whether a ClusterPKI named after a dash-prefix of ``name`` could want one of its Secret names: its
-    ``<rest>-<component>`` is one of the catalog's components."""
-    rests = [name[i + 1:] for i, ch in enumerate(name) if ch == "-"]
-    return any(catalog.is_component(f"{rest}-{component}") for rest in rests for component in wanted)
 
 
 def failed(seen: Observed, now: datetime, reason: Reason, message: str, retry: Retry | None = None) -> Plan:

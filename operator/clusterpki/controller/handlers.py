@@ -63,8 +63,9 @@ class ObjectLogger(logging.LoggerAdapter):
 
 
 class State:
-    """What the controller keeps in memory: the latest ClusterPKIs (from the watch), a lock per
-    ClusterPKI and a bound on reconciles at once, the scheduler, the two watches, and the
+    """What the controller keeps in memory: the latest ClusterPKIs (from their watch), a lock per
+    ClusterPKI and a bound on reconciles at once, the scheduler, the watches (ClusterPKIs, Secrets, report
+    Leases, and Nodes with a CSR policy), all of this replica's part of the fleet alone, and the
     resourceVersions of its own Secret writes (to tell them from drift)."""
 
     def __init__(self, api: Api, namespaces: list[str], node_policy: Key | None = None, part: Part = WHOLE) -> None:
@@ -171,12 +172,13 @@ def _version(obj: Mapping[str, Any]) -> int | None:
 
 
 def asks_for_a_look(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
-    """Whether a ClusterPKI's new version needs a reconcile: first sight, a new generation (its spec
-    changed), or other annotations. The operator's own status patches change neither."""
+    """Whether a ClusterPKI's new version needs a reconcile: first sight, another object of the same name
+    (deleted and made again while the watch was away: a relist reports it as modified), a new generation
+    (its spec changed), or other annotations. The operator's own status patches change none of these."""
     if previous is None:
         return True
     before, after = previous["metadata"], current["metadata"]
-    return before.get("generation") != after.get("generation") or \
+    return before.get("uid") != after.get("uid") or before.get("generation") != after.get("generation") or \
         (before.get("annotations") or {}) != (after.get("annotations") or {})
 
 
@@ -394,6 +396,9 @@ class Clients:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._state.secrets.get(namespace, name)
+
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._state.clusterpkis.get(namespace, name)
 
     async def create(self, secret: dict[str, Any]) -> dict[str, Any]:
         return await self._write(self._state.secrets.create, secret)

@@ -1,9 +1,10 @@
 """observe: read a ClusterPKI and its Secrets once, into one typed, immutable view.
 
-:func:`observe` makes the reads (one LIST of the ClusterPKI's Secrets, and only when some are
+:func:`observe` makes the reads (one LIST of the ClusterPKI's Secrets; only when some it writes are
 missing, one metadata-only LIST of the namespace's other Secrets and a GET for each one that may be
-its own); :func:`view` turns what was read into an :class:`Observed`, with no I/O. What to do about
-it is :mod:`clusterpki.controller.decide`'s.
+its own; before a first write, a GET of each ClusterPKI that could be an older twin, rare: see
+:func:`twins`); :func:`view` turns what was read into an :class:`Observed`, with no I/O. What to do
+about it is :mod:`clusterpki.controller.decide`'s.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class Reads(Protocol):
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
 
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
@@ -114,6 +117,8 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
     if not halves and all(secrets.is_rotation(c) and not _recorded(base, c) for c in missing):
         return replace(base, halves_read=not missing)
+    if not (base.secrets or base.record.secrets or base.claim):  # a first write: who else may want its names
+        neighbours = await _twins_afresh(reads, body, neighbours, base.wanted)
     present = await reads.names(namespace)
     fetch = [c for c, n in missing.items() if n in present and _may_be_its_own(c, present[n], name, base)]
     found = await asyncio.gather(*(reads.get(namespace, missing[c]) for c in fetch))
@@ -198,6 +203,27 @@ def _legacy(status: Mapping[str, Any]) -> dict[str, str]:
     """The serials a status written before the record existed lists, by component."""
     return {str(e["name"]): str(e["serialNumber"]) for e in status.get("certificates") or []
             if isinstance(e, Mapping) and e.get("name") and e.get("serialNumber")}
+
+
+def twins(name: str, wanted: frozenset[str]) -> list[str]:
+    """The names an older ClusterPKI made later the same second could have and want one of ``name``'s Secret
+    names with: each dash-prefix ``p`` of ``name`` (``name`` is ``p-rest``) for which some ``rest-component``
+    is a component of the catalog (``x`` of ``x-etcd-server``, whose member ``admin`` has
+    ``x-etcd-server-admin``; none for ``pki-7``). Only a dash-prefix sorts before ``name`` and can clash."""
+    cuts = [i for i, ch in enumerate(name) if ch == "-"]
+    return [name[:i] for i in cuts if any(catalog.is_component(f"{name[i + 1:]}-{c}") for c in wanted)]
+
+
+async def _twins_afresh(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
+                        wanted: frozenset[str]) -> list[Mapping[str, Any]]:
+    """``neighbours``, and the twins (:func:`twins`) the watch has not brought, read afresh: the watch
+    brings every ClusterPKI made before this one, but a twin is older when made later the same second,
+    and a watch may be behind (see :func:`clusterpki.controller.gates.settling`)."""
+    meta = body["metadata"]
+    known = {other["metadata"]["name"] for other in neighbours}
+    unknown = [name for name in twins(meta["name"], wanted) if name not in known]
+    found = await asyncio.gather(*(reads.clusterpki(meta["namespace"], name) for name in unknown))
+    return [*neighbours, *(other for other in found if other is not None)]
 
 
 def _related(one: str, other: str) -> bool:

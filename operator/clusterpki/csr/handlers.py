@@ -81,7 +81,7 @@ class CsrState:
                                   plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
                                   report_first=True, keep=_metadata, fields=f"metadata.name={policy[1]}")
         self.tasks: set[asyncio.Task] = set()  # decisions and signatures in flight
-        self.running: asyncio.Future | None = None  # the scheduler and both watches
+        self.running: asyncio.Future | None = None  # the scheduler and the watches
 
     @property
     def nodes_listed(self) -> bool:

@@ -139,14 +139,14 @@ class Watch:
             if known is None or known[0] != meta["resourceVersion"]:
                 self._remember(item)
                 if report:
-                    self.on_event("ADDED" if known is None else "MODIFIED", item, known[1] if known else None)
+                    self._report("ADDED" if known is None else "MODIFIED", item, known[1] if known else None)
         for space, secrets in self.index.items():
             if namespace not in (None, space):
                 continue
             for name in [n for n in secrets if (space, n) not in present]:
                 _, gone = secrets.pop(name)
                 if report:
-                    self.on_event("DELETED", gone if not self.metadata_only else {"metadata": gone}, None)
+                    self._report("DELETED", gone if not self.metadata_only else {"metadata": gone}, None)
         return listed["metadata"]["resourceVersion"]
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
@@ -158,7 +158,15 @@ class Watch:
             self.index.get(_namespace(meta), {}).pop(meta["name"], None)
         else:
             self._remember(obj)
-        self.on_event(kind, obj, known[1] if known else None)
+        self._report(kind, obj, known[1] if known else None)
+
+    def _report(self, kind: str, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """Call ``on_event``; a bug in it is logged, and the watch goes on for the other objects."""
+        try:
+            self.on_event(kind, obj, before)
+        except Exception:  # noqa: BLE001  a watch that died of one event would bring no other
+            LOGGER.exception(f"handling {kind} of {self.plural} {_namespace(obj['metadata'])}/"
+                             f"{obj['metadata'].get('name')} failed")
 
     def _remember(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

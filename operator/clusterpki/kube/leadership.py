@@ -1,11 +1,12 @@
 """Leader election for ``clusterpki run --leader-elect``: the ``coordination.k8s.io/v1`` Lease
-``clusterpki``, taken and renewed through :class:`clusterpki.kube.lease.Lease` the way client-go's
-``leaderelection`` does it.
+``clusterpki`` (with ``--shards N``, one Lease per part of the fleet: :mod:`clusterpki.kube.parts`), taken
+and renewed through :class:`clusterpki.kube.lease.Lease` the way client-go's ``leaderelection`` does it.
 
 Only the leader runs the operator. A standby only reads the Lease, every retry period, and takes it once
 it is free or lapsed. The leader renews it every retry period. A leader that has not renewed it within
 the renew deadline must stop at once, since another replica may lead a moment later: :class:`Elector`
-then calls ``on_lost``, which exits the process and lets the Deployment restart it as a standby. Every
+then calls ``on_lost``, which exits the process and lets the Deployment restart it as a standby. A
+leader that stops (SIGTERM) gives the Lease back once its work has stopped (:meth:`Elector.release`). Every
 request has a timeout, and an attempt never runs past the deadline, so a hung request cannot keep a
 leader that lost its Lease.
 

@@ -11,8 +11,10 @@ MAX_SHARDS = 4  # parts a fleet may be split into: the Role names each one's Lea
 
 
 def lease_names(shards: int) -> list[str]:
-    """The Leases of a fleet in ``shards`` parts: ``clusterpki`` for one part, else one per part."""
-    return [LEASE_NAME] if shards == 1 else [f"{LEASE_NAME}-shard-{i}" for i in range(shards)]
+    """The Leases of a fleet in ``shards`` parts: ``clusterpki`` for one part, else one per part, named with
+    the number of parts too: replicas given another number (a change rolling out) take Leases of their own,
+    so every namespace keeps a replica throughout, never none."""
+    return [LEASE_NAME] if shards == 1 else [f"{LEASE_NAME}-shard-{i}-of-{shards}" for i in range(shards)]
 
 
 def shard_of(namespace: str, shards: int) -> int:

@@ -17,38 +17,46 @@ CLUSTER_NAME = "kubernetes"
 
 def render(server: str, user: str, pair: KeyPair, trust: Iterable[x509.Certificate]) -> bytes:
     """A kubeconfig logging ``user`` in with ``pair`` to ``server``, trusting the CAs in ``trust``."""
-    return _skeleton(server, user).format(
-        ca=_b64(pem_bundle(trust)), cert=_b64(pem_bundle(pair.certificates)), key=_b64(keys.private_pem(pair.key))
-    ).encode()
+    values = {"ca": _b64(pem_bundle(trust)), "cert": _b64(pem_bundle(pair.certificates)),
+              "key": _b64(keys.private_pem(pair.key))}
+    skeleton = _skeleton(server, user)
+    if skeleton is None or not all(values.values()):
+        return documents.dump(_document(server, user, values)).encode()
+    return skeleton.format(**values).encode()
 
 
 @functools.lru_cache(maxsize=256)
-def _skeleton(server: str, user: str) -> str:
+def _skeleton(server: str, user: str) -> str | None:
     """The YAML of a kubeconfig for ``user`` at ``server`` with a field for each base64 value. Dumped
     once per (server, user), not per kubeconfig: the dump was a tenth of a fleet's reconciles. A PEM's
     base64 is a plain scalar (``LS0t...``, no space, never folded), so its field in the dumped text
-    stands for exactly what a dump of the whole document would write."""
+    stands for exactly what a dump of the whole document would write. None when a marker is not found
+    exactly once (a server or user that holds one): such a kubeconfig is dumped whole."""
+    text = documents.dump(_document(server, user, _FIELDS)).replace("{", "{{").replace("}", "}}")
+    for name, marker in _FIELDS.items():
+        if text.count(marker) != 1:
+            return None
+        text = text.replace(marker, f"{{{name}}}")
+    return text
+
+
+def _document(server: str, user: str, values: dict[str, str]) -> dict[str, object]:
     context = f"{user}@{CLUSTER_NAME}"
-    document = {
+    return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": CLUSTER_NAME, "cluster": {
             "server": server,
-            "certificate-authority-data": _FIELDS["ca"],
+            "certificate-authority-data": values["ca"],
         }}],
         "users": [{"name": user, "user": {
-            "client-certificate-data": _FIELDS["cert"],
-            "client-key-data": _FIELDS["key"],
+            "client-certificate-data": values["cert"],
+            "client-key-data": values["key"],
         }}],
         "contexts": [{"name": context, "context": {"cluster": CLUSTER_NAME, "user": user}}],
         "current-context": context,
         "preferences": {},
     }
-    text = documents.dump(document).replace("{", "{{").replace("}", "}}")
-    for name, marker in _FIELDS.items():
-        assert text.count(marker) == 1, "a field that is not a plain scalar of its own"
-        text = text.replace(marker, f"{{{name}}}")
-    return text
 
 
 _FIELDS = {name: f"CLUSTERPKI{name.upper()}FIELD" for name in ("ca", "cert", "key")}

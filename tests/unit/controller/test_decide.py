@@ -264,11 +264,23 @@ async def test_a_first_write_waits_for_an_older_clusterpki_made_the_same_second_
     assert world.ready()["status"] == "True", "the older one gone, it issues everything"
 
 
+async def test_a_twin_the_watch_has_not_brought_is_read_afresh_before_a_first_write():
+    """The same, with a watch behind (or clocks apart): x is read afresh, by name, before anything is
+    written."""
+    world = World(clusterpki("x-etcd-server"))
+    world.hidden["x"] = clusterpki("x", etcd={"members": [{"name": "admin", "ips": ["10.0.0.1"]}]})
+    plan = await world.reconcile(timedelta(seconds=2))
+    assert world.reads == ["list", "clusterpki x", "names"], "the one dash-prefix whose Secrets can clash"
+    assert plan.writes == () and world.secrets == {} and world.ready()["reason"] == "SecretConflict"
+    assert "Secret x-etcd-server-admin is wanted by ClusterPKI x, which is older" in world.ready()["message"]
+
+
 @pytest.mark.parametrize("name", ["x", "pki-7", "cluster-a", "tenant-42-prod", "x-kube"])
 async def test_a_name_no_older_clusterpki_s_secrets_can_clash_with_writes_at_once(name):
     world = World(clusterpki(name))
     plan = await world.reconcile()
     assert plan.writes and world.ready()["status"] == "True"
+    assert not any(read.startswith("clusterpki") for read in world.reads), "no ClusterPKI is read"
 
 
 @pytest.mark.parametrize("name", ["x-etcd", "x-front-proxy", "a-b-etcd-server-m0", "x-etcd-peer"])

@@ -45,6 +45,7 @@ class World:
         self.now = T0
         self.plans: list[Plan] = []
         self.others: dict[str, dict[str, Any]] = {}  # other ClusterPKIs of the namespace, as the watch brought them
+        self.hidden: dict[str, dict[str, Any]] = {}  # other ClusterPKIs the watch has not brought yet
         self.reads: list[str] = []  # the reads observe made, by name
 
     # -- the loop ------------------------------------------------------------------------------
@@ -86,6 +87,10 @@ class World:
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.secrets.get(name))
+
+    async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(f"clusterpki {name}")
+        return copy.deepcopy(self.others.get(name) or self.hidden.get(name))
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -87,3 +87,29 @@ async def test_a_watch_found_behind_lists_again_and_reports_what_it_missed():
         await asyncio.gather(task, return_exceptions=True)
     assert api.lists == 2 and seen == [("ADDED", "cp-agent-m0")]
     assert set(watch.objects("ns")) == {"cp-agent-m0"}
+
+
+async def test_a_replica_keeps_its_own_part_and_a_failing_handler_costs_one_event_not_the_watch(caplog):
+    """``owns`` (a replica's part of the fleet): other namespaces' objects are neither kept nor reported;
+    a handler that raises on one object is logged, and the others still come."""
+    api = Silent()
+    api.items = [{"metadata": {"name": n, "namespace": ns, "resourceVersion": "1"}}
+                 for ns, n in (("mine", "bad"), ("theirs", "x"), ("mine", "good"))]
+    seen = []
+
+    def on_event(kind, obj, _):
+        if obj["metadata"]["name"] == "bad":
+            raise RuntimeError("a bug")
+        seen.append((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+    watch = informer.Watch(api, [], "", on_event, plural="clusterpkis", metadata_only=False, report_first=True,
+                           owns=lambda namespace: namespace == "mine")
+    task = asyncio.create_task(watch.run())
+    with caplog.at_level(logging.ERROR, logger="clusterpki.kube.informer"):
+        try:
+            while api.watches < 1:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert seen == [("mine", "good")] and set(watch.objects("mine")) == {"bad", "good"} and not watch.objects("theirs")
+    assert any("handling ADDED of clusterpkis mine/bad failed" in r.getMessage() for r in caplog.records)

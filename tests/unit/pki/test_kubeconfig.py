@@ -11,7 +11,8 @@ from clusterpki.pki import documents, engine, keys, kubeconfig, spec, times
 from tests.unit.pki.test_engine import make_spec
 
 SERVERS = ("https://10.0.0.1:6443", "https://[fd00::1]:6443", "https://api.example.com/x{0}y}", "https://a b:1")
-USERS = ("system:kube-scheduler", "kubernetes-admin", "system:node:cp-0", "a{key}b", "'quoted' user", "- x")
+USERS = ("system:kube-scheduler", "kubernetes-admin", "system:node:cp-0", "a{key}b", "'quoted' user", "- x",
+         "CLUSTERPKICAFIELD")  # a user named as a marker: dumped whole
 
 
 @pytest.fixture(scope="module")
