@@ -394,9 +394,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-election-namespace", metavar="NS",
                      help="the Lease's namespace [the pod's own, else clusterpki-system]")
     run.add_argument("--shards", type=_shards, default=1, metavar="N",
-                     help=f"split the fleet by namespace into N parts (2 to {MAX_SHARDS}), each led by the replica "
-                          "holding the Lease 'clusterpki-shard-<i>-of-N'; needs --leader-elect and N replicas or "
-                          "more [1]")
+                     help=f"split the fleet by namespace into N parts (up to {MAX_SHARDS}), each led by the replica "
+                          "holding the Lease 'clusterpki-shard-<i>-of-N'; needs --leader-elect, N replicas or more, "
+                          "and the same N for every replica [1: one part, the Lease 'clusterpki']")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(handler=_run)
 

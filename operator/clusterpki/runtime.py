@@ -11,6 +11,7 @@ import asyncio
 import http.server
 import logging
 import os
+import signal
 import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -95,13 +96,21 @@ def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, s
 
     elector = Elector(configuration, namespace, on_lost=_exit_now, shards=shards)
     health = _StandbyHealth(liveness) if liveness else None
+    standing_by = signal.signal(signal.SIGTERM, _stop_standing_by)
     elector.start()
     try:
         elector.wait()
     finally:
+        signal.signal(signal.SIGTERM, standing_by)
         if health is not None:
             health.close()
     return elector
+
+
+def _stop_standing_by(*_: object) -> None:
+    """SIGTERM before this replica leads: nothing runs yet, so it just ends, as a leader stopped does."""
+    logger.info("Stopped while standing by.")
+    raise SystemExit(0)
 
 
 def _exit_now(message: str) -> None:

@@ -95,6 +95,17 @@ async def test_a_leader_stopped_as_a_pod_is_gives_its_lease_back_and_the_standby
     assert asyncio.get_running_loop().time() - started < 5, "taken at the next retry, not after the lease lapsed"
 
 
+async def test_a_standby_says_so_and_stopped_ends_at_once_and_cleanly(replicas, api):
+    leader = await replicas.leader(api)
+    standby = next(r for r in replicas.replicas if r is not leader)
+    said = f"Standing by: the Lease {LEASE_NAMESPACE}/{LEASE} is held by another replica."
+    await api.wait_for(lambda: said in standby.log(), 15, "the standby saying so")
+    standby.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(standby.process.wait, 10) == 0
+    standby.process = None
+    assert "Stopped while standing by." in standby.log()
+
+
 async def test_a_leader_that_loses_its_lease_exits_at_once(replicas, api):
     leader = await replicas.leader(api)
     lease = await api.get("leases", LEASE, LEASE_NAMESPACE)
@@ -132,6 +143,7 @@ async def test_a_fleet_in_two_parts_is_led_by_one_replica_each_and_a_standby_tak
         held = await api.wait_for(leading, 30, "both parts led")
         mine, theirs = held[leases[shard_of(namespace, 2)]], held[leases[shard_of(other, 2)]]
         standby = next(r for r in replicas if r not in (mine, theirs))
+        await api.wait_for(lambda: "are held by other replicas." in standby.log(), 15, "the standby saying so")
         await api.apply_pki(pki("alpha", namespace))
         await api.apply_pki(pki("beta", other))
         await api.ready(namespace, "alpha")

@@ -69,15 +69,20 @@ class Elector:
         self._configuration = configuration
 
     def start(self) -> None:
-        logger.info("Campaigning for the Lease %s/%s as %s.", self.namespace, " or ".join(self.names), self.holder)
+        logger.info("Campaigning for the Lease %s as %s.", self._leases(" or "), self.holder)
         threading.Thread(target=asyncio.run, args=(self._campaign(),), name="leader-election", daemon=True).start()
 
     def wait(self) -> None:
-        """Block until this process leads."""
-        while not self.leading.wait(timeout=60):
-            logger.info("Standing by: the Lease %s/%s is held by another replica.", self.namespace,
-                        " and ".join(self.names))
+        """Block until this process leads: said once the first attempts have failed, then every minute."""
+        timeout = 2 * TIMING.retry_period
+        while not self.leading.wait(timeout=timeout):
+            held = "is held by another replica" if len(self.names) == 1 else "are held by other replicas"
+            logger.info("Standing by: the Lease %s %s.", self._leases(" and "), held)
+            timeout = 60
         logger.info("Leading: holding the Lease %s/%s as %s.", self.namespace, self.name, self.holder)
+
+    def _leases(self, joined: str) -> str:
+        return joined.join(f"{self.namespace}/{name}" for name in self.names)
 
     def release(self, timeout: float) -> bool:
         """Give the Lease back, once this replica has stopped working, so that a standby takes over at once
