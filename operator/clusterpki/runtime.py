@@ -21,7 +21,7 @@ import kopf
 
 from clusterpki.errors import UsageError
 from clusterpki.kube.api import connection_info, load_configuration
-from clusterpki.kube.parts import Part
+from clusterpki.kube.parts import WHOLE, Part
 from clusterpki.pki import times
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def run(namespaces: list[str], standalone: bool, liveness: str | None, verbose: 
 
         prometheus_client.start_http_server(metrics_port)
     _until_served(configuration, namespaces, liveness)
-    part, elector = Part(0, 1), None
+    part, elector = WHOLE, None
     if lease_namespace is not None:
         elector = _wait_to_lead(configuration, lease_namespace, liveness, shards)
         assert elector.shard is not None

@@ -44,7 +44,7 @@ def settling(seen: Observed, now: datetime) -> Plan | None:
     prefix, and only until ``SETTLE_SECONDS`` after its creation second, waits; then observe reads those
     names afresh too (a watch may be behind, and the operator's clock is not the apiserver's)."""
     created = seen.meta.created
-    if created is None or seen.secrets or seen.record.secrets or seen.claim is not None:
+    if created is None or not seen.first_write:
         return None
     settled = created + timedelta(seconds=settings.SETTLE_SECONDS)
     if now >= settled or not twins(seen.meta.name, seen.wanted):

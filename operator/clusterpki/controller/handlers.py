@@ -44,7 +44,7 @@ from clusterpki.kube.api import Api, ApiError, load_configuration
 from clusterpki.kube.events import EventRecorder
 from clusterpki.kube.informer import Watch
 from clusterpki.kube.leadership import identity
-from clusterpki.kube.parts import Part
+from clusterpki.kube.parts import WHOLE, Part
 from clusterpki.kube.resource import ClusterPKIClient
 from clusterpki.kube.scheduling import Scheduler
 from clusterpki.kube.secret_client import SecretClient, SecretMeta, meta_of
@@ -52,7 +52,6 @@ from clusterpki.pki import times
 
 Key = tuple[str, str]  # (namespace, name)
 LOGGER = logging.getLogger("clusterpki.reconcile")
-WHOLE = Part()  # the whole fleet: one replica, or one leader
 
 
 class ObjectLogger(logging.LoggerAdapter):

@@ -83,6 +83,11 @@ class Observed:
     # rotation would write one (see :func:`observe`)
     halves_read: bool = True
 
+    @property
+    def first_write(self) -> bool:
+        """Whether nothing of it is stored, on record or claimed yet: its first write is to come."""
+        return not (self.secrets or self.record.secrets or self.claim)
+
 
 class Reads(Protocol):
     """The reads observe makes (:class:`clusterpki.kube.secret_client.SecretClient`, with the names of the
@@ -95,7 +100,6 @@ class Reads(Protocol):
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     async def clusterpki(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-
 
 
 async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Mapping[str, Any]],
@@ -117,7 +121,7 @@ async def observe(reads: Reads, body: Mapping[str, Any], neighbours: Sequence[Ma
     missing = {c: secrets.secret_name(name, c) for c in sorted(base.wanted) if c not in base.secrets}
     if not halves and all(secrets.is_rotation(c) and not _recorded(base, c) for c in missing):
         return replace(base, halves_read=not missing)
-    if not (base.secrets or base.record.secrets or base.claim):  # a first write: who else may want its names
+    if base.first_write:  # who else may want its names
         neighbours = await _twins_afresh(reads, body, neighbours, base.wanted)
     present = await reads.names(namespace)
     fetch = [c for c, n in missing.items() if n in present and _may_be_its_own(c, present[n], name, base)]

@@ -46,7 +46,7 @@ class Watch:
         namespaces whose objects count (a replica's part of the fleet); the others are neither kept nor
         reported."""
         self.owns = owns
-        self.api, self.selector, self.on_event, self.plural = api, selector, on_event, plural
+        self.api, self.on_event, self.plural = api, on_event, plural
         self.params = {"labelSelector": selector, **({"fieldSelector": fields} if fields else {})}
         self.group, self.metadata_only, self.report_first = group, metadata_only, report_first
         self.keep = keep or (lambda obj: obj)

@@ -52,7 +52,7 @@ def identity() -> str:
 
 class Elector:
     """Campaigns in a thread of its own for the Lease ``namespace/clusterpki``, or with ``shards`` for
-    whichever part's Lease is free (``clusterpki-shard-<i>``): a replica leads one part at most, and
+    whichever part's Lease is free (``clusterpki-shard-<i>-of-<N>``): a replica leads one part at most, and
     :attr:`shard` says which."""
 
     def __init__(self, configuration: client.Configuration, namespace: str, on_lost: Callable[[str], None],

@@ -33,3 +33,6 @@ class Part(NamedTuple):
 
     def owns(self, namespace: str) -> bool:
         return self.shards == 1 or shard_of(namespace, self.shards) == self.index
+
+
+WHOLE = Part()  # the whole fleet: one replica, or one leader

@@ -28,7 +28,7 @@ def render(server: str, user: str, pair: KeyPair, trust: Iterable[x509.Certifica
 @functools.lru_cache(maxsize=256)
 def _skeleton(server: str, user: str) -> str | None:
     """The YAML of a kubeconfig for ``user`` at ``server`` with a field for each base64 value. Dumped
-    once per (server, user), not per kubeconfig: the dump was a tenth of a fleet's reconciles. A PEM's
+    once per (server, user), not per kubeconfig: the dump was about 5% of a fleet's resume. A PEM's
     base64 is a plain scalar (``LS0t...``, no space, never folded), so its field in the dumped text
     stands for exactly what a dump of the whole document would write. None when a marker is not found
     exactly once (a server or user that holds one): such a kubeconfig is dumped whole."""
