@@ -96,20 +96,21 @@ def _wait_to_lead(configuration: object, namespace: str, liveness: str | None, s
 
     elector = Elector(configuration, namespace, on_lost=_exit_now, shards=shards)
     health = _StandbyHealth(liveness) if liveness else None
-    standing_by = signal.signal(signal.SIGTERM, _stop_standing_by)
+    # until Kopf puts its own handler in place, once it runs: a pod stopped in between ends cleanly too
+    signal.signal(signal.SIGTERM, lambda *_: _stop_before_work(elector))
     elector.start()
     try:
         elector.wait()
     finally:
-        signal.signal(signal.SIGTERM, standing_by)
         if health is not None:
             health.close()
     return elector
 
 
-def _stop_standing_by(*_: object) -> None:
-    """SIGTERM before this replica leads: nothing runs yet, so it just ends, as a leader stopped does."""
-    logger.info("Stopped while standing by.")
+def _stop_before_work(elector: Elector) -> None:
+    """SIGTERM before Kopf runs (standing by, or leading and not started yet): nothing has been written, so
+    it gives back the Lease it holds, if any, and ends, as a leader stopped does."""
+    logger.info("Stopped before starting its work." if elector.release(timeout=5) else "Stopped while standing by.")
     raise SystemExit(0)
 
 
