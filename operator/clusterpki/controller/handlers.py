@@ -83,9 +83,9 @@ class State:
         self.task: asyncio.Task | None = None  # the scheduler's
         # The ClusterPKIs: their events in the server's order, so that when one is first looked at every
         # ClusterPKI made before it is known (the neighbours whose Secret names it must not take)
-        self.watch_clusterpkis = Watch(api, namespaces, "", lambda kind, obj, _: track(self, kind, obj),
+        self.watch_clusterpkis = Watch(api, namespaces, "", lambda kind, obj, before: track(self, kind, obj, before),
                                        plural=resource.PLURAL, group=resource.GROUP_PATH, metadata_only=False,
-                                       report_first=True, keep=_version_only, owns=part.owns)
+                                       report_first=True, keep=_what_asks_for_a_look, owns=part.owns)
         self.informer = Watch(api, namespaces, f"{secrets.LABEL_MANAGED_BY}={secrets.MANAGER}",
                               lambda kind, obj, _: drift(self, kind, obj), keep=_secret_meta, owns=part.owns)
         self.reports = Watch(api, namespaces, reports.selector(), lambda kind, obj, before: reported(self, kind, obj, before),
@@ -122,10 +122,14 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-def track(state: State, kind: str, obj: dict[str, Any]) -> None:
+def track(state: State, kind: str, obj: dict[str, Any], before: Mapping[str, Any] | None = None) -> None:
     """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look (the
     watch's first list reports each one: every ClusterPKI is looked at once at start-up). Called on the
-    event loop, by the watch, in the server's order."""
+    event loop, by the watch, in the server's order, with the version the watch saw before (``before``).
+
+    A change is judged against that version, never against the body kept: the response to the
+    operator's own status patch may already hold a change someone made a moment before (a new
+    rotate-ca annotation), and the watch's event for that change would then look like nothing new."""
     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
     if kind == "DELETED":
         state.bodies.pop(key, None)
@@ -133,10 +137,9 @@ def track(state: State, kind: str, obj: dict[str, Any]) -> None:
         state.scheduler.forget(key)
         metrics.forget(*key)
         return
-    previous = state.bodies.get(key)
     remember(state, key, obj)
-    if asks_for_a_look(previous, obj):
-        state.scheduler.after(key, 0)
+    if asks_for_a_look(before, obj):
+        mark_drift(state, key, delay=0)  # a reconcile running now must not swallow it (see _schedule)
 
 
 def _secret_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -146,12 +149,12 @@ def _secret_meta(meta: dict[str, Any]) -> dict[str, Any]:
             if key in meta}
 
 
-def _version_only(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the ClusterPKI watch's own index keeps: enough to tell a relist's changes (the bodies are
-    kept once, in ``State.bodies``)."""
+def _what_asks_for_a_look(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the ClusterPKI watch's own index keeps: what :func:`asks_for_a_look` compares, and the version
+    that tells a relist's changes (the bodies are kept once, in ``State.bodies``)."""
     meta = obj["metadata"]
-    return {"metadata": {"namespace": meta["namespace"], "name": meta["name"],
-                         "resourceVersion": meta["resourceVersion"]}}
+    return {"metadata": {field: meta[field] for field in ("namespace", "name", "resourceVersion", "uid", "generation",
+                                                          "annotations") if field in meta}}
 
 
 def remember(state: State, key: Key, obj: dict[str, Any]) -> None:
@@ -238,9 +241,10 @@ def _nodes(state: State, key: Key) -> dict[str, str] | None:
     return dict(state.node_reports) if state.nodes.is_synced("") else None
 
 
-def mark_drift(state: State, key: Key) -> None:
+def mark_drift(state: State, key: Key, delay: float | None = None) -> None:
+    """Look at ``key`` again after ``delay`` (DRIFT_DELAY by default), and after a reconcile running now."""
     state.dirty.add(key)
-    state.scheduler.after(key, settings.DRIFT_DELAY)
+    state.scheduler.after(key, settings.DRIFT_DELAY if delay is None else delay)
 
 
 async def reconcile_now(state: State, key: Key) -> None:
