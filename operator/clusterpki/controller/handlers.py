@@ -134,6 +134,7 @@ def track(state: State, kind: str, obj: dict[str, Any], before: Mapping[str, Any
     if kind == "DELETED":
         state.bodies.pop(key, None)
         state.told.pop(key, None)
+        state.dirty.discard(key)
         state.scheduler.forget(key)
         metrics.forget(*key)
         return

@@ -89,3 +89,10 @@ async def test_a_relist_reports_a_change_missed_while_the_watch_was_away():
     handlers.remember(state, KEY, copy.deepcopy(annotated))  # a status patch's response got there first
     await watch._list("/x", "the ClusterPKIs", "ns", report=True)
     assert state.scheduler.due(KEY) is not None
+
+
+async def test_a_deleted_clusterpki_leaves_nothing_due_or_marked():
+    state, watch, _ = await following()
+    watch._seen("ADDED", body(1))
+    watch._seen("DELETED", body(2))
+    assert KEY not in state.dirty and state.scheduler.due(KEY) is None and KEY not in state.bodies
