@@ -1,9 +1,9 @@
 """A change to a ClusterPKI (a new rotate-ca annotation, a spec edit) is looked at once, judged against the
 version the watch saw before it, whatever the operator's own status patch brought back meanwhile.
 
-Seen on the HA proof: a user annotated while a reconcile was writing its status; the status patch's
-response already held the new annotation, the watch's event for that annotation then looked like nothing
-new against it, and the rotation started only when something else came by, minutes later."""
+The race: a user annotates while a reconcile writes its status; the status patch's response already holds
+the new annotation; judged against that body, the watch's event for the annotation looked like nothing new,
+and the change waited for something else to come by."""
 
 from __future__ import annotations
 
