@@ -122,7 +122,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await state.api.close()
 
 
-def track(state: State, kind: str, obj: dict[str, Any], before: Mapping[str, Any] | None = None) -> None:
+def track(state: State, kind: str, obj: dict[str, Any], before: Mapping[str, Any] | None) -> None:
     """Keep the latest version of every ClusterPKI, and reconcile it when it asks for a look (the
     watch's first list reports each one: every ClusterPKI is looked at once at start-up). Called on the
     event loop, by the watch, in the server's order, with the version the watch saw before (``before``).
