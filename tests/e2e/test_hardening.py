@@ -170,7 +170,7 @@ async def test_a_repeated_condition_is_one_event_series(operator, api, namespace
     for count, value in enumerate(("1", "2", "3"), start=2):
         await api.patch("clusterpkis", "bad", {"metadata": {"annotations": {"touched": value}}}, namespace)
 
-        async def counted():
+        async def counted(count=count):
             found = await events_of(api, namespace, "bad", "InvalidSpec")
             return found if found and found[0].get("count") == count else None
         series = await api.wait_for(counted, what=f"one InvalidSpec Event counted {count} times")

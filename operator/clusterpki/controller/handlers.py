@@ -383,7 +383,8 @@ def _in_terminating_namespace(state: State, body: Mapping[str, Any]) -> bool:
 class Clients:
     """The reads and writes of one reconcile: the Secrets (remembering the resourceVersion of each one
     it writes, so that the drift watch can tell the operator's own writes from someone else's), the
-    ClusterPKI's status, and Events."""
+    ClusterPKI's status, and Events. The watch of what it writes is told to expect each write (see
+    :meth:`~clusterpki.kube.informer.Watch.expect`): one that stays open and quiet is found behind."""
 
     def __init__(self, state: State) -> None:
         self._state = state
@@ -415,7 +416,9 @@ class Clients:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any],
                            resource_version: str | None = None) -> dict[str, Any]:
-        return await self._state.clusterpkis.patch_status(namespace, name, status, resource_version)
+        stored = await self._state.clusterpkis.patch_status(namespace, name, status, resource_version)
+        self._state.watch_clusterpkis.expect(namespace, str(stored["metadata"].get("resourceVersion", "")))
+        return stored
 
     async def post(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         await self._state.events.post(involved, kind, reason, message)
@@ -427,6 +430,7 @@ class Clients:
         try:
             written = await method(secret)
             self._state.own_writes[name] = written["metadata"]["resourceVersion"]
+            self._state.informer.expect(name[0], written["metadata"]["resourceVersion"])
             return written
         finally:
             self._state.in_flight.discard(name)

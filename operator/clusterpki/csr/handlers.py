@@ -127,7 +127,7 @@ async def relist(state: CsrState, every: float | None = None) -> None:
     unseen for longer; its node agent waits five minutes."""
     while True:
         await asyncio.sleep(every or CSR_RELIST)
-        state.csr_watch.restart("", behind=False)
+        state.csr_watch.restart("", why="")
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:

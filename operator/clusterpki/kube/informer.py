@@ -26,6 +26,12 @@ BACKOFF = (1, 2, 5, 10, 30)  # seconds before trying again after failures in a r
 # A watch that stayed open this long before it broke was working: a load balancer's idle timeout (HAProxy's
 # `timeout server`) or an apiserver's restart ended it, and it is resumed at once, not after a growing backoff.
 HEALTHY_WATCH = 10.0
+# A write of ours that the watch has not brought this long after the server answered it: the watch is open
+# and behind (an apiserver whose cache stopped following etcd, behind a load balancer), and lists again;
+# but not more often than RELIST_AT_MOST, so that a loaded server, whose watch lags for good reason, is
+# not made to serve a relist after each write.
+EXPECT_WITHIN = 10.0
+RELIST_AT_MOST = 60.0
 LOGGER = logging.getLogger("clusterpki.kube.informer")
 
 # (ADDED | MODIFIED | DELETED, the object, the version seen before it, if any)
@@ -55,7 +61,9 @@ class Watch:
         self.index: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self.synced: set[str | None] = set()  # namespaces (None: all) whose first list is done
         self._restart: dict[str | None, asyncio.Event] = {}  # set: list again now (see restart)
-        self._behind: dict[str | None, bool] = {}
+        self._why: dict[str | None, str] = {}  # why it lists again, for the log ("": it is routine)
+        self._progress: dict[str | None, list[str | None]] = {}  # the version each watch is at
+        self._relisted: dict[str | None, float] = {}  # when an unmet expectation last made it list again
 
     def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
         """Every object of the namespace this watch has seen (for a metadata-only watch, their metadata)."""
@@ -68,20 +76,42 @@ class Watch:
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
 
-    def restart(self, namespace: str, behind: bool = True) -> None:
-        """List again now, and watch from there: a fresh read found the watch of ``namespace`` behind
-        (``behind``, said in the log), or it is time to make sure it is not. A watch can stay open and
-        bring nothing, through a load balancer or from an apiserver whose cache stopped following etcd
-        (seen behind HAProxy, across the apiservers' restarts, for ten minutes)."""
-        key = namespace if namespace in self.namespaces else None
+    def restart(self, namespace: str, why: str = "it was behind a fresh read") -> None:
+        """List again now, and watch from there: the watch of ``namespace`` was found behind (``why``, said
+        in the log; "" when it is only time to make sure it is not). A watch can stay open and bring
+        nothing, through a load balancer or from an apiserver whose cache stopped following etcd (seen
+        behind HAProxy, across the apiservers' restarts, for ten minutes)."""
+        key = self._key(namespace)
         if key in self._restart:
-            self._behind[key] = behind
+            self._why[key] = why
             self._restart[key].set()
+
+    def expect(self, namespace: str, version: str) -> None:
+        """A write of ours to an object this watch follows made ``version``: the watch should be there
+        within EXPECT_WITHIN seconds, or it is behind and lists again (at most once in RELIST_AT_MOST).
+        etcd's versions grow across all objects, so any event or bookmark at or past ``version`` will do.
+        A version that is not a number (not etcd's) is not compared."""
+        if version.isdigit():
+            asyncio.get_running_loop().call_later(EXPECT_WITHIN, self._check, self._key(namespace), int(version))
+
+    def _check(self, key: str | None, version: int) -> None:
+        at = (self._progress.get(key) or [None])[0]
+        if key not in self._restart or at is None or not at.isdigit() or int(at) >= version:
+            return  # stopped, listing already, or there
+        now = asyncio.get_running_loop().time()
+        if now - self._relisted.get(key, -RELIST_AT_MOST) < RELIST_AT_MOST:
+            return
+        self._relisted[key] = now
+        self.restart(key or "", f"it has not brought our own write ({version}) in {EXPECT_WITHIN:g}s, only {at}")
+
+    def _key(self, namespace: str) -> str | None:
+        return namespace if namespace in self.namespaces else None
 
     async def _follow(self, namespace: str | None) -> None:
         path = f"{self.group}/namespaces/{namespace}/{self.plural}" if namespace else f"{self.group}/{self.plural}"
         what = f"the {self.plural} of {namespace or 'all namespaces'}"
         progress: list[str | None] = [None]  # the version to resume from; None: list again
+        self._progress[namespace] = progress
         initial, failures = True, 0
         clock = asyncio.get_running_loop().time
         restart = self._restart[namespace] = asyncio.Event()
@@ -93,8 +123,9 @@ class Watch:
                     initial = False
                     self.synced.add(namespace)
                 if await _unless(restart, self._watch_from(path, what, progress)):
-                    if self._behind.pop(namespace, True):
-                        LOGGER.info(f"watch {what} was behind a fresh read: listing again")
+                    why = self._why.pop(namespace, "")
+                    if why:
+                        LOGGER.info(f"watch {what}: {why}: listing again")
                     restart.clear()
                     progress[0] = None
                 else:

@@ -125,9 +125,9 @@ def _fails_once(write):
 async def test_the_csrs_are_listed_again_every_so_often_so_a_quiet_watch_leaves_none_unseen():
     state = state_with(Api([]))
     restarts = []
-    state.csr_watch.restart = lambda namespace, behind=True: restarts.append((namespace, behind))
+    state.csr_watch.restart = lambda namespace, why="behind": restarts.append((namespace, why))
     relisting = asyncio.create_task(handlers.relist(state, every=0.01))
     await asyncio.sleep(0.1)
     relisting.cancel()
     await asyncio.gather(relisting, return_exceptions=True)
-    assert len(restarts) >= 3 and set(restarts) == {("", False)}, "quietly: it was not found behind"
+    assert len(restarts) >= 3 and set(restarts) == {("", "")}, "quietly: it was not found behind"

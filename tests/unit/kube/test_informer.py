@@ -113,3 +113,71 @@ async def test_a_replica_keeps_its_own_part_and_a_failing_handler_costs_one_even
             await asyncio.gather(task, return_exceptions=True)
     assert seen == [("mine", "good")] and set(watch.objects("mine")) == {"bad", "good"} and not watch.objects("theirs")
     assert any("handling ADDED of clusterpkis mine/bad failed" in r.getMessage() for r in caplog.records)
+
+
+class Quiet(Silent):
+    """A silent API whose watches bring the events put on ``events``, then stay open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: asyncio.Queue = asyncio.Queue()
+
+    async def stream(self, what, path, params, timeout, accept=None):
+        self.watches += 1
+        while True:
+            yield await self.events.get()
+
+
+async def watching(api: Silent, monkeypatch, within: float = 0.05, at_most: float = 60.0):
+    monkeypatch.setattr(informer, "EXPECT_WITHIN", within)
+    monkeypatch.setattr(informer, "RELIST_AT_MOST", at_most)
+    watch = informer.Watch(api, ["ns"], "", lambda *_: None, plural="clusterpkis", metadata_only=False)
+    task = asyncio.create_task(watch.run())
+    while api.watches < 1:
+        await asyncio.sleep(0.01)
+    return watch, task
+
+
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def stopped(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_watch_that_does_not_bring_our_own_write_lists_again_once_in_a_while(monkeypatch, caplog):
+    """The HA proof's stall: the ClusterPKI watch stayed open through the apiservers' restarts and brought
+    nothing for minutes, so a rotation asked for meanwhile waited. The operator's own writes tell."""
+    api = Silent()
+    watch, task = await watching(api, monkeypatch)
+    try:
+        with caplog.at_level(logging.INFO, logger="clusterpki.kube.informer"):
+            watch.expect("ns", "5")  # the list was at 1, and the watch brings nothing
+            await asyncio.wait_for(until(lambda: api.watches == 2), 5)
+            assert api.lists == 2
+            watch.expect("ns", "9")  # behind again at once: but a relist a minute is the most it costs
+            await asyncio.sleep(0.2)
+            assert api.lists == 2
+    finally:
+        await stopped(task)
+    said = [r.getMessage() for r in caplog.records]
+    assert "watch the clusterpkis of ns: it has not brought our own write (5) in 0.05s, only 1: listing again" in said
+
+
+async def test_a_watch_that_brings_our_own_write_or_later_does_not_list_again(monkeypatch):
+    api = Quiet()
+    watch, task = await watching(api, monkeypatch, within=0.1, at_most=0.0)
+    try:
+        watch.expect("ns", "5")
+        watch.expect("ns", "4")
+        watch.expect("other", "7")  # not a namespace it follows: nothing to check
+        api.events.put_nowait({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "6"}}})
+        await asyncio.sleep(0.3)
+        watch.expect("ns", "not-etcd")  # not comparable: never called behind
+        await asyncio.sleep(0.2)
+    finally:
+        await stopped(task)
+    assert (api.lists, api.watches) == (1, 1)
