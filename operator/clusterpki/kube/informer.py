@@ -64,6 +64,8 @@ class Watch:
         self._why: dict[str | None, str] = {}  # why it lists again, for the log ("": it is routine)
         self._progress: dict[str | None, list[str | None]] = {}  # the version each watch is at
         self._relisted: dict[str | None, float] = {}  # when an unmet expectation last made it list again
+        self._deferred: dict[str | None, int] = {}  # the latest version to check once that minute is over
+        self._watching: set[str | None] = set()  # the watches open (or opening) now
 
     def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
         """Every object of the namespace this watch has seen (for a metadata-only watch, their metadata)."""
@@ -97,12 +99,29 @@ class Watch:
     def _check(self, key: str | None, version: int) -> None:
         at = (self._progress.get(key) or [None])[0]
         if key not in self._restart or at is None or not at.isdigit() or int(at) >= version:
-            return  # stopped, listing already, or there
+            return  # stopped, listing again, or there
+        if key not in self._watching:  # waiting to watch again after a failure: it may come back quiet
+            self._defer(key, version, EXPECT_WITHIN)
+            return
         now = asyncio.get_running_loop().time()
-        if now - self._relisted.get(key, -RELIST_AT_MOST) < RELIST_AT_MOST:
+        wait = self._relisted.get(key, -RELIST_AT_MOST) + RELIST_AT_MOST - now
+        if wait > 0:  # listed again lately: look once more when that minute is over, not never
+            self._defer(key, version, wait)
             return
         self._relisted[key] = now
         self.restart(key or "", f"it has not brought our own write ({version}) in {EXPECT_WITHIN:g}s, only {at}")
+
+    def _defer(self, key: str | None, version: int, wait: float) -> None:
+        """Check ``version`` after ``wait``: one timer per watch, for the latest version deferred."""
+        pending = self._deferred.get(key)
+        self._deferred[key] = max(version, pending or 0)
+        if pending is None:
+            asyncio.get_running_loop().call_later(wait, self._check_deferred, key)
+
+    def _check_deferred(self, key: str | None) -> None:
+        version = self._deferred.pop(key, None)
+        if version is not None:
+            self._check(key, version)
 
     def _key(self, namespace: str) -> str | None:
         return namespace if namespace in self.namespaces else None
@@ -112,9 +131,16 @@ class Watch:
         what = f"the {self.plural} of {namespace or 'all namespaces'}"
         progress: list[str | None] = [None]  # the version to resume from; None: list again
         self._progress[namespace] = progress
+        restart = self._restart[namespace] = asyncio.Event()
+        try:
+            await self._follow_from(path, what, namespace, progress, restart)
+        finally:  # stopped: nothing more to expect of it
+            del self._restart[namespace], self._progress[namespace]
+
+    async def _follow_from(self, path: str, what: str, namespace: str | None, progress: list[str | None],
+                           restart: asyncio.Event) -> None:
         initial, failures = True, 0
         clock = asyncio.get_running_loop().time
-        restart = self._restart[namespace] = asyncio.Event()
         while True:
             opened = clock()
             try:
@@ -122,7 +148,12 @@ class Watch:
                     progress[0] = await self._list(path, what, namespace, report=self.report_first or not initial)
                     initial = False
                     self.synced.add(namespace)
-                if await _unless(restart, self._watch_from(path, what, progress)):
+                self._watching.add(namespace)
+                try:
+                    listing_again = await _unless(restart, self._watch_from(path, what, progress))
+                finally:
+                    self._watching.discard(namespace)
+                if listing_again:
                     why = self._why.pop(namespace, "")
                     if why:
                         LOGGER.info(f"watch {what}: {why}: listing again")

@@ -128,10 +128,10 @@ class Quiet(Silent):
             yield await self.events.get()
 
 
-async def watching(api: Silent, monkeypatch, within: float = 0.05, at_most: float = 60.0):
+async def watching(api: Silent, monkeypatch, within: float = 0.05, at_most: float = 60.0, namespaces=("ns",)):
     monkeypatch.setattr(informer, "EXPECT_WITHIN", within)
     monkeypatch.setattr(informer, "RELIST_AT_MOST", at_most)
-    watch = informer.Watch(api, ["ns"], "", lambda *_: None, plural="clusterpkis", metadata_only=False)
+    watch = informer.Watch(api, list(namespaces), "", lambda *_: None, plural="clusterpkis", metadata_only=False)
     task = asyncio.create_task(watch.run())
     while api.watches < 1:
         await asyncio.sleep(0.01)
@@ -167,17 +167,40 @@ async def test_a_watch_that_does_not_bring_our_own_write_lists_again_once_in_a_w
     assert "watch the clusterpkis of ns: it has not brought our own write (5) in 0.05s, only 1: listing again" in said
 
 
+async def test_a_write_expected_within_the_minute_after_a_relist_is_checked_when_it_is_over(monkeypatch):
+    """The relist can land on the same quiet apiserver: the next unmet expectation waits for the rate
+    limit, and is not forgotten."""
+    api = Silent()
+    watch, task = await watching(api, monkeypatch, at_most=0.4, namespaces=())  # all namespaces: one watch
+    try:
+        watch.expect("ns", "5")
+        await asyncio.wait_for(until(lambda: api.watches == 2), 5)
+        watch.expect("other", "9")
+        watch.expect("ns", "8")
+        await asyncio.sleep(0.2)
+        assert api.lists == 2, "not within the minute"
+        await asyncio.wait_for(until(lambda: api.watches == 3), 5)
+        await asyncio.sleep(0.6)
+        assert api.lists == 3, "one relist for both, and none after: the list was at 2, then 3"
+    finally:
+        await stopped(task)
+
+
 async def test_a_watch_that_brings_our_own_write_or_later_does_not_list_again(monkeypatch):
     api = Quiet()
     watch, task = await watching(api, monkeypatch, within=0.1, at_most=0.0)
     try:
         watch.expect("ns", "5")
-        watch.expect("ns", "4")
-        watch.expect("other", "7")  # not a namespace it follows: nothing to check
-        api.events.put_nowait({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "6"}}})
+        watch.expect("ns", "10")
+        watch.expect("other", "70")  # not a namespace it follows: nothing to check
+        api.events.put_nowait({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "10"}}})
         await asyncio.sleep(0.3)
+        watch.expect("ns", "9")  # "10" > "9" as numbers, not as strings
         watch.expect("ns", "not-etcd")  # not comparable: never called behind
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
     finally:
         await stopped(task)
     assert (api.lists, api.watches) == (1, 1)
+    watch.expect("ns", "99")  # stopped: a timer that fires later does nothing
+    await asyncio.sleep(0.2)
+    assert api.lists == 1
